@@ -1,0 +1,3 @@
+from varirm.cli import main
+
+main()

@@ -1,0 +1,103 @@
+"""``varirm`` command line.
+
+- ``varirm fit|validate|test --config recipes/<name>.yaml``: LightningCLI over
+  :class:`varirm.module.RewardModelModule` and :class:`varirm.data.PreferenceDataModule`.
+- ``varirm make-tiny-model``: a tiny random model directory (offline stand-in for a Hub model).
+- ``varirm make-synthetic``: the synthetic preference task with a known gold reward.
+
+A run lives in ``trainer.default_root_dir``: ``config.yaml`` (resolved), ``checkpoints/``
+(``last.ckpt`` for ``--ckpt_path last``), TensorBoard and CSV logs, ``data_stats.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from jsonargparse import CLI
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from varirm.data import PreferenceDataModule
+from varirm.errors import VarirmError
+from varirm.module import RewardModelModule
+
+TOOLS = {"make-tiny-model", "make-synthetic"}
+
+
+class SaveFitConfig(SaveConfigCallback):
+    """Saves the resolved config of ``fit`` runs only, so a later ``test`` in the same run
+    directory does not replace the training config."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            super().setup(trainer, pl_module, stage)
+
+
+class VarirmCLI(LightningCLI):
+    """LightningCLI with varirm's run-directory layout and argument links."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # One tokenizer for data and model: the data module loads the model's.
+        parser.link_arguments("model.init_args.model_name_or_path", "data.init_args.tokenizer_name_or_path")
+        parser.link_arguments("model.init_args.trust_remote_code", "data.init_args.trust_remote_code")
+
+    def instantiate_trainer(self, **kwargs):
+        config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
+        root = config.get("default_root_dir") or os.getcwd()
+        if config.get("logger") in (None, True):
+            # Fixed version "" so a resumed run logs into the same directory as the original.
+            kwargs["logger"] = [TensorBoardLogger(root, name="", version=""), CSVLogger(root, name="", version="")]
+        callbacks = kwargs.setdefault("callbacks", [])
+        if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+            callbacks.append(ModelCheckpoint(dirpath=os.path.join(root, "checkpoints"), save_last=True))
+        return super().instantiate_trainer(**kwargs)
+
+    def before_fit(self) -> None:
+        ckpt_path = self.config_init["fit"].get("ckpt_path")
+        ckpt_dirs = {c.dirpath for c in self.trainer.checkpoint_callbacks if getattr(c, "dirpath", None)}
+        existing = [d for d in ckpt_dirs if os.path.isdir(d) and any(f.endswith(".ckpt") for f in os.listdir(d))]
+        if ckpt_path is None and existing:
+            raise VarirmError(f"{existing[0]} already holds checkpoints of an earlier run; resume it with "
+                              "--ckpt_path last, or choose another --trainer.default_root_dir")
+
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            path = os.path.join(self.trainer.default_root_dir, "data_stats.json")
+            stats = {k: {kk: vv for kk, vv in v.items() if kk != "rejects"} for k, v in self.datamodule.stats.items()}
+            with open(path, "w") as f:
+                json.dump(stats, f, indent=2)
+
+
+def make_tool_parsers():
+    from varirm.synthetic import write_task
+    from varirm.tiny import make_tiny_model
+
+    return {"make-tiny-model": make_tiny_model, "make-synthetic": write_task}
+
+
+def cli_main(args: list[str] | None = None) -> None:
+    """Run the CLI; ``args`` defaults to ``sys.argv[1:]``."""
+    argv = sys.argv[1:] if args is None else args
+    if argv and argv[0] in TOOLS:
+        result = CLI(make_tool_parsers()[argv[0]], args=argv[1:], as_positional=False)
+        if result is not None:
+            print(json.dumps(result, indent=2) if isinstance(result, dict) else result)
+        return
+    VarirmCLI(RewardModelModule, PreferenceDataModule, subclass_mode_model=True, subclass_mode_data=True,
+              args=args, save_config_callback=SaveFitConfig, save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
+
+
+def main() -> None:
+    """Console entry point: user errors are one line on stderr and exit code 2, no traceback."""
+    try:
+        cli_main()
+    except VarirmError as e:
+        print(f"varirm: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+"""Preference data: tokenization with a cache, length-grouped batches, the DataModule.
+
+Data flow: file or Hub id -> :func:`varirm.formats.load_preference_rows` (validate, normalize)
+-> :func:`tokenize_pairs` (the same :func:`varirm.chat.encode_prompt_response` the RM uses when
+scoring later; cached by ``datasets.map`` under a content key) -> over-long rows truncated or
+dropped, counted -> :class:`LengthGroupedSampler` -> :func:`collate_pairs`: one ``(2b, t)``
+batch, chosen rows first, right-padded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from functools import partial
+from typing import Any, Literal, Optional, Union
+
+import datasets
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, DistributedSampler
+
+from varirm.chat import encode_prompt_response, fit_to_length, load_tokenizer, tokenizer_fingerprint
+from varirm.formats import Format, is_local, load_preference_rows
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = "1"  # bump when normalization or tokenization changes meaning
+Sources = Union[str, list[str], None]
+
+
+def _prompt(example: dict[str, Any]):
+    return example["prompt_messages"] if example["prompt_messages"] else example["prompt_text"]
+
+
+def tokenize_pairs(batch: dict[str, list], tokenizer, max_length: int) -> dict[str, list]:
+    """``datasets.map`` function (batched): ids for chosen and rejected, already cut to
+    ``max_length`` (see :func:`varirm.chat.fit_to_length`), and whether either side was longer."""
+    out: dict[str, list] = {"chosen_ids": [], "rejected_ids": [], "overlong": []}
+    for i in range(len(batch["chosen"])):
+        prompt = batch["prompt_messages"][i] or batch["prompt_text"][i]
+        p_ids, c_ids = encode_prompt_response(tokenizer, prompt, batch["chosen"][i])
+        _, r_ids = encode_prompt_response(tokenizer, prompt, batch["rejected"][i])
+        out["overlong"].append(len(p_ids) + max(len(c_ids), len(r_ids)) > max_length)
+        out["chosen_ids"].append(fit_to_length(p_ids, c_ids, max_length))
+        out["rejected_ids"].append(fit_to_length(p_ids, r_ids, max_length))
+    return out
+
+
+def _source_key(source: str, split: str) -> str:
+    if is_local(source) and os.path.isfile(source):
+        h = hashlib.sha256()
+        with open(source, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    return f"hub:{source}:{split}"  # Hub ids: the dataset's own revision cache decides freshness
+
+
+def padding_fraction(lengths: list[int], batches: list[list[int]]) -> float:
+    """Fraction of padded positions when each batch is padded to its longest row."""
+    total = sum(len(b) * max(lengths[i] for i in b) for b in batches if b)
+    return 1.0 - sum(lengths[i] for b in batches for i in b) / max(total, 1)
+
+
+class LengthGroupedSampler(DistributedSampler):
+    """Shuffled order in which each consecutive ``batch_size`` indices have similar lengths.
+
+    Indices are shuffled, cut into mega-batches of ``bucket_batches`` global batches, sorted by
+    length inside each mega-batch, cut into global batches of ``batch_size * num_replicas`` and
+    the global batches shuffled. Rank ``r`` takes positions ``r, r + R, ...`` of each global
+    batch, so one process with batch ``B`` and ``R`` processes with ``B / R`` see the same global
+    batches (DDP runs match single-process runs). Subclassing ``DistributedSampler`` stops
+    Lightning from wrapping it in a sampler that would re-shuffle the indices.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, num_replicas: int = 1, rank: int = 0,
+                 shuffle: bool = True, seed: int = 0, bucket_batches: int = 64):
+        super().__init__(lengths, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.lengths, self.batch_size, self.bucket_batches = lengths, batch_size, bucket_batches
+        global_batch = batch_size * num_replicas
+        self.num_samples = math.ceil(len(lengths) / global_batch) * batch_size
+        self.total_size = self.num_samples * num_replicas
+
+    def global_batches(self) -> list[list[int]]:
+        n, global_batch = len(self.lengths), self.batch_size * self.num_replicas
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(n, generator=g).tolist() if self.shuffle else list(range(n))
+        if len(order) < self.total_size:  # repeat a few indices so every rank gets full batches
+            order += order[: self.total_size - len(order)]
+        mega = global_batch * self.bucket_batches
+        batches = []
+        for start in range(0, len(order), mega):
+            chunk = sorted(order[start:start + mega], key=lambda i: -self.lengths[i])
+            batches += [chunk[j:j + global_batch] for j in range(0, len(chunk), global_batch)]
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        return batches
+
+    def __iter__(self):
+        for batch in self.global_batches():
+            yield from batch[self.rank::self.num_replicas]
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def collate_pairs(examples: list[dict[str, Any]], pad_token_id: int, pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
+    """``input_ids``/``attention_mask`` of shape ``(2b, t)``: rows ``[:b]`` chosen, ``[b:]``
+    rejected, right-padded with ``pad_token_id``; ``margin`` of shape ``(b,)``."""
+    seqs = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
+    t = max(len(s) for s in seqs)
+    t = -(-t // pad_to_multiple_of) * pad_to_multiple_of
+    input_ids = torch.full((len(seqs), t), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(seqs), t), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        input_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        attention_mask[i, : len(s)] = 1
+    margin = torch.tensor([float(e["margin"]) for e in examples], dtype=torch.float32)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "margin": margin}
+
+
+class PreferenceDataModule(LightningDataModule):
+    """Preference pairs for Bradley-Terry reward-model training.
+
+    Args:
+        tokenizer_name_or_path: Hub id or local directory of the tokenizer (linked from the model's
+            ``model_name_or_path`` by the CLI, so both load the same one).
+        train: Training data: local ``.json``/``.jsonl``/``.parquet`` file(s) or a Hub dataset id.
+        val: Validation data, same kinds as ``train``; ``None`` for none (or use ``val_fraction``).
+        test: Test data, same kinds as ``train``.
+        train_split: Split name used when ``train`` is a Hub dataset id.
+        val_split: Split name used when ``val`` is a Hub dataset id.
+        test_split: Split name used when ``test`` is a Hub dataset id.
+        val_fraction: Fraction of ``train`` held out for validation when ``val`` is not given.
+        format: Data format; ``auto`` detects it from the first row's fields.
+        columns: Rename map, canonical field -> field in the data, e.g. ``{prompt: question}``.
+        max_length: Longest tokenized (prompt + response) kept, in tokens.
+        overlong: What to do with longer rows: ``truncate`` (cut the prompt from the left, keep
+            the end of the response) or ``drop``. Counted and printed either way.
+        on_bad_rows: ``error`` stops at the first bad row with file, row and field; ``skip``
+            leaves bad rows out, counts them and writes them to ``<run dir>/rejects/``.
+        batch_size: Pairs per training step per process (each pair is two sequences).
+        eval_batch_size: Pairs per validation/test step; defaults to ``batch_size``.
+        length_grouping: Group rows of similar length into batches to spend less on padding.
+        pad_to_multiple_of: Pad the time dimension to a multiple of this (8 helps tensor cores).
+        num_workers: DataLoader worker processes.
+        cache_dir: Where tokenized data is cached (default ``$VARIRM_CACHE`` or ``~/.cache/varirm``).
+        seed: Seed for shuffling and for the ``val_fraction`` split.
+        trust_remote_code: Allow custom tokenizer code from the Hub.
+    """
+
+    def __init__(
+        self,
+        tokenizer_name_or_path: str = "",
+        train: Sources = None,
+        val: Sources = None,
+        test: Sources = None,
+        train_split: str = "train",
+        val_split: str = "test",
+        test_split: str = "test",
+        val_fraction: float = 0.0,
+        format: Format = "auto",
+        columns: Optional[dict[str, str]] = None,
+        max_length: int = 1024,
+        overlong: Literal["truncate", "drop"] = "truncate",
+        on_bad_rows: Literal["error", "skip"] = "error",
+        batch_size: int = 8,
+        eval_batch_size: Optional[int] = None,
+        length_grouping: bool = True,
+        pad_to_multiple_of: int = 1,
+        num_workers: int = 0,
+        cache_dir: Optional[str] = None,
+        seed: int = 0,
+        trust_remote_code: bool = False,
+    ):
+        super().__init__()
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if max_length < 2:
+            raise ValueError(f"max_length must be at least 2, got {max_length}")
+        self.save_hyperparameters()
+        self.tokenizer = None
+        self.splits: dict[str, datasets.Dataset] = {}
+        self.stats: dict[str, dict[str, Any]] = {}
+
+    # --- building -------------------------------------------------------------------------
+
+    def _tokenizer(self):
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.hparams.tokenizer_name_or_path, self.hparams.trust_remote_code)
+        return self.tokenizer
+
+    def _sources(self) -> dict[str, list[tuple[str, str]]]:
+        hp = self.hparams
+
+        def as_list(value: Sources, split: str) -> list[tuple[str, str]]:
+            if value is None or value == "":
+                return []
+            return [(v, split) for v in ([value] if isinstance(value, str) else value)]
+
+        return {"train": as_list(hp.train, hp.train_split), "val": as_list(hp.val, hp.val_split),
+                "test": as_list(hp.test, hp.test_split)}
+
+    def _cache_dir(self) -> str:
+        return self.hparams.cache_dir or os.environ.get("VARIRM_CACHE") or os.path.join(
+            os.path.expanduser("~"), ".cache", "varirm")
+
+    def build(self, source: str, split: str) -> tuple[datasets.Dataset, dict[str, Any]]:
+        """Validated, tokenized pairs of one source (from cache when nothing changed) and counts."""
+        hp, tokenizer = self.hparams, self._tokenizer()
+        key_parts = [CACHE_VERSION, _source_key(source, split), split, hp.format,
+                     json.dumps(hp.columns or {}, sort_keys=True), tokenizer_fingerprint(tokenizer),
+                     str(hp.max_length), hp.on_bad_rows]
+        key = hashlib.sha256("\n".join(key_parts).encode()).hexdigest()[:24]
+        cache = os.path.join(self._cache_dir(), "tokenized")
+        arrow, meta = os.path.join(cache, f"{key}.arrow"), os.path.join(cache, f"{key}.json")
+        if os.path.exists(arrow) and os.path.exists(meta):
+            with open(meta) as f:
+                info = json.load(f)
+            return datasets.Dataset.from_file(arrow), info
+        rows, rejects = load_preference_rows(source, split, hp.format, hp.columns or {}, hp.on_bad_rows == "skip")
+        os.makedirs(cache, exist_ok=True)
+        ds = datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict(
+            {k: [] for k in ("prompt_messages", "prompt_text", "chosen", "rejected", "margin", "row")})
+        ds = ds.map(tokenize_pairs, batched=True, batch_size=256, fn_kwargs={"tokenizer": tokenizer,
+                    "max_length": hp.max_length}, cache_file_name=arrow, new_fingerprint=key,
+                    desc=f"tokenizing {os.path.basename(source)}")
+        info = {"source": source, "rows_read": len(rows) + len(rejects), "bad_rows": len(rejects), "rejects": rejects}
+        tmp = meta + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(info, f, default=str)
+        os.replace(tmp, meta)  # the meta file is the cache's commit marker: written last, atomically
+        return ds, info
+
+    def prepare_data(self) -> None:
+        # Runs once per node before setup; fills the tokenization cache so DDP ranks only read it.
+        for sources in self._sources().values():
+            for source, split in sources:
+                self.build(source, split)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.splits:
+            return
+        hp = self.hparams
+        built: dict[str, list[tuple[datasets.Dataset, dict]]] = {
+            name: [self.build(s, sp) for s, sp in sources] for name, sources in self._sources().items()}
+        if not built["train"] and stage in (None, "fit"):
+            raise ValueError("no training data: set data.train to a file or a Hub dataset id")
+        for name, parts in built.items():
+            if not parts:
+                continue
+            ds = datasets.concatenate_datasets([d for d, _ in parts]) if len(parts) > 1 else parts[0][0]
+            overlong = sum(ds["overlong"])
+            if hp.overlong == "drop" and overlong:
+                ds = ds.filter(lambda flags: [not f for f in flags], input_columns="overlong", batched=True)
+            self.splits[name] = ds
+            self.stats[name] = {
+                "rows_read": sum(i["rows_read"] for _, i in parts), "bad_rows": sum(i["bad_rows"] for _, i in parts),
+                "overlong": overlong, "overlong_policy": hp.overlong, "pairs": len(ds),
+                "rejects": [r for _, i in parts for r in i["rejects"]]}
+        if "val" not in self.splits and hp.val_fraction > 0 and "train" in self.splits:
+            parts = self.splits["train"].train_test_split(test_size=hp.val_fraction, seed=hp.seed)
+            self.splits["train"], self.splits["val"] = parts["train"], parts["test"]
+            for name in ("train", "val"):
+                self.stats[name] = {**self.stats["train"], "pairs": len(self.splits[name])}
+        self._report()
+
+    def _report(self) -> None:
+        hp = self.hparams
+        run_dir = self.trainer.default_root_dir if self.trainer is not None else None
+        lines = []
+        for name, s in self.stats.items():
+            verb = "truncated" if s["overlong_policy"] == "truncate" else "dropped"
+            line = (f"data/{name}: {s['pairs']} pairs from {s['rows_read']} rows; {s['overlong']} over "
+                    f"max_length={hp.max_length} {verb}; {s['bad_rows']} bad rows skipped")
+            if s["rejects"] and run_dir and (self.trainer is None or self.trainer.is_global_zero):
+                path = os.path.join(run_dir, "rejects", f"{name}.jsonl")
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w", encoding="utf-8") as f:
+                    for r in s["rejects"]:
+                        f.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
+                line += f" (written to {path})"
+            if name == "train":
+                lengths = self.lengths("train")
+                grouped = LengthGroupedSampler(lengths, hp.batch_size, seed=hp.seed).global_batches()
+                shuffled = LengthGroupedSampler(lengths, hp.batch_size, seed=hp.seed, bucket_batches=1).global_batches()
+                s["padding_fraction"] = padding_fraction(lengths, grouped if hp.length_grouping else shuffled)
+                s["padding_fraction_random_order"] = padding_fraction(lengths, shuffled)
+                line += (f"; padding {100 * s['padding_fraction']:.1f}% of tokens "
+                         f"(random order: {100 * s['padding_fraction_random_order']:.1f}%)")
+            lines.append(line)
+        for line in lines:
+            log.info(line)
+            rank_zero_info(line)
+
+    def lengths(self, split: str) -> list[int]:
+        """Per pair, the longer of chosen/rejected in tokens (what the batch is padded to)."""
+        ds = self.splits[split]
+        return [max(len(c), len(r)) for c, r in zip(ds["chosen_ids"], ds["rejected_ids"])]
+
+    # --- loaders --------------------------------------------------------------------------
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        hp = self.hparams
+        world, rank = 1, 0
+        if self.trainer is not None:
+            world, rank = self.trainer.world_size, self.trainer.global_rank
+        ds = self.splits[split].select_columns(["chosen_ids", "rejected_ids", "margin"])
+        sampler = LengthGroupedSampler(self.lengths(split), batch_size, world, rank, shuffle=shuffle, seed=hp.seed,
+                                       bucket_batches=64 if hp.length_grouping or not shuffle else 1)
+        return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=hp.num_workers,
+                          collate_fn=partial(collate_pairs, pad_token_id=self._tokenizer().pad_token_id,
+                                             pad_to_multiple_of=hp.pad_to_multiple_of),
+                          persistent_workers=hp.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=False) \
+            if "val" in self.splits else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=False)

@@ -6,7 +6,8 @@
 - ``varirm make-synthetic``: the synthetic preference task with a known gold reward.
 
 A run lives in ``trainer.default_root_dir``: ``config.yaml`` (resolved), ``checkpoints/``
-(``last.ckpt`` for ``--ckpt_path last``), TensorBoard and CSV logs, ``data_stats.json``.
+(``last.ckpt`` for ``--ckpt_path last``), TensorBoard events, ``csv/version_N/metrics.csv`` (one
+per attempt: the first run and each resume), ``data_stats.json``.
 """
 
 from __future__ import annotations
@@ -48,9 +49,13 @@ class VarirmCLI(LightningCLI):
         config = self.config_init[self.subcommand]["trainer"] if self.subcommand else self.config_init["trainer"]
         root = config.get("default_root_dir") or os.getcwd()
         if config.get("logger") in (None, True):
-            # Fixed version "" so a resumed run logs into the same directory as the original.
-            kwargs["logger"] = [TensorBoardLogger(root, name="", version=""), CSVLogger(root, name="", version="")]
-        callbacks = kwargs.setdefault("callbacks", [])
+            # TensorBoard appends event files, so it logs into the run dir itself (where config.yaml
+            # goes). CSVLogger deletes an existing metrics.csv, so each attempt (first run, each
+            # resume) gets its own csv/version_N/metrics.csv and nothing written is lost.
+            kwargs["logger"] = [TensorBoardLogger(root, name="", version=""), CSVLogger(root, name="csv")]
+        configured = config.get("callbacks") or []
+        callbacks = kwargs["callbacks"] = [*kwargs.get("callbacks", []),
+                                           *(configured if isinstance(configured, list) else [configured])]
         if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             callbacks.append(ModelCheckpoint(dirpath=os.path.join(root, "checkpoints"), save_last=True))
         return super().instantiate_trainer(**kwargs)

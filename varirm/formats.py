@@ -8,9 +8,10 @@ Formats (``format: auto`` picks one from the first row's fields):
 
 - ``standard``: ``prompt``, ``chosen``, ``rejected`` are strings (raw text, no chat template).
 - ``implicit``: ``chosen``, ``rejected`` are full texts; the prompt is their longest common prefix.
-- ``conversational``: ``prompt`` is a list of messages; ``chosen``/``rejected`` are lists ending
-  in the assistant message (or strings). Without ``prompt``, the prompt is ``chosen[:-1]``,
-  which must equal ``rejected[:-1]``.
+- ``conversational``: ``chosen``/``rejected`` are lists of messages ending in the assistant
+  message (or strings, with ``prompt`` a list of messages). The messages before the final one
+  (``chosen[:-1]``, which must equal ``rejected[:-1]``) are the prompt when there are any;
+  otherwise ``prompt`` is (a list of messages, or a string taken as one user message).
 - ``sharegpt``: ``conversations`` is a list of ``{from, value}``; ``chosen``/``rejected`` are
   ``{from, value}`` (as in LLaMA-Factory's dpo_*_demo.json).
 """
@@ -88,10 +89,12 @@ def detect_format(row: Any) -> str:
         raise BadRow(None, f"expected an object, got {type(row).__name__}")
     if "conversations" in row:
         return "sharegpt"
+    if isinstance(row.get("chosen"), list) or isinstance(row.get("prompt"), list):
+        return "conversational"
     if "prompt" in row:
-        return "conversational" if isinstance(row["prompt"], list) else "standard"
+        return "standard"
     if "chosen" in row:
-        return "conversational" if isinstance(row["chosen"], list) else "implicit"
+        return "implicit"
     raise BadRow(None, f"cannot tell the format from fields {sorted(row)}; set format to one of {', '.join(FORMATS)} "
                  "and map column names with columns: {prompt: ..., chosen: ..., rejected: ...}")
 
@@ -185,9 +188,13 @@ def normalize_row(raw: Any, fmt: str, columns: dict[str, str]) -> dict[str, Any]
         head_r, rejected = _response(_get(row, "rejected"), "rejected")
         if head_c != head_r:
             raise BadRow("rejected", "the messages before the final assistant message differ from chosen's")
-        prompt_messages = (_messages(_get(row, "prompt"), "prompt") if "prompt" in row else []) + head_c
+        prompt_messages = head_c
         if not prompt_messages:
-            raise BadRow("prompt", "is missing (and chosen has no messages before its final one)")
+            if "prompt" not in row:
+                raise BadRow("prompt", "is missing (and chosen has no messages before its final one)")
+            prompt = _get(row, "prompt")
+            prompt_messages = ([{"role": "user", "content": _text(prompt, "prompt")}] if isinstance(prompt, str)
+                               else _messages(prompt, "prompt"))
     elif fmt == "sharegpt":
         prompt_messages = _messages(_get(row, "conversations"), "conversations", "from", "value", SHAREGPT_ROLES)
         chosen = _sharegpt_response(_get(row, "chosen"), "chosen")

@@ -59,7 +59,7 @@ class RewardModelModule(LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.tokenizer = load_tokenizer(model_name_or_path, trust_remote_code)
+        self.tokenizer = None  # loaded with the model in configure_model (no Hub access at parse time)
         self.model: Optional[RewardModel] = None
         # LoRA checkpoints keep only the trainable weights (adapters + score head); the frozen
         # base comes from model_name_or_path when loading.
@@ -72,6 +72,7 @@ class RewardModelModule(LightningModule):
         if self.model is not None:
             return
         hp = self.hparams
+        self.tokenizer = load_tokenizer(hp.model_name_or_path, hp.trust_remote_code)
         self.model = load_reward_model(
             hp.model_name_or_path, self.tokenizer, lora_r=hp.lora_r, lora_alpha=hp.lora_alpha,
             lora_dropout=hp.lora_dropout, lora_target_modules=hp.lora_target_modules, load_in_4bit=hp.load_in_4bit,

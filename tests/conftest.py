@@ -1,0 +1,71 @@
+"""Shared fixtures: seeding, offline mode, a private tokenization cache, tiny model directories."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Each test gets its own tokenization cache."""
+    monkeypatch.setenv("VARIRM_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    from varirm.tiny import make_tiny_model
+
+    return make_tiny_model(str(tmp_path_factory.mktemp("tiny") / "llama"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    from varirm.synthetic import write_task
+
+    out = tmp_path_factory.mktemp("synthetic")
+    write_task(str(out), n_train=512, n_val=128, n_test=128, seed=0)
+    return out
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data beside the repository (real preference data nobody here wrote)."""
+    path = REPO.parent / "shared" / "data"
+    if not path.is_dir():
+        pytest.skip(f"{path} not found")
+    return path
+
+
+class SimulatedCrash(RuntimeError):
+    pass
+
+
+class CrashAtEpoch(__import__("lightning").pytorch.Callback):
+    """Raises at the start of ``epoch`` (after the previous epoch's checkpoint was written),
+    standing in for a killed job."""
+
+    def __init__(self, epoch: int = 1):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise SimulatedCrash(f"simulated crash at epoch {self.epoch}")

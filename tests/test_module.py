@@ -1,0 +1,117 @@
+"""End-to-end: the CLI trains a tiny RM from the shipped quickstart recipe (with overrides)."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from varirm.cli import cli_main
+from varirm.errors import VarirmError
+
+from conftest import REPO, SimulatedCrash
+
+RECIPE = str(REPO / "recipes" / "quickstart.yaml")
+
+
+def fit_args(run_dir, model_dir, data_dir, *extra):
+    return ["fit", "--config", RECIPE,
+            "--trainer.default_root_dir", str(run_dir),
+            "--trainer.precision", "32-true", "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false", "--trainer.val_check_interval", "1.0",
+            "--model.init_args.model_name_or_path", str(model_dir),
+            "--data.init_args.train", str(data_dir / "train.jsonl"),
+            "--data.init_args.val", str(data_dir / "val.jsonl"),
+            "--data.init_args.test", str(data_dir / "test.jsonl"),
+            *extra]
+
+
+def read_metrics(run_dir):
+    """Rows of every attempt's metrics.csv (first run, then each resume), in order."""
+    base = os.path.join(run_dir, "csv")
+    rows = []
+    for version in sorted(os.listdir(base), key=lambda v: int(v.split("_")[1])):
+        with open(os.path.join(base, version, "metrics.csv")) as f:
+            rows += list(csv.DictReader(f))
+    return rows
+
+
+def last_weights(run_dir):
+    return torch.load(os.path.join(run_dir, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def larger_synthetic(tmp_path_factory):
+    from varirm.synthetic import write_task
+
+    out = tmp_path_factory.mktemp("synthetic_larger")
+    write_task(str(out), n_train=2000, n_val=256, n_test=128, seed=0)
+    return out
+
+
+@pytest.mark.slow
+def test_fit_learns_and_writes_a_run_directory(tmp_path, tiny_model_dir, larger_synthetic):
+    run = tmp_path / "run"
+    cli_main(fit_args(run, tiny_model_dir, larger_synthetic, "--trainer.max_epochs", "6"))
+    for name in ("config.yaml", "csv/version_0/metrics.csv", "data_stats.json", "checkpoints/last.ckpt"):
+        assert (run / name).exists(), name
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(run))
+    config = (run / "config.yaml").read_text()
+    assert "model_name_or_path: " + str(tiny_model_dir) in config
+    assert "tokenizer_name_or_path" not in config  # linked from the model's path, never written twice
+    rows = read_metrics(run)
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    accs = [float(r["val/acc"]) for r in rows if r.get("val/acc")]
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
+    assert len(accs) == 6 and accs[-1] >= 0.75 and accs[-1] > accs[0] + 0.15, accs
+
+
+@pytest.mark.slow
+def test_resume_from_last_matches_uninterrupted_run(tmp_path, tiny_model_dir, synthetic_dir):
+    full, split = tmp_path / "full", tmp_path / "split"
+    cli_main(fit_args(full, tiny_model_dir, synthetic_dir, "--trainer.max_epochs", "2"))
+    with pytest.raises(SimulatedCrash):
+        cli_main(fit_args(split, tiny_model_dir, synthetic_dir, "--trainer.max_epochs", "2",
+                          "--trainer.callbacks+=conftest.CrashAtEpoch"))
+    with pytest.raises(VarirmError, match="already holds checkpoints"):  # never silently train over a run
+        cli_main(fit_args(split, tiny_model_dir, synthetic_dir, "--trainer.max_epochs", "2"))
+    cli_main(fit_args(split, tiny_model_dir, synthetic_dir, "--trainer.max_epochs", "2", "--ckpt_path", "last"))
+    a, b = last_weights(full), last_weights(split)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    acc_full = [r["val/acc"] for r in read_metrics(full) if r.get("val/acc")]
+    acc_split = [r["val/acc"] for r in read_metrics(split) if r.get("val/acc")]
+    assert acc_split == acc_full  # first attempt's log kept, the resume's added, same values
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process(tmp_path, tiny_model_dir, synthetic_dir):
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["--trainer.max_epochs", "1", "--trainer.accelerator", "cpu"]
+    cli_main(fit_args(one, tiny_model_dir, synthetic_dir, *common, "--data.init_args.batch_size", "16"))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "varirm", *fit_args(two, tiny_model_dir, synthetic_dir, *common,
+                           "--data.init_args.batch_size", "8", "--trainer.strategy", "ddp", "--trainer.devices", "2")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = last_weights(one), last_weights(two)
+    for k in a:
+        assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)  # measured: max difference 9.4e-7
+    m1 = [r for r in read_metrics(one) if r.get("val/acc")][-1]
+    m2 = [r for r in read_metrics(two) if r.get("val/acc")][-1]
+    assert abs(float(m1["val/acc"]) - float(m2["val/acc"])) <= 0.02
+    assert abs(float(m1["val/loss"]) - float(m2["val/loss"])) <= 1e-3
+
+
+@pytest.mark.slow
+def test_lora_run_checkpoints_only_trainable_weights_and_tests_from_them(tmp_path, tiny_model_dir, synthetic_dir):
+    run = tmp_path / "lora"
+    cli_main(fit_args(run, tiny_model_dir, synthetic_dir, "--trainer.max_epochs", "1", "--model.init_args.lora_r", "4"))
+    state = last_weights(run)
+    assert state and all("lora_" in k or "score" in k for k in state), list(state)[:5]
+    cli_main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+              "--trainer.logger", "false"])

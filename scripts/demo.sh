@@ -11,4 +11,4 @@ fi
 varirm fit --config recipes/quickstart.yaml --trainer.default_root_dir "$run"
 varirm test --config recipes/quickstart.yaml --trainer.default_root_dir "$run" --ckpt_path "$run/checkpoints/last.ckpt" \
   --trainer.logger false
-echo "quickstart done: run directory $run (config.yaml, checkpoints/, metrics.csv, data_stats.json)"
+echo "quickstart done: run directory $run (config.yaml, checkpoints/, csv/version_0/metrics.csv, data_stats.json)"

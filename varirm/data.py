@@ -71,33 +71,34 @@ class LengthGroupedSampler(DistributedSampler):
 
     Indices are shuffled, cut into mega-batches of ``bucket_batches`` global batches, sorted by
     length inside each mega-batch, cut into global batches of ``batch_size * num_replicas`` and
-    the global batches shuffled. Rank ``r`` takes positions ``r, r + R, ...`` of each global
-    batch, so one process with batch ``B`` and ``R`` processes with ``B / R`` see the same global
-    batches (DDP runs match single-process runs). Subclassing ``DistributedSampler`` stops
-    Lightning from wrapping it in a sampler that would re-shuffle the indices.
+    the full global batches shuffled (a smaller last one stays last). Rank ``r`` takes positions
+    ``r, r + R, ...`` of each global batch, so one process with batch ``B`` and ``R`` processes
+    with ``B / R`` see the same global batches (DDP runs match single-process runs). Like
+    ``DistributedSampler``, indices are repeated only to make the total a multiple of ``R``; one
+    process sees every row exactly once. Subclassing ``DistributedSampler`` stops Lightning from
+    wrapping it in a sampler that would re-shuffle the indices.
     """
 
     def __init__(self, lengths: list[int], batch_size: int, num_replicas: int = 1, rank: int = 0,
                  shuffle: bool = True, seed: int = 0, bucket_batches: int = 64):
         super().__init__(lengths, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
         self.lengths, self.batch_size, self.bucket_batches = lengths, batch_size, bucket_batches
-        global_batch = batch_size * num_replicas
-        self.num_samples = math.ceil(len(lengths) / global_batch) * batch_size
+        self.num_samples = math.ceil(len(lengths) / num_replicas)
         self.total_size = self.num_samples * num_replicas
 
     def global_batches(self) -> list[list[int]]:
         n, global_batch = len(self.lengths), self.batch_size * self.num_replicas
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(n, generator=g).tolist() if self.shuffle else list(range(n))
-        if len(order) < self.total_size:  # repeat a few indices so every rank gets full batches
-            order += order[: self.total_size - len(order)]
+        order += order[: self.total_size - len(order)]  # every rank the same number of rows
         mega = global_batch * self.bucket_batches
         batches = []
         for start in range(0, len(order), mega):
             chunk = sorted(order[start:start + mega], key=lambda i: -self.lengths[i])
             batches += [chunk[j:j + global_batch] for j in range(0, len(chunk), global_batch)]
         if self.shuffle:
-            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+            full = len(batches) - (len(batches[-1]) < global_batch if batches else 0)
+            batches = [batches[i] for i in torch.randperm(full, generator=g).tolist()] + batches[full:]
         return batches
 
     def __iter__(self):

@@ -4,6 +4,8 @@
   :class:`varirm.module.RewardModelModule` and :class:`varirm.data.PreferenceDataModule`.
 - ``varirm make-tiny-model``: a tiny random model directory (offline stand-in for a Hub model).
 - ``varirm make-synthetic``: the synthetic preference task with a known gold reward.
+- ``varirm sft --config recipes/sft_synthetic.yaml``: fine-tune a policy on demonstrations.
+- ``varirm sample``: k responses per prompt from a policy, written to a samples file.
 
 A run lives in ``trainer.default_root_dir``: ``config.yaml`` (resolved), ``checkpoints/``
 (``last.ckpt`` for ``--ckpt_path last``), TensorBoard events, ``csv/version_N/metrics.csv`` (one
@@ -25,7 +27,7 @@ from varirm.data import PreferenceDataModule
 from varirm.errors import VarirmError
 from varirm.module import RewardModelModule
 
-TOOLS = {"make-tiny-model", "make-synthetic"}
+TOOLS = {"make-tiny-model", "make-synthetic", "sample"}
 
 
 class SaveFitConfig(SaveConfigCallback):
@@ -69,7 +71,7 @@ class VarirmCLI(LightningCLI):
                               "--ckpt_path last, or choose another --trainer.default_root_dir")
 
     def after_fit(self) -> None:
-        if self.trainer.is_global_zero:
+        if self.trainer.is_global_zero and hasattr(self.datamodule, "stats"):
             path = os.path.join(self.trainer.default_root_dir, "data_stats.json")
             stats = {k: {kk: vv for kk, vv in v.items() if kk != "rejects"} for k, v in self.datamodule.stats.items()}
             with open(path, "w") as f:
@@ -77,10 +79,11 @@ class VarirmCLI(LightningCLI):
 
 
 def make_tool_parsers():
+    from varirm.sampling import sample
     from varirm.synthetic import write_task
     from varirm.tiny import make_tiny_model
 
-    return {"make-tiny-model": make_tiny_model, "make-synthetic": write_task}
+    return {"make-tiny-model": make_tiny_model, "make-synthetic": write_task, "sample": sample}
 
 
 def cli_main(args: list[str] | None = None) -> None:
@@ -90,6 +93,13 @@ def cli_main(args: list[str] | None = None) -> None:
         result = CLI(make_tool_parsers()[argv[0]], args=argv[1:], as_positional=False)
         if result is not None:
             print(json.dumps(result, indent=2) if isinstance(result, dict) else result)
+        return
+    if argv and argv[0] == "sft":  # varirm sft --config ...: fit a policy on demonstrations
+        from varirm.sft import SFTDataModule, SFTModule
+
+        VarirmCLI(SFTModule, SFTDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                  args=["fit", *argv[1:]], save_config_callback=SaveFitConfig,
+                  save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
         return
     VarirmCLI(RewardModelModule, PreferenceDataModule, subclass_mode_model=True, subclass_mode_data=True,
               args=args, save_config_callback=SaveFitConfig, save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)

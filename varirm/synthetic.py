@@ -92,6 +92,23 @@ def make_pairs(n: int, seed: int, min_gap: float = 0.25) -> list[dict[str, Any]]
     return rows
 
 
+def make_demos(n: int, seed: int, p_on: tuple[float, float] = (0.2, 0.8)) -> list[dict[str, Any]]:
+    """Imperfect demonstrations for SFT of the initial policy pi0: each response is on-topic with a
+    probability drawn from ``p_on``, so pi0's samples vary widely in gold reward."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        prompt = make_prompt(rng)
+        response = sample_response(rng, prompt_topic(prompt[0]["content"]), rng.uniform(*p_on))
+        rows.append({"prompt": prompt, "response": response})
+    return rows
+
+
+def make_prompts(n: int, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    return [{"prompt": make_prompt(rng)} for _ in range(n)]
+
+
 def corpus(n: int = 2000, seed: int = 0) -> list[str]:
     """Texts for training a tokenizer that covers the task's words and prompts."""
     rng = random.Random(seed)
@@ -102,19 +119,36 @@ def corpus(n: int = 2000, seed: int = 0) -> list[str]:
     return texts
 
 
-def write_task(output_dir: str, n_train: int = 4000, n_val: int = 500, n_test: int = 500, seed: int = 0) -> dict[str, str]:
-    """Write ``train.jsonl``, ``val.jsonl``, ``test.jsonl`` (disjoint seeds) and ``task.json``."""
+def _write_jsonl(path: str, rows: list[dict[str, Any]]) -> str:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def write_task(output_dir: str, n_train: int = 4000, n_val: int = 500, n_test: int = 500, n_demos: int = 4000,
+               n_prompts: int = 512, n_eval_prompts: int = 128, seed: int = 0) -> dict[str, str]:
+    """Write the synthetic task's files (each from its own seed, so they are disjoint draws).
+
+    Args:
+        output_dir: Directory to write.
+        n_train: Off-policy preference pairs for training (``train.jsonl``).
+        n_val: Validation pairs (``val.jsonl``).
+        n_test: Test pairs (``test.jsonl``).
+        n_demos: Imperfect demonstrations for SFT of the initial policy (``demos.jsonl``).
+        n_prompts: Prompts for on-policy sampling during training (``prompts.jsonl``).
+        n_eval_prompts: Held-out prompts for evaluating reward variance (``eval_prompts.jsonl``).
+        seed: Seed of the whole task.
+    """
     os.makedirs(output_dir, exist_ok=True)
-    paths = {}
-    for offset, (split, n) in enumerate([("train", n_train), ("val", n_val), ("test", n_test)]):
-        path = os.path.join(output_dir, f"{split}.jsonl")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            for row in make_pairs(n, seed * 1000 + offset):
-                f.write(json.dumps(row) + "\n")
-        os.replace(tmp, path)
-        paths[split] = path
+    base = seed * 1000
+    files = {"train": make_pairs(n_train, base), "val": make_pairs(n_val, base + 1),
+             "test": make_pairs(n_test, base + 2), "demos": make_demos(n_demos, base + 3),
+             "prompts": make_prompts(n_prompts, base + 4), "eval_prompts": make_prompts(n_eval_prompts, base + 5)}
+    paths = {name: _write_jsonl(os.path.join(output_dir, f"{name}.jsonl"), rows) for name, rows in files.items()}
     with open(os.path.join(output_dir, "task.json"), "w") as f:
         json.dump({"task": "varirm.synthetic topic words", "gold_reward": "varirm.synthetic.gold_reward",
-                   "seed": seed, "sizes": {"train": n_train, "val": n_val, "test": n_test}}, f, indent=2)
+                   "seed": seed, "sizes": {name: len(rows) for name, rows in files.items()}}, f, indent=2)
     return paths

@@ -1,0 +1,76 @@
+import pytest
+import torch
+from torch.testing import assert_close
+
+from varirm.variance import on_policy_accuracy, variance_regularizer, variance_report, whiten, within_prompt_variance
+
+
+def test_regularizer_worked_example():
+    r = torch.tensor([[0.0, 2.0], [1.0, 3.0]])
+    # mean 1.5, population std sqrt(1.25); raw row variance 2 -> whitened 2 / 1.25 = 1.6
+    assert_close(variance_regularizer(r), torch.tensor([-1.6, -1.6]), atol=1e-5, rtol=1e-5)
+    assert_close(variance_regularizer(r, normalization="none"), torch.tensor([-2.0, -2.0]))
+
+
+def test_regularizer_target_is_a_floor():
+    r = torch.tensor([[0.0, 2.0], [1.0, 3.0]])
+    assert_close(variance_regularizer(r, target=2.0), torch.tensor([0.4, 0.4]), atol=1e-5, rtol=1e-5)
+    assert_close(variance_regularizer(r, target=1.0), torch.tensor([0.0, 0.0]))
+
+
+def test_regularizer_is_scale_and_shift_invariant():
+    r = torch.randn(5, 4)
+    for c, d in [(10.0, 0.0), (0.01, 3.0), (7.0, -100.0)]:
+        assert_close(variance_regularizer(c * r + d), variance_regularizer(r), atol=1e-4, rtol=1e-4)
+        assert_close(variance_regularizer(c * r + d, target=1.5), variance_regularizer(r, target=1.5),
+                     atol=1e-4, rtol=1e-4)
+
+
+def test_regularizer_gradient_is_orthogonal_to_rescaling():
+    r = torch.randn(4, 3, requires_grad=True)
+    variance_regularizer(r).mean().backward()
+    # d/dc L(c r) at c = 1 is <grad, r>: zero, rescaling cannot lower the term
+    assert abs((r.grad * r.detach()).sum().item()) < 1e-5
+
+
+def test_gradient_steps_raise_within_prompt_whitened_variance():
+    torch.manual_seed(0)
+    prompt_offset = torch.tensor([[-2.0], [0.0], [2.0]])
+    r = (prompt_offset + 0.1 * torch.randn(3, 4)).requires_grad_()  # rewards separate prompts, not samples
+    before = within_prompt_variance(whiten(r.detach())).mean()
+    optimizer = torch.optim.SGD([r], lr=1.0)
+    for _ in range(60):
+        optimizer.zero_grad()
+        variance_regularizer(r).mean().backward()
+        optimizer.step()
+    after = within_prompt_variance(whiten(r.detach())).mean()
+    assert before < 0.01 and after > 1.0, (before, after)
+    assert after <= 4 / 3 + 1e-4  # the maximum, k / (k - 1): all of the batch's variance within prompts
+
+
+def test_regularizer_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="k >= 2"):
+        variance_regularizer(torch.zeros(3, 1))
+
+
+def test_on_policy_accuracy_by_hand():
+    rewards = torch.tensor([[3.0, 2.0, 1.0], [1.0, 1.0, 0.0]])
+    gold = torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.0, 1.0]])
+    # prompt 0 pairs (0,1) right, (0,2) right, (1,2) wrong -> 2/3
+    # prompt 1 pairs with gold differing: (0,1) RM tie -> wrong, (0,2) gold 0 < 1 but r 1 > 0 -> wrong; (1,2) gold tie skipped -> 0
+    assert_close(on_policy_accuracy(rewards, gold), torch.tensor(1 / 3))
+    assert torch.isnan(on_policy_accuracy(rewards, torch.ones(2, 3)))
+
+
+def test_variance_report_by_hand():
+    rewards = torch.tensor([[0.0, 2.0], [1.0, 3.0]])
+    out = variance_report(rewards, gold=torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+    assert out["prompts"] == 2 and out["samples_per_prompt"] == 2
+    assert out["shift"] == pytest.approx(1.5) and out["scale"] == pytest.approx(1.25 ** 0.5)
+    assert out["raw_variance_mean"] == pytest.approx(2.0)
+    assert out["whitened_variance_mean"] == pytest.approx(1.6, rel=1e-5)
+    assert out["whitened_variance_quantiles"]["0.5"] == pytest.approx(1.6, rel=1e-5)
+    assert out["on_policy_acc"] == pytest.approx(1.0)
+    scaled = variance_report(5 * rewards + 1)
+    assert scaled["whitened_variance_mean"] == pytest.approx(out["whitened_variance_mean"], rel=1e-5)
+    assert scaled["raw_variance_mean"] == pytest.approx(50.0)

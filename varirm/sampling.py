@@ -1,0 +1,188 @@
+"""On-policy sampling: a policy (any causal LM) generates k responses per prompt.
+
+The prompt is rendered by :func:`varirm.chat.render_prompt_response`, the same function the RM
+uses, so the policy continues exactly the text the RM will later score. A response is the decoded
+continuation up to eos, minus whatever the chat template appends after an assistant message
+(e.g. a newline), so re-rendering it for the RM gives back the same text.
+
+File format (jsonl, one row per prompt; ``datasets.load_dataset("json", ...)`` reads it):
+``{"prompt": <messages or string>, "responses": [k strings], "policy": id, "sampling": {...}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from varirm.chat import Prompt, load_tokenizer, render_prompt_response
+from varirm.errors import DataError
+
+
+@dataclass
+class SamplingConfig:
+    """Generation settings; saved in every samples file."""
+
+    k: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+    seed: int = 0
+    batch_size: int = 16
+
+
+def load_policy(name_or_path: str, dtype: Optional[str] = None, trust_remote_code: bool = False):
+    """A causal LM and its tokenizer (pad != eos, chat template ensured by :func:`load_tokenizer`)."""
+    from varirm.model import DTYPES
+
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code)
+    kwargs = {"trust_remote_code": trust_remote_code}
+    if dtype is not None:
+        kwargs["dtype"] = DTYPES[dtype]
+    policy = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    if policy.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        policy.resize_token_embeddings(len(tokenizer))
+    return policy, tokenizer
+
+
+def response_suffix(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> str:
+    """What rendering appends after a response's text (template end-of-turn text, or eos)."""
+    _, rendered = render_prompt_response(tokenizer, prompt, "\x00")
+    return rendered.split("\x00", 1)[1]
+
+
+def clean_response(text: str, suffix: str) -> str:
+    """Cut generated text where the template's end-of-turn text starts. Special tokens are already
+    skipped in decoding (ChatML's ``<|im_end|>``, Llama-3's ``<|eot_id|>``), so this matters for
+    plain-text suffixes such as the default template's newline.
+
+    >>> clean_response("apple pear\n<|user|>", "\n")
+    'apple pear'
+    """
+    for stop in (suffix, suffix.strip()):
+        if stop and stop in text:
+            return text[: text.index(stop)]
+    return text
+
+
+@torch.no_grad()
+def generate_responses(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt],
+                       config: SamplingConfig, progress: bool = True) -> list[list[str]]:
+    """``k`` sampled responses for each prompt. Prompts are left-padded for generation (position
+    ids come from the attention mask); each batch is seeded with ``seed + batch index``, so the
+    same seed and batch size give the same responses."""
+    device = next(policy.parameters()).device
+    was_training = policy.training
+    policy.eval()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    out: list[list[str]] = []
+    try:
+        starts = range(0, len(prompts), config.batch_size)
+        for b, start in enumerate(tqdm(starts, desc="sampling", disable=not progress)):
+            batch = prompts[start:start + config.batch_size]
+            texts = [render_prompt_response(tokenizer, p, "")[0] for p in batch]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            torch.manual_seed(config.seed + b)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                gen = policy.generate(**enc, do_sample=True, temperature=config.temperature, top_p=config.top_p,
+                                      max_new_tokens=config.max_new_tokens, num_return_sequences=config.k,
+                                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            new = gen[:, enc["input_ids"].shape[1]:]  # (len(batch) * k, new tokens)
+            decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
+            for i, prompt in enumerate(batch):
+                suffix = response_suffix(tokenizer, prompt)
+                out.append([clean_response(t, suffix) for t in decoded[i * config.k:(i + 1) * config.k]])
+    finally:
+        tokenizer.padding_side = side
+        policy.train(was_training)
+    return out
+
+
+def read_prompts(path: str, field: str = "prompt", limit: Optional[int] = None) -> list[Prompt]:
+    """Prompts from a jsonl/json file: the ``field`` of each row (messages or a string)."""
+    from varirm.formats import read_raw_rows
+
+    prompts = []
+    for row_index, row in read_raw_rows(path):
+        if isinstance(row, DataError):
+            raise row
+        if not isinstance(row, dict) or field not in row:
+            raise DataError(path, row_index, field, "is missing")
+        prompt = row[field]
+        if not (isinstance(prompt, str) and prompt.strip()) and not (isinstance(prompt, list) and prompt):
+            raise DataError(path, row_index, field, "must be a non-empty string or list of messages")
+        prompts.append(prompt)
+        if limit is not None and len(prompts) >= limit:
+            break
+    return prompts
+
+
+def write_samples(path: str, prompts: list[Prompt], responses: list[list[str]], policy_id: str,
+                  config: SamplingConfig, extra: Optional[dict[str, list[Any]]] = None) -> None:
+    """Write a samples file atomically (temporary file renamed into place)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for i, (prompt, group) in enumerate(zip(prompts, responses)):
+            row = {"prompt": prompt, "responses": group, "policy": policy_id, "sampling": asdict(config)}
+            for key, values in (extra or {}).items():
+                row[key] = values[i]
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_samples(path: str) -> list[dict[str, Any]]:
+    """Rows of a samples file, validated: prompt, and a list of at least two response strings."""
+    from varirm.formats import read_raw_rows
+
+    rows = []
+    for row_index, row in read_raw_rows(path):
+        if isinstance(row, DataError):
+            raise row
+        if not isinstance(row, dict) or "prompt" not in row:
+            raise DataError(path, row_index, "prompt", "is missing")
+        responses = row.get("responses")
+        if not isinstance(responses, list) or len(responses) < 2 or not all(isinstance(r, str) for r in responses):
+            raise DataError(path, row_index, "responses", "must be a list of at least two strings")
+        rows.append(row)
+    if rows and len({len(r["responses"]) for r in rows}) != 1:
+        raise DataError(path, None, "responses", "every row must have the same number of responses (k)")
+    return rows
+
+
+def sample(policy: str, prompts: str, output: str, k: int = 4, temperature: float = 1.0, top_p: float = 1.0,
+           max_new_tokens: int = 32, seed: int = 0, batch_size: int = 16, num_prompts: Optional[int] = None,
+           prompt_field: str = "prompt", dtype: Optional[str] = None, device: str = "auto") -> str:
+    """``varirm sample``: generate ``k`` responses per prompt with a policy and write a samples file.
+
+    Args:
+        policy: Hub id or local directory of a causal LM.
+        prompts: jsonl/json file whose rows hold a prompt (chat messages or a string).
+        output: Samples file to write (jsonl).
+        k: Responses per prompt.
+        temperature: Sampling temperature.
+        top_p: Nucleus sampling threshold.
+        max_new_tokens: Longest response in tokens.
+        seed: Seed; the same seed (and batch size) gives the same file.
+        batch_size: Prompts per generate call.
+        num_prompts: Use only the first this many prompts.
+        prompt_field: Field of the prompt in each row.
+        dtype: Weights dtype (``bfloat16`` on GPU is faster).
+        device: ``auto`` (cuda if available), ``cpu`` or ``cuda``.
+    """
+    config = SamplingConfig(k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+                            batch_size=batch_size)
+    model, tokenizer = load_policy(policy, dtype)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    prompt_list = read_prompts(prompts, prompt_field, num_prompts)
+    responses = generate_responses(model, tokenizer, prompt_list, config)
+    write_samples(output, prompt_list, responses, policy, config)
+    return output

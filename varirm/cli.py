@@ -6,6 +6,7 @@
 - ``varirm make-synthetic``: the synthetic preference task with a known gold reward.
 - ``varirm sft --config recipes/sft_synthetic.yaml``: fine-tune a policy on demonstrations.
 - ``varirm sample``: k responses per prompt from a policy, written to a samples file.
+- ``varirm evaluate``: reward variance (raw, whitened) and on/off-policy accuracy of an RM under a policy.
 
 A run lives in ``trainer.default_root_dir``: ``config.yaml`` (resolved), ``checkpoints/``
 (``last.ckpt`` for ``--ckpt_path last``), TensorBoard events, ``csv/version_N/metrics.csv`` (one
@@ -27,7 +28,7 @@ from varirm.data import PreferenceDataModule
 from varirm.errors import VarirmError
 from varirm.module import RewardModelModule
 
-TOOLS = {"make-tiny-model", "make-synthetic", "sample"}
+TOOLS = {"make-tiny-model", "make-synthetic", "sample", "evaluate"}
 
 
 class SaveFitConfig(SaveConfigCallback):
@@ -79,11 +80,12 @@ class VarirmCLI(LightningCLI):
 
 
 def make_tool_parsers():
+    from varirm.evaluate import evaluate
     from varirm.sampling import sample
     from varirm.synthetic import write_task
     from varirm.tiny import make_tiny_model
 
-    return {"make-tiny-model": make_tiny_model, "make-synthetic": write_task, "sample": sample}
+    return {"make-tiny-model": make_tiny_model, "make-synthetic": write_task, "sample": sample, "evaluate": evaluate}
 
 
 def cli_main(args: list[str] | None = None) -> None:

@@ -63,7 +63,7 @@ def _source_key(source: str, split: str) -> str:
 def padding_fraction(lengths: list[int], batches: list[list[int]]) -> float:
     """Fraction of padded positions when each batch is padded to its longest row."""
     total = sum(len(b) * max(lengths[i] for i in b) for b in batches if b)
-    return 1.0 - sum(lengths[i] for b in batches for i in b) / max(total, 1)
+    return 1.0 - sum(lengths[i] for b in batches for i in b) / total if total else 0.0
 
 
 class LengthGroupedSampler(DistributedSampler):
@@ -124,6 +124,81 @@ def collate_pairs(examples: list[dict[str, Any]], pad_token_id: int, pad_to_mult
     return {"input_ids": input_ids, "attention_mask": attention_mask, "margin": margin}
 
 
+def tokenize_groups(tokenizer, prompts: list, responses: list[list[str]], max_length: int,
+                    gold: Optional[list[list[float]]] = None) -> list[dict[str, Any]]:
+    """Token ids of each prompt's ``k`` samples (via :func:`encode_prompt_response`), cut to
+    ``max_length`` like training pairs; ``gold`` labels carried along when known."""
+    groups = []
+    for i, (prompt, group) in enumerate(zip(prompts, responses)):
+        ids = [fit_to_length(*encode_prompt_response(tokenizer, prompt, r), max_length) for r in group]
+        groups.append({"ids": ids, "gold": None if gold is None else [float(g) for g in gold[i]]})
+    return groups
+
+
+def collate_groups(groups: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """``group_input_ids``/``group_attention_mask`` ``(g * k, t)`` right-padded, prompt-major (the
+    ``k`` samples of a prompt are consecutive rows); ``group_gold`` ``(g, k)`` when labelled."""
+    seqs = [ids for g in groups for ids in g["ids"]]
+    batch = collate_pairs([{"chosen_ids": s, "rejected_ids": s, "margin": 0.0} for s in seqs], pad_token_id)
+    n = len(seqs)
+    out = {"group_input_ids": batch["input_ids"][:n], "group_attention_mask": batch["attention_mask"][:n],
+           "group_size": torch.tensor(len(groups[0]["ids"]))}
+    if all(g["gold"] is not None for g in groups):
+        out["group_gold"] = torch.tensor([g["gold"] for g in groups], dtype=torch.float32)
+    return out
+
+
+class GroupSource:
+    """The policy-sample groups that feed the variance term; :class:`RegenerateSamples` can swap
+    in fresh samples while training (the collator reads the current ones)."""
+
+    def __init__(self, groups: list[dict[str, Any]]):
+        self.groups = groups
+
+    def draw(self, n: int, generator: torch.Generator) -> list[dict[str, Any]]:
+        return [self.groups[i] for i in torch.randint(len(self.groups), (n,), generator=generator).tolist()]
+
+
+class PairsWithGroups:
+    """Collator: a batch of pairs plus ``groups_per_batch`` policy-sample groups drawn at random.
+    The draw is seeded by ``seed`` and the rows in the batch, so it does not depend on process
+    history (a resumed run draws the same groups). Needs ``num_workers=0`` when samples are
+    regenerated during training (workers hold copies of the source)."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int, source: GroupSource, groups_per_batch: int,
+                 seed: int, rank: int = 0):
+        self.pad_token_id, self.pad_to_multiple_of = pad_token_id, pad_to_multiple_of
+        self.source, self.groups_per_batch, self.seed, self.rank = source, groups_per_batch, seed, rank
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = collate_pairs(examples, self.pad_token_id, self.pad_to_multiple_of)
+        key = sum(len(e["chosen_ids"]) * 1_000_003 + len(e["rejected_ids"]) for e in examples)
+        g = torch.Generator().manual_seed(self.seed * 7919 + self.rank * 104729 + key)
+        batch.update(collate_groups(self.source.draw(self.groups_per_batch, g), self.pad_token_id))
+        return batch
+
+
+def on_policy_pair_rows(samples: list[dict[str, Any]], labels: list[list[float]], seed: int) -> list[dict[str, Any]]:
+    """One labelled preference pair per prompt, as in Razin et al.: two of the policy's samples
+    drawn at random among those with different labels; the higher label is chosen."""
+    rng = torch.Generator().manual_seed(seed)
+    rows = []
+    for index, (row, label) in enumerate(zip(samples, labels)):
+        responses = row["responses"]
+        pairs = [(a, b) for a in range(len(responses)) for b in range(a + 1, len(responses))
+                 if label[a] != label[b] and responses[a] != responses[b]]
+        if not pairs:
+            continue
+        a, b = pairs[int(torch.randint(len(pairs), (1,), generator=rng))]
+        if label[b] > label[a]:
+            a, b = b, a
+        prompt = row["prompt"]
+        rows.append({"prompt_messages": prompt if isinstance(prompt, list) else [],
+                     "prompt_text": prompt if isinstance(prompt, str) else "", "chosen": responses[a],
+                     "rejected": responses[b], "margin": 0.0, "row": index})
+    return rows
+
+
 class PreferenceDataModule(LightningDataModule):
     """Preference pairs for Bradley-Terry reward-model training.
 
@@ -152,6 +227,16 @@ class PreferenceDataModule(LightningDataModule):
         cache_dir: Where tokenized data is cached (default ``$VARIRM_CACHE`` or ``~/.cache/varirm``).
         seed: Seed for shuffling and for the ``val_fraction`` split.
         trust_remote_code: Allow custom tokenizer code from the Hub.
+        policy_samples: Samples file (``varirm sample``) whose groups of ``k`` responses feed the
+            variance regularizer: ``groups_per_batch`` groups ride along with every training batch.
+        groups_per_batch: Prompts (each with its ``k`` samples) per training step.
+        val_policy_samples: Samples file for on-policy validation: whitened reward variance and,
+            with gold labels (``gold`` in the file or a ``labeler``), on-policy accuracy.
+        labeler: Labels policy samples: a reward-model directory / ``.ckpt`` or the dotted path of a
+            callable ``(prompt, response) -> float`` such as ``varirm.synthetic.gold_reward``.
+        on_policy_samples: Samples file turned into labelled on-policy pairs (one per prompt).
+        on_policy_fraction: Share of the training pairs taken from ``on_policy_samples``; the
+            total stays the number of off-policy pairs (Razin et al.'s 0-100% on-policy mixes).
     """
 
     def __init__(
@@ -177,16 +262,29 @@ class PreferenceDataModule(LightningDataModule):
         cache_dir: Optional[str] = None,
         seed: int = 0,
         trust_remote_code: bool = False,
+        policy_samples: Optional[str] = None,
+        groups_per_batch: int = 4,
+        val_policy_samples: Optional[str] = None,
+        labeler: Optional[str] = None,
+        on_policy_samples: Optional[str] = None,
+        on_policy_fraction: float = 0.0,
     ):
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if not 0.0 <= on_policy_fraction <= 1.0:
+            raise ValueError(f"on_policy_fraction must be in [0, 1], got {on_policy_fraction}")
+        if on_policy_fraction > 0 and not (on_policy_samples and labeler):
+            raise ValueError("on_policy_fraction > 0 needs on_policy_samples and a labeler")
         if max_length < 2:
             raise ValueError(f"max_length must be at least 2, got {max_length}")
         self.save_hyperparameters()
         self.tokenizer = None
         self.splits: dict[str, datasets.Dataset] = {}
         self.stats: dict[str, dict[str, Any]] = {}
+        self.group_source: Optional[GroupSource] = None
+        self.val_groups: Optional[list[dict[str, Any]]] = None
+        self._labeler = None
 
     # --- building -------------------------------------------------------------------------
 
@@ -210,12 +308,34 @@ class PreferenceDataModule(LightningDataModule):
         return self.hparams.cache_dir or os.environ.get("VARIRM_CACHE") or os.path.join(
             os.path.expanduser("~"), ".cache", "varirm")
 
-    def build(self, source: str, split: str) -> tuple[datasets.Dataset, dict[str, Any]]:
-        """Validated, tokenized pairs of one source (from cache when nothing changed) and counts."""
+    def labels(self, samples: list[dict[str, Any]]) -> list[list[float]]:
+        """Labels of every sample: the file's ``gold`` field when present, else the labeler's."""
+        if all("gold" in row for row in samples):
+            return [list(map(float, row["gold"])) for row in samples]
+        if not self.hparams.labeler:
+            raise ValueError("policy samples have no 'gold' field and no labeler is set")
+        if self._labeler is None:
+            from varirm.scoring import resolve_labeler
+
+            self._labeler = resolve_labeler(self.hparams.labeler)
+        flat = self._labeler([row["prompt"] for row in samples for _ in row["responses"]],
+                             [r for row in samples for r in row["responses"]])
+        k = len(samples[0]["responses"])
+        return [flat[i * k:(i + 1) * k] for i in range(len(samples))]
+
+    def _on_policy_rows(self, path: str):
+        from varirm.sampling import read_samples
+
+        samples = read_samples(path)
+        return on_policy_pair_rows(samples, self.labels(samples), self.hparams.seed), []
+
+    def build(self, source: str, split: str, rows_fn=None, key_extra: str = "") -> tuple[datasets.Dataset, dict[str, Any]]:
+        """Validated, tokenized pairs of one source (from cache when nothing changed) and counts.
+        ``rows_fn`` replaces reading ``source`` as preference data (on-policy pairs)."""
         hp, tokenizer = self.hparams, self._tokenizer()
         key_parts = [CACHE_VERSION, _source_key(source, split), split, hp.format,
                      json.dumps(hp.columns or {}, sort_keys=True), tokenizer_fingerprint(tokenizer),
-                     str(hp.max_length), hp.on_bad_rows]
+                     str(hp.max_length), hp.on_bad_rows, key_extra]
         key = hashlib.sha256("\n".join(key_parts).encode()).hexdigest()[:24]
         cache = os.path.join(self._cache_dir(), "tokenized")
         arrow, meta = os.path.join(cache, f"{key}.arrow"), os.path.join(cache, f"{key}.json")
@@ -223,10 +343,12 @@ class PreferenceDataModule(LightningDataModule):
             with open(meta) as f:
                 info = json.load(f)
             return datasets.Dataset.from_file(arrow), info
-        rows, rejects = load_preference_rows(source, split, hp.format, hp.columns or {}, hp.on_bad_rows == "skip")
+        rows, rejects = rows_fn() if rows_fn else load_preference_rows(
+            source, split, hp.format, hp.columns or {}, hp.on_bad_rows == "skip")
         os.makedirs(cache, exist_ok=True)
         ds = datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict(
-            {k: [] for k in ("prompt_messages", "prompt_text", "chosen", "rejected", "margin", "row")})
+            {k: [] for k in ("prompt_messages", "prompt_text", "chosen", "rejected", "margin", "row",
+                             "chosen_ids", "rejected_ids", "overlong")})
         ds = ds.map(tokenize_pairs, batched=True, batch_size=256, fn_kwargs={"tokenizer": tokenizer,
                     "max_length": hp.max_length}, cache_file_name=arrow, new_fingerprint=key,
                     desc=f"tokenizing {os.path.basename(source)}")
@@ -237,11 +359,18 @@ class PreferenceDataModule(LightningDataModule):
         os.replace(tmp, meta)  # the meta file is the cache's commit marker: written last, atomically
         return ds, info
 
+    def _build_on_policy(self):
+        hp = self.hparams
+        return self.build(hp.on_policy_samples, "on_policy", rows_fn=lambda: self._on_policy_rows(hp.on_policy_samples),
+                          key_extra=f"on-policy pairs labelled by {hp.labeler}, seed {hp.seed}")
+
     def prepare_data(self) -> None:
         # Runs once per node before setup; fills the tokenization cache so DDP ranks only read it.
         for sources in self._sources().values():
             for source, split in sources:
                 self.build(source, split)
+        if self.hparams.on_policy_fraction > 0:
+            self._build_on_policy()
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.splits:
@@ -263,12 +392,49 @@ class PreferenceDataModule(LightningDataModule):
                 "rows_read": sum(i["rows_read"] for _, i in parts), "bad_rows": sum(i["bad_rows"] for _, i in parts),
                 "overlong": overlong, "overlong_policy": hp.overlong, "pairs": len(ds),
                 "rejects": [r for _, i in parts for r in i["rejects"]]}
+        if hp.on_policy_fraction > 0 and "train" in self.splits:
+            self._mix_on_policy()
+        if hp.policy_samples:
+            from varirm.sampling import read_samples
+
+            samples = read_samples(hp.policy_samples)
+            self.group_source = GroupSource(tokenize_groups(
+                self._tokenizer(), [r["prompt"] for r in samples], [r["responses"] for r in samples], hp.max_length))
+        if hp.val_policy_samples:
+            from varirm.sampling import read_samples
+
+            samples = read_samples(hp.val_policy_samples)
+            gold = self.labels(samples) if (hp.labeler or all("gold" in r for r in samples)) else None
+            self.val_groups = tokenize_groups(self._tokenizer(), [r["prompt"] for r in samples],
+                                              [r["responses"] for r in samples], hp.max_length, gold)
         if "val" not in self.splits and hp.val_fraction > 0 and "train" in self.splits:
             parts = self.splits["train"].train_test_split(test_size=hp.val_fraction, seed=hp.seed)
             self.splits["train"], self.splits["val"] = parts["train"], parts["test"]
             for name in ("train", "val"):
                 self.stats[name] = {**self.stats["train"], "pairs": len(self.splits[name])}
         self._report()
+
+    def _mix_on_policy(self) -> None:
+        """Replace ``on_policy_fraction`` of the training pairs by labelled on-policy pairs; the
+        number of training pairs stays the same."""
+        hp = self.hparams
+        off, info = self.splits["train"], self.stats["train"]
+        on, _ = self._build_on_policy()
+        n_on = round(hp.on_policy_fraction * len(off))
+        if n_on > len(on):
+            from varirm.errors import VarirmError
+
+            raise VarirmError(f"{hp.on_policy_samples}: on_policy_fraction={hp.on_policy_fraction} needs {n_on} "
+                              f"on-policy pairs but the samples give {len(on)} (one per prompt with differing "
+                              "labels); sample more prompts")
+        g = torch.Generator().manual_seed(hp.seed)
+        pick_on = torch.randperm(len(on), generator=g)[:n_on].sort().values.tolist()
+        pick_off = torch.randperm(len(off), generator=g)[:len(off) - n_on].sort().values.tolist()
+        columns = ["chosen_ids", "rejected_ids", "margin", "overlong"]
+        self.splits["train"] = datasets.concatenate_datasets(
+            [off.select(pick_off).select_columns(columns), on.select(pick_on).select_columns(columns)])
+        self.stats["train"] = {**info, "pairs": len(self.splits["train"]), "on_policy_pairs": n_on,
+                               "off_policy_pairs": len(off) - n_on}
 
     def _report(self) -> None:
         hp = self.hparams
@@ -313,17 +479,29 @@ class PreferenceDataModule(LightningDataModule):
         ds = self.splits[split].select_columns(["chosen_ids", "rejected_ids", "margin"])
         sampler = LengthGroupedSampler(self.lengths(split), batch_size, world, rank, shuffle=shuffle, seed=hp.seed,
                                        bucket_batches=64 if hp.length_grouping or not shuffle else 1)
+        pad_id = self._tokenizer().pad_token_id
+        if split == "train" and self.group_source is not None:
+            collate = PairsWithGroups(pad_id, hp.pad_to_multiple_of, self.group_source, hp.groups_per_batch,
+                                      hp.seed, rank)
+        else:
+            collate = partial(collate_pairs, pad_token_id=pad_id, pad_to_multiple_of=hp.pad_to_multiple_of)
         return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=hp.num_workers,
-                          collate_fn=partial(collate_pairs, pad_token_id=self._tokenizer().pad_token_id,
-                                             pad_to_multiple_of=hp.pad_to_multiple_of),
-                          persistent_workers=hp.num_workers > 0)
+                          collate_fn=collate, persistent_workers=hp.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.hparams.batch_size, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=False) \
-            if "val" in self.splits else []
+    def val_dataloader(self):
+        """Preference pairs (``dataloader_idx`` 0) and, with ``val_policy_samples``, policy-sample
+        groups (``dataloader_idx`` 1)."""
+        hp = self.hparams
+        loaders = [self._loader("val", hp.eval_batch_size or hp.batch_size, shuffle=False)] if "val" in self.splits else []
+        if self.val_groups:
+            if not loaders:
+                raise ValueError("val_policy_samples needs val pairs too (val or val_fraction)")
+            loaders.append(DataLoader(self.val_groups, batch_size=max(hp.groups_per_batch, 8), shuffle=False,
+                                      collate_fn=partial(collate_groups, pad_token_id=self._tokenizer().pad_token_id)))
+        return loaders[0] if len(loaders) == 1 else loaders
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", self.hparams.eval_batch_size or self.hparams.batch_size, shuffle=False)

@@ -49,6 +49,8 @@ def read_raw_rows(source: str, split: str = "train") -> Iterator[tuple[int, Any]
     """Yield ``(row_index, raw_row)``; a line that is not JSON is yielded as a :class:`DataError`
     (so the caller can skip it or raise it). Local json/jsonl are parsed here for exact line
     numbers; parquet files and Hub dataset ids are read with ``datasets.load_dataset``."""
+    if source.endswith(LOCAL_SUFFIXES) and not os.path.isfile(source):
+        raise DataError(source, None, None, "no such file")
     if source.endswith(".jsonl"):
         with open(source, encoding="utf-8") as f:
             row = 0
@@ -56,7 +58,7 @@ def read_raw_rows(source: str, split: str = "train") -> Iterator[tuple[int, Any]
                 if not line.strip():
                     continue
                 try:
-                    yield row, json.loads(line)
+                    yield row, json.loads(line.rstrip("\r\n"))
                 except json.JSONDecodeError as e:
                     yield row, DataError(source, row, None, f"line {line_no}: malformed JSON: {e.msg} (column {e.colno})")
                 row += 1
@@ -179,6 +181,8 @@ def normalize_row(raw: Any, fmt: str, columns: dict[str, str]) -> dict[str, Any]
         chosen, rejected = _text(_get(row, "chosen"), "chosen"), _text(_get(row, "rejected"), "rejected")
     elif fmt == "implicit":
         full_c, full_r = _text(_get(row, "chosen"), "chosen"), _text(_get(row, "rejected"), "rejected")
+        if full_c == full_r:
+            raise BadRow("rejected", "is identical to chosen")
         prompt_text = _common_prefix(full_c, full_r)
         chosen, rejected = full_c[len(prompt_text):], full_r[len(prompt_text):]
         if not chosen or not rejected:

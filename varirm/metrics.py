@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 from torchmetrics import MeanMetric, Metric, MetricCollection
+from torchmetrics.utilities import dim_zero_cat
+
+from varirm.variance import variance_report
 
 
 class StdMetric(Metric):
@@ -46,3 +49,27 @@ def update_pairwise(metrics: MetricCollection, chosen: torch.Tensor, rejected: t
     both = torch.cat([chosen, rejected])
     metrics["reward_mean"](both)
     metrics["reward_std"](both)
+
+
+class GroupRewardMetrics(Metric):
+    """Rewards (and gold labels, when known) of policy-sample groups, gathered across batches and
+    processes; ``compute`` returns :func:`varirm.variance.variance_report` (whitened per-prompt
+    variance, on-policy accuracy, ...) over all of them."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("rewards", default=[], dist_reduce_fx="cat")
+        self.add_state("gold", default=[], dist_reduce_fx="cat")
+
+    def update(self, rewards: torch.Tensor, gold: torch.Tensor | None = None) -> None:
+        """``rewards``, ``gold``: ``(g, k)``."""
+        self.rewards.append(rewards.detach().float())
+        if gold is not None:
+            self.gold.append(gold.detach().float())
+
+    def compute(self) -> dict[str, object]:
+        rewards = dim_zero_cat(self.rewards)
+        gold = dim_zero_cat(self.gold) if self.gold else None
+        return variance_report(rewards, gold if gold is not None and gold.shape == rewards.shape else None)

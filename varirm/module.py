@@ -5,20 +5,27 @@ from __future__ import annotations
 from typing import Any, Literal, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from transformers import get_scheduler
 
 from varirm.chat import load_tokenizer
 from varirm.losses import bradley_terry_loss, center_rewards_penalty
-from varirm.metrics import pairwise_metrics, update_pairwise
+from varirm.metrics import GroupRewardMetrics, pairwise_metrics, update_pairwise
 from varirm.model import RewardModel, load_reward_model
+from varirm.variance import Normalization, variance_regularizer, whiten, within_prompt_variance
 
 
 class RewardModelModule(LightningModule):
-    """Trains a :class:`varirm.model.RewardModel` with the Bradley-Terry loss on preference pairs.
+    """Trains a :class:`varirm.model.RewardModel` with the Bradley-Terry loss on preference pairs,
+    optionally plus ``variance_coef`` times the variance regularizer on policy-sample groups:
+
+        loss = mean_i BT(r_c,i, r_r,i, m_i) + center_rewards_coef * mean_i (r_c,i + r_r,i)^2
+               + variance_coef * mean_g varirm.variance.variance_regularizer(r_g)
 
     Batches come from :class:`varirm.data.PreferenceDataModule`: ``input_ids`` ``(2b, t)`` with
-    chosen rows first, so chosen and rejected go through the model in one forward.
+    chosen rows first, and with ``data.policy_samples`` also ``group_input_ids`` ``(g * k, t')``;
+    pairs and groups go through the model in one forward.
 
     Args:
         model_name_or_path: Hub id or local directory of the backbone (or of a saved LoRA RM).
@@ -37,6 +44,15 @@ class RewardModelModule(LightningModule):
         betas: AdamW betas.
         warmup_ratio: Fraction of all optimizer steps spent in linear warm-up.
         scheduler: Learning-rate schedule after warm-up.
+        variance_coef: Weight of the variance regularizer (0: plain Bradley-Terry).
+        variance_target: Floor on a prompt's whitened variance above which the term stops
+            pushing (``None``: always push).
+        variance_normalization: ``batch``: whiten by the group batch's mean/std, gradients
+            through them (scale invariant); ``none``: raw rewards (ablation only).
+        variance_warmup_ratio: Ramp ``variance_coef`` linearly from 0 over this fraction of all
+            steps. The term is scale invariant, so its gradient grows as ``1 / std(r)``: at
+            initialisation rewards are nearly constant and, at full weight, the term would drown
+            the Bradley-Terry gradient before the RM has learned any ranking.
     """
 
     def __init__(
@@ -56,6 +72,10 @@ class RewardModelModule(LightningModule):
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_ratio: float = 0.03,
         scheduler: Literal["cosine", "linear", "constant"] = "cosine",
+        variance_coef: float = 0.0,
+        variance_target: Optional[float] = None,
+        variance_normalization: Normalization = "batch",
+        variance_warmup_ratio: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -67,6 +87,7 @@ class RewardModelModule(LightningModule):
         self.train_metrics = pairwise_metrics("train/")
         self.val_metrics = pairwise_metrics("val/")
         self.test_metrics = pairwise_metrics("test/")
+        self.val_policy_metrics = GroupRewardMetrics()
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -82,33 +103,77 @@ class RewardModelModule(LightningModule):
         """Rewards ``(n,)`` for right-padded ``(n, t)`` inputs."""
         return self.model(input_ids, attention_mask)
 
-    def _shared_step(self, batch: dict[str, torch.Tensor], metrics) -> torch.Tensor:
-        rewards = self(batch["input_ids"], batch["attention_mask"])  # (2b,)
-        chosen, rejected = rewards.chunk(2)  # (b,), (b,)
+    def _shared_step(self, batch: dict[str, torch.Tensor], metrics) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Loss of a batch and, when the batch carries policy-sample groups, their rewards ``(g, k)``."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]  # (2b, t)
+        n_pairs = ids.shape[0]
+        if "group_input_ids" in batch:  # one forward for pairs and groups: pad both to the longer t
+            g_ids, g_mask = batch["group_input_ids"], batch["group_attention_mask"]
+            t = max(ids.shape[1], g_ids.shape[1])
+            pad = self.tokenizer.pad_token_id
+            ids = torch.cat([F.pad(ids, (0, t - ids.shape[1]), value=pad), F.pad(g_ids, (0, t - g_ids.shape[1]), value=pad)])
+            mask = torch.cat([F.pad(mask, (0, t - mask.shape[1])), F.pad(g_mask, (0, t - g_mask.shape[1]))])
+        rewards = self(ids, mask)
+        chosen, rejected = rewards[:n_pairs].chunk(2)  # (b,), (b,)
         loss = bradley_terry_loss(chosen, rejected, batch["margin"]).mean()
         if self.hparams.center_rewards_coef > 0:
             loss = loss + self.hparams.center_rewards_coef * center_rewards_penalty(chosen, rejected).mean()
         update_pairwise(metrics, chosen, rejected)
-        return loss
+        groups = None
+        if "group_input_ids" in batch:
+            groups = rewards[n_pairs:].view(-1, int(batch["group_size"]))  # (g, k)
+            coef = self.variance_coef_now()
+            if coef > 0 and metrics is self.train_metrics:
+                term = variance_regularizer(groups, self.hparams.variance_normalization,
+                                            self.hparams.variance_target).mean()
+                loss = loss + coef * term
+        return loss, groups
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self._shared_step(batch, self.train_metrics)
+        loss, groups = self._shared_step(batch, self.train_metrics)
         n = batch["input_ids"].shape[0] // 2
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log_dict(self.train_metrics, on_step=True, on_epoch=False, batch_size=n)
         mask = batch["attention_mask"]
         self.log("train/pad_fraction", 1.0 - mask.sum() / mask.numel(), batch_size=n)
+        if groups is not None:  # the regularizer's own view: whitened within-prompt variance of this batch
+            self.log("train/group_whitened_variance", within_prompt_variance(whiten(groups.detach())).mean(),
+                     batch_size=groups.shape[0])
         return loss
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss = self._shared_step(batch, self.val_metrics)
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        if "group_input_ids" in batch and "input_ids" not in batch:  # policy-sample groups
+            k = int(batch["group_size"])
+            rewards = self(batch["group_input_ids"], batch["group_attention_mask"]).view(-1, k)
+            self.val_policy_metrics.update(rewards, batch.get("group_gold"))
+            return
+        loss, _ = self._shared_step(batch, self.val_metrics)
         n = batch["input_ids"].shape[0] // 2
-        self.log("val/loss", loss, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("val/loss", loss, prog_bar=True, batch_size=n, sync_dist=True, add_dataloader_idx=False)
         for name, metric in self.val_metrics.items():
-            self.log(name, metric, prog_bar=name == "val/acc", batch_size=n)
+            self.log(name, metric, prog_bar=name == "val/acc", batch_size=n, add_dataloader_idx=False)
+
+    def variance_coef_now(self) -> float:
+        """``variance_coef`` after the linear warm-up over ``variance_warmup_ratio`` of all steps."""
+        hp = self.hparams
+        if hp.variance_coef <= 0 or hp.variance_warmup_ratio <= 0 or self._trainer is None:
+            return hp.variance_coef
+        warmup = hp.variance_warmup_ratio * max(int(self.trainer.estimated_stepping_batches), 1)
+        return hp.variance_coef * min(1.0, self.global_step / warmup)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.val_policy_metrics.update_count == 0:
+            return
+        report = self.val_policy_metrics.compute()
+        self.val_policy_metrics.reset()
+        names = {"whitened_variance_mean": "val_policy/whitened_variance", "raw_variance_mean": "val_policy/raw_variance",
+                 "on_policy_acc": "val_policy/acc", "scale": "val_policy/reward_scale"}
+        for key, name in names.items():
+            if key in report:
+                self.log(name, float(report[key]), prog_bar=key == "whitened_variance_mean")
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss = self._shared_step(batch, self.test_metrics)
+        loss, _ = self._shared_step(batch, self.test_metrics)
         n = batch["input_ids"].shape[0] // 2
         self.log("test/loss", loss, batch_size=n, sync_dist=True)
         self.log_dict(self.test_metrics, batch_size=n)

@@ -1,0 +1,57 @@
+import json
+
+import pytest
+import torch
+
+import varirm.evaluate as ev
+from varirm.errors import VarirmError
+
+
+@pytest.fixture
+def samples_file(tmp_path):
+    rows = [{"prompt": "List some fruit words.", "responses": ["apple", "dog"], "policy": "pi"},
+            {"prompt": "Write tool words.", "responses": ["saw", "axe"], "policy": "pi"}]
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def fixed_rm(monkeypatch):
+    """An RM whose rewards are a table, so every number in the report can be worked out by hand."""
+    table = {"apple": 0.0, "dog": 2.0, "saw": 1.0, "axe": 3.0, "pear": 5.0, "cat": 4.0}
+    monkeypatch.setattr(ev, "load_scorer", lambda path, device: (None, None))
+    monkeypatch.setattr(ev, "score", lambda rm, tok, prompts, responses, *a: torch.tensor([table[r] for r in responses]))
+
+
+def test_evaluate_numbers_by_hand(tmp_path, samples_file, fixed_rm):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "p", "chosen": "pear", "rejected": "cat"}) + "\n"
+                     + json.dumps({"prompt": "p", "chosen": "apple", "rejected": "dog"}) + "\n")
+    out = tmp_path / "eval"
+    metrics = ev.evaluate("rm", str(out), samples=str(samples_file), gold="varirm.synthetic.gold_reward",
+                          pairs=str(pairs), device="cpu")
+    # rewards [[0, 2], [1, 3]]: shift 1.5, scale sqrt(1.25); raw variance 2 per prompt, whitened 1.6
+    assert metrics["shift"] == pytest.approx(1.5) and metrics["scale"] == pytest.approx(1.25 ** 0.5)
+    assert metrics["raw_variance_mean"] == pytest.approx(2.0)
+    assert metrics["whitened_variance_mean"] == pytest.approx(1.6, rel=1e-5)
+    # gold: fruit prompt apple 1/8 > dog -1/8 but RM says dog > apple (wrong); tool prompt saw = axe = 1/8 (no pair)
+    assert metrics["on_policy_acc"] == pytest.approx(0.0)
+    assert metrics["off_policy_acc"] == pytest.approx(0.5) and metrics["off_policy_pairs"] == 2
+    assert metrics["policy"] == "pi"
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == metrics
+    report = (out / "report.md").read_text()
+    assert "| whitened per-prompt variance, mean | 1.6000 |" in report
+    assert (out / "variance_hist.png").stat().st_size > 1000 and (out / "rewards_per_prompt.png").stat().st_size > 1000
+
+
+def test_evaluate_refuses_to_overwrite_and_needs_samples_or_policy(tmp_path, samples_file, fixed_rm):
+    out = tmp_path / "eval"
+    ev.evaluate("rm", str(out), samples=str(samples_file), plots=False, device="cpu")
+    before = (out / "metrics.json").read_text()
+    with pytest.raises(VarirmError, match="already holds an evaluation"):
+        ev.evaluate("rm", str(out), samples=str(samples_file), plots=False, device="cpu")
+    assert (out / "metrics.json").read_text() == before
+    with pytest.raises(VarirmError, match="--policy and --prompts"):
+        ev.evaluate("rm", str(tmp_path / "other"), device="cpu")

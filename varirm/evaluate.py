@@ -1,0 +1,179 @@
+"""``varirm evaluate``: reward variance and accuracy of a reward model under a policy.
+
+For an RM and a policy's samples (a samples file, or a policy + prompts to sample from now):
+normalization stats (shift, scale) on the policy's samples, per-prompt reward variance raw and
+whitened (mean, quantiles), on-policy accuracy against a gold labeler, off-policy accuracy on a
+preference test set. Writes ``metrics.json``, ``report.md``, ``variance_hist.png`` and
+``rewards_per_prompt.png`` into the output directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import torch
+
+from varirm.errors import VarirmError
+from varirm.formats import load_preference_rows
+from varirm.sampling import SamplingConfig, generate_responses, load_policy, read_prompts, read_samples, write_samples
+from varirm.scoring import load_scorer, resolve_labeler, score
+from varirm.variance import variance_report, whiten, within_prompt_variance
+
+
+def _device(device: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def render_markdown(metrics: dict[str, Any]) -> str:
+    """The Markdown report of :func:`evaluate`'s metrics."""
+    q = metrics["whitened_variance_quantiles"]
+    lines = [
+        f"# Reward variance of `{metrics['rm']}` under `{metrics['policy']}`", "",
+        f"{metrics['prompts']} prompts x {metrics['samples_per_prompt']} samples per prompt "
+        f"(samples: `{metrics['samples_file']}`).", "",
+        "| metric | value |", "|---|---|",
+        f"| normalization shift (mean reward) | {metrics['shift']:.4f} |",
+        f"| normalization scale (std of rewards) | {metrics['scale']:.4f} |",
+        f"| raw per-prompt variance, mean | {metrics['raw_variance_mean']:.4f} |",
+        f"| whitened per-prompt variance, mean | {metrics['whitened_variance_mean']:.4f} |",
+        "| whitened per-prompt variance, quantiles " + ", ".join(q) + " | "
+        + ", ".join(f"{v:.3f}" for v in q.values()) + " |",
+    ]
+    if "on_policy_acc" in metrics:
+        lines += [f"| on-policy accuracy vs gold (`{metrics['gold']}`) | {metrics['on_policy_acc']:.4f} |",
+                  f"| gold reward: whitened per-prompt variance | {metrics['gold_whitened_variance_mean']:.4f} |"]
+    if "off_policy_acc" in metrics:
+        lines.append(f"| off-policy accuracy (`{metrics['pairs_file']}`, {metrics['off_policy_pairs']} pairs) "
+                     f"| {metrics['off_policy_acc']:.4f} |")
+    lines += ["", "Whitened: rewards minus the shift, divided by the scale, both measured on these samples, so "
+              "rescaling the RM does not change the whitened variance. Variances are unbiased (k - 1).", ""]
+    return "\n".join(lines)
+
+
+def plot(rewards: torch.Tensor, gold: Optional[torch.Tensor], output: str, title: str, prompts_shown: int = 8) -> list[str]:
+    """``variance_hist.png`` (per-prompt whitened variance) and ``rewards_per_prompt.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    z = whiten(rewards.double())
+    paths = [os.path.join(output, "variance_hist.png"), os.path.join(output, "rewards_per_prompt.png")]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(within_prompt_variance(z).numpy(), bins=30, color="#4477aa")
+    ax.set_xlabel("per-prompt variance of whitened rewards")
+    ax.set_ylabel("prompts")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(paths[0], dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    n = min(prompts_shown, z.shape[0])
+    for i in range(n):
+        ax.scatter([i] * z.shape[1], z[i].numpy(), s=14, color="#4477aa", label="RM (whitened)" if i == 0 else None)
+        if gold is not None:
+            ax.scatter([i + 0.25] * z.shape[1], whiten(gold.double())[i].numpy(), s=14, color="#ee6677",
+                       marker="x", label="gold (whitened)" if i == 0 else None)
+    ax.set_xlabel("prompt")
+    ax.set_ylabel("reward, whitened")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=100)
+    plt.close(fig)
+    return paths
+
+
+def evaluate(
+    rm: str,
+    output: str,
+    samples: Optional[str] = None,
+    policy: Optional[str] = None,
+    prompts: Optional[str] = None,
+    k: int = 10,
+    num_prompts: Optional[int] = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 32,
+    seed: int = 0,
+    gold: Optional[str] = None,
+    pairs: Optional[str] = None,
+    batch_size: int = 32,
+    max_length: int = 1024,
+    device: str = "auto",
+    plots: bool = True,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Evaluate reward variance and accuracy of an RM under a policy.
+
+    Args:
+        rm: Reward model: a ``.ckpt`` from ``varirm fit`` or a Hugging Face directory.
+        output: Directory for metrics.json, report.md and the plots.
+        samples: Samples file (``varirm sample``); or give ``policy`` and ``prompts`` instead.
+        policy: Policy (causal LM) to sample from when no samples file is given.
+        prompts: Prompts file for sampling.
+        k: Samples per prompt when sampling.
+        num_prompts: Use only the first this many prompts when sampling.
+        temperature: Sampling temperature.
+        top_p: Nucleus sampling threshold.
+        max_new_tokens: Longest sampled response.
+        seed: Sampling seed.
+        gold: Gold labeler for on-policy accuracy: a callable's dotted path or an RM directory
+            (a ``gold`` field in the samples file is used when this is not given).
+        pairs: Preference test set for off-policy accuracy (any format ``varirm fit`` reads).
+        batch_size: Sequences per scoring forward.
+        max_length: Longest scored prompt + response (truncated like training).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        plots: Write the PNG plots.
+        overwrite: Replace an existing report in ``output``.
+    """
+    if os.path.exists(os.path.join(output, "metrics.json")) and not overwrite:
+        raise VarirmError(f"{output} already holds an evaluation; pass --overwrite true or choose another --output")
+    os.makedirs(output, exist_ok=True)
+    device = _device(device)
+    if samples is None:
+        if not (policy and prompts):
+            raise VarirmError("give --samples FILE, or --policy and --prompts to sample from the policy")
+        config = SamplingConfig(k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+                                batch_size=batch_size)
+        model, tokenizer = load_policy(policy)
+        prompt_list = read_prompts(prompts, limit=num_prompts)
+        samples = os.path.join(output, "samples.jsonl")
+        write_samples(samples, prompt_list, generate_responses(model.to(device), tokenizer, prompt_list, config),
+                      policy, config)
+        del model
+    rows = read_samples(samples)
+    reward_model, tokenizer = load_scorer(rm, device)
+    k = len(rows[0]["responses"])
+    flat_prompts = [row["prompt"] for row in rows for _ in range(k)]
+    flat_responses = [r for row in rows for r in row["responses"]]
+    rewards = score(reward_model, tokenizer, flat_prompts, flat_responses, batch_size, max_length).view(len(rows), k)
+    gold_rewards = None
+    if gold is not None:
+        gold_rewards = torch.tensor(resolve_labeler(gold)(flat_prompts, flat_responses)).view(len(rows), k)
+    elif all("gold" in row for row in rows):
+        gold_rewards = torch.tensor([row["gold"] for row in rows], dtype=torch.float32)
+    metrics: dict[str, Any] = {"rm": rm, "policy": rows[0].get("policy", "unknown"), "samples_file": samples,
+                               "gold": gold or ("samples file" if gold_rewards is not None else None)}
+    metrics.update(variance_report(rewards, gold_rewards))
+    if pairs is not None:
+        pair_rows, _ = load_preference_rows(pairs, "test", "auto", {}, skip_bad=False)
+        prompts_p = [r["prompt_messages"] or r["prompt_text"] for r in pair_rows]
+        chosen = score(reward_model, tokenizer, prompts_p, [r["chosen"] for r in pair_rows], batch_size, max_length)
+        rejected = score(reward_model, tokenizer, prompts_p, [r["rejected"] for r in pair_rows], batch_size, max_length)
+        metrics.update({"pairs_file": pairs, "off_policy_pairs": len(pair_rows),
+                        "off_policy_acc": (chosen > rejected).float().mean().item()})
+    _write_atomic(os.path.join(output, "metrics.json"), json.dumps(metrics, indent=2))
+    _write_atomic(os.path.join(output, "report.md"), render_markdown(metrics))
+    if plots:
+        plot(rewards, gold_rewards, output, f"{os.path.basename(rm.rstrip('/'))} under {metrics['policy']}")
+    return metrics

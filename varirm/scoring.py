@@ -1,0 +1,83 @@
+"""Scoring (prompt, response) texts with a reward model, and labelers.
+
+Everything that scores text outside training (``varirm evaluate``, labelers that turn policy
+samples into preference pairs, RLOO) goes through :func:`score`, which tokenizes with
+:func:`varirm.chat.encode_prompt_response`: the RM sees the same text it was trained on.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Callable, Optional
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from varirm.chat import Prompt, encode_prompt_response, fit_to_length, load_tokenizer
+from varirm.data import collate_pairs
+from varirm.errors import VarirmError
+from varirm.model import RewardModel, load_reward_model
+
+Labeler = Callable[[list[Prompt], list[str]], list[float]]
+
+
+def load_scorer(path: str, device: str = "cpu") -> tuple[RewardModel, PreTrainedTokenizerBase]:
+    """A reward model in eval mode and its tokenizer, from a Lightning checkpoint (``.ckpt``
+    written by ``varirm fit``) or a Hugging Face directory (full weights or a LoRA adapter)."""
+    if path.endswith(".ckpt"):
+        from varirm.module import RewardModelModule
+
+        if not os.path.isfile(path):
+            raise VarirmError(f"{path}: checkpoint not found")
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        module = RewardModelModule(**ckpt["hyper_parameters"])
+        module.configure_model()
+        module.load_state_dict(ckpt["state_dict"], strict=module.strict_loading)
+        rm, tokenizer = module.model, module.tokenizer
+    else:
+        if not os.path.isdir(path) and os.path.isabs(path):
+            raise VarirmError(f"{path}: reward model directory not found")
+        tokenizer = load_tokenizer(path)
+        rm = load_reward_model(path, tokenizer)
+    return rm.to(device).eval(), tokenizer
+
+
+@torch.no_grad()
+def score(rm: RewardModel, tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt], responses: list[str],
+          batch_size: int = 32, max_length: Optional[int] = None) -> torch.Tensor:
+    """Rewards ``(n,)`` (fp32, on CPU) for ``n`` (prompt, response) pairs. Rows are scored in
+    length order (little padding) and returned in input order."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    ids = []
+    for prompt, response in zip(prompts, responses):
+        p, r = encode_prompt_response(tokenizer, prompt, response)
+        ids.append(fit_to_length(p, r, max_length) if max_length else p + r)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    device = next(rm.parameters()).device
+    out = torch.empty(len(ids))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        batch = collate_pairs([{"chosen_ids": ids[i], "rejected_ids": ids[i], "margin": 0.0} for i in chunk],
+                              tokenizer.pad_token_id)
+        n = len(chunk)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            rewards = rm(batch["input_ids"][:n].to(device), batch["attention_mask"][:n].to(device))
+        out[chunk] = rewards.float().cpu()
+    return out
+
+
+def resolve_labeler(spec: str, batch_size: int = 32) -> Labeler:
+    """A labeler from a recipe string: a reward-model directory or ``.ckpt`` (scored with
+    :func:`score`), or the dotted path of a Python callable ``(prompt, response) -> float``,
+    e.g. ``varirm.synthetic.gold_reward``."""
+    if os.path.isdir(spec) or spec.endswith(".ckpt"):
+        rm, tokenizer = load_scorer(spec)
+        return lambda prompts, responses: score(rm, tokenizer, prompts, responses, batch_size).tolist()
+    module_name, _, attr = spec.replace(":", ".").rpartition(".")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise VarirmError(f"labeler {spec!r}: neither a reward-model directory nor an importable callable ({e})")
+    return lambda prompts, responses: [float(fn(p, r)) for p, r in zip(prompts, responses)]

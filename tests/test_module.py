@@ -67,6 +67,16 @@ def test_fit_learns_and_writes_a_run_directory(tmp_path, tiny_model_dir, larger_
     accs = [float(r["val/acc"]) for r in rows if r.get("val/acc")]
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
     assert len(accs) == 6 and accs[-1] >= 0.75 and accs[-1] > accs[0] + 0.15, accs
+    # the checkpoint scores outside Lightning (varirm.scoring) exactly as validation did
+    from varirm.formats import load_preference_rows
+    from varirm.scoring import load_scorer, score
+
+    rm, tokenizer = load_scorer(str(run / "checkpoints" / "last.ckpt"))
+    rows, _ = load_preference_rows(str(larger_synthetic / "val.jsonl"), "val", "auto", {}, False)
+    prompts = [r["prompt_messages"] for r in rows]
+    chosen = score(rm, tokenizer, prompts, [r["chosen"] for r in rows], max_length=64)
+    rejected = score(rm, tokenizer, prompts, [r["rejected"] for r in rows], max_length=64)
+    assert abs((chosen > rejected).float().mean().item() - accs[-1]) < 0.02  # bf16 vs fp32 ties aside
 
 
 @pytest.mark.slow
@@ -115,3 +125,42 @@ def test_lora_run_checkpoints_only_trainable_weights_and_tests_from_them(tmp_pat
     assert state and all("lora_" in k or "score" in k for k in state), list(state)[:5]
     cli_main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
               "--trainer.logger", "false"])
+
+
+def test_variance_coef_warms_up_linearly(tiny_model_dir):
+    from types import SimpleNamespace
+
+    from varirm.module import RewardModelModule
+
+    module = RewardModelModule(tiny_model_dir, variance_coef=0.2, variance_warmup_ratio=0.5)
+    assert module.variance_coef_now() == 0.2  # no trainer: full weight
+    for step, expected in [(0, 0.0), (25, 0.1), (50, 0.2), (90, 0.2)]:
+        module._trainer = SimpleNamespace(estimated_stepping_batches=100, global_step=step)
+        assert abs(module.variance_coef_now() - expected) < 1e-9
+
+
+@pytest.mark.slow
+def test_fit_with_regularizer_logs_on_policy_variance_and_accuracy(tmp_path, tiny_model_dir, synthetic_dir):
+    import json
+
+    from varirm.synthetic import make_prompts, sample_response, prompt_topic
+    import random
+
+    rng = random.Random(0)
+    samples = tmp_path / "samples.jsonl"
+    with open(samples, "w") as f:
+        for row in make_prompts(16, seed=9):
+            topic = prompt_topic(row["prompt"][0]["content"])
+            f.write(json.dumps({"prompt": row["prompt"], "policy": "synthetic",
+                                "responses": [sample_response(rng, topic, rng.random()) for _ in range(4)]}) + "\n")
+    run = tmp_path / "reg"
+    cli_main(fit_args(run, tiny_model_dir, synthetic_dir, "--trainer.max_epochs", "1",
+                      "--model.init_args.variance_coef", "0.1",
+                      "--data.init_args.policy_samples", str(samples), "--data.init_args.groups_per_batch", "2",
+                      "--data.init_args.val_policy_samples", str(samples),
+                      "--data.init_args.labeler", "varirm.synthetic.gold_reward"))
+    rows = read_metrics(run)
+    final = [r for r in rows if r.get("val_policy/whitened_variance")][-1]
+    assert 0.0 < float(final["val_policy/whitened_variance"]) <= 4 / 3 + 1e-6  # at most k / (k - 1)
+    assert 0.0 <= float(final["val_policy/acc"]) <= 1.0 and final.get("val/acc")
+    assert [r for r in rows if r.get("train/group_whitened_variance")]

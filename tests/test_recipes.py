@@ -9,7 +9,10 @@ from varirm.cli import VarirmCLI
 from varirm.data import PreferenceDataModule
 from varirm.module import RewardModelModule
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
+ALL = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
+SAMPLE_RECIPES = [p for p in ALL if p.parent.name == "sample"]
+SFT_RECIPES = [p for p in ALL if p.stem.startswith("sft")]
+RECIPES = [p for p in ALL if p not in SAMPLE_RECIPES and p not in SFT_RECIPES]
 
 
 class ParseOnly(VarirmCLI):
@@ -22,7 +25,9 @@ class ParseOnly(VarirmCLI):
 
 
 def test_recipes_exist():
-    assert {p.stem for p in RECIPES} >= {"quickstart", "full_1b", "lora_1b", "qlora_8b"}
+    assert {p.stem for p in RECIPES} >= {"quickstart", "full_1b", "lora_1b", "qlora_8b", "variance_synthetic",
+                                         "variance_lora_1b"}
+    assert SAMPLE_RECIPES and SFT_RECIPES
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
@@ -40,3 +45,25 @@ def test_a_bad_recipe_value_is_rejected_before_any_work(tmp_path):
     with pytest.raises(SystemExit):
         ParseOnly(RewardModelModule, PreferenceDataModule, subclass_mode_model=True, subclass_mode_data=True,
                   run=False, args=["--config", str(bad)], auto_configure_optimizers=False)
+
+
+@pytest.mark.parametrize("recipe", SAMPLE_RECIPES, ids=[p.stem for p in SAMPLE_RECIPES])
+def test_sample_recipe_parses(recipe):
+    from jsonargparse import ArgumentParser
+
+    from varirm.sampling import sample
+
+    parser = ArgumentParser()
+    parser.add_argument("--config", action="config")
+    parser.add_function_arguments(sample)
+    cfg = parser.parse_args(["--config", str(recipe)])
+    assert cfg.k >= 2 and cfg.policy and cfg.prompts and cfg.output
+
+
+@pytest.mark.parametrize("recipe", SFT_RECIPES, ids=[p.stem for p in SFT_RECIPES])
+def test_sft_recipe_parses(recipe):
+    from varirm.sft import SFTDataModule, SFTModule
+
+    cli = ParseOnly(SFTModule, SFTDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
+                    args=["--config", str(recipe)], auto_configure_optimizers=False)
+    assert isinstance(cli.model, SFTModule) and cli.model.hparams.save_dir

@@ -7,6 +7,7 @@
 - ``varirm sft --config recipes/sft_synthetic.yaml``: fine-tune a policy on demonstrations.
 - ``varirm sample``: k responses per prompt from a policy, written to a samples file.
 - ``varirm evaluate``: reward variance (raw, whitened) and on/off-policy accuracy of an RM under a policy.
+- ``varirm export`` / ``varirm card``: Hugging Face format with a variance model card; re-render the card.
 
 A run lives in ``trainer.default_root_dir``: ``config.yaml`` (resolved), ``checkpoints/``
 (``last.ckpt`` for ``--ckpt_path last``), TensorBoard events, ``csv/version_N/metrics.csv`` (one
@@ -28,7 +29,7 @@ from varirm.data import PreferenceDataModule
 from varirm.errors import VarirmError
 from varirm.module import RewardModelModule
 
-TOOLS = {"make-tiny-model", "make-synthetic", "sample", "evaluate"}
+TOOLS = {"make-tiny-model", "make-synthetic", "sample", "evaluate", "export", "card"}
 
 
 class SaveFitConfig(SaveConfigCallback):
@@ -81,11 +82,13 @@ class VarirmCLI(LightningCLI):
 
 def make_tool_parsers():
     from varirm.evaluate import evaluate
+    from varirm.export import card, export
     from varirm.sampling import sample
     from varirm.synthetic import write_task
     from varirm.tiny import make_tiny_model
 
-    return {"make-tiny-model": make_tiny_model, "make-synthetic": write_task, "sample": sample, "evaluate": evaluate}
+    return {"make-tiny-model": make_tiny_model, "make-synthetic": write_task, "sample": sample, "evaluate": evaluate,
+            "export": export, "card": card}
 
 
 def cli_main(args: list[str] | None = None) -> None:

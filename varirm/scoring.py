@@ -22,16 +22,21 @@ from varirm.model import RewardModel, load_reward_model
 Labeler = Callable[[list[Prompt], list[str]], list[float]]
 
 
-def load_scorer(path: str, device: str = "cpu") -> tuple[RewardModel, PreTrainedTokenizerBase]:
+def load_scorer(path: str, device: str = "cpu", quantized: bool = True) -> tuple[RewardModel, PreTrainedTokenizerBase]:
     """A reward model in eval mode and its tokenizer, from a Lightning checkpoint (``.ckpt``
-    written by ``varirm fit``) or a Hugging Face directory (full weights or a LoRA adapter)."""
+    written by ``varirm fit``) or a Hugging Face directory (full weights or a LoRA adapter).
+    ``quantized=False`` loads a QLoRA checkpoint's base without 4-bit quantization."""
     if path.endswith(".ckpt"):
         from varirm.module import RewardModelModule
 
         if not os.path.isfile(path):
             raise VarirmError(f"{path}: checkpoint not found")
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        module = RewardModelModule(**ckpt["hyper_parameters"])
+        # LightningCLI adds private keys (``_class_path``, ``_instantiator``) to the saved hparams
+        hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
+        if not quantized and hparams.get("load_in_4bit"):
+            hparams["load_in_4bit"] = False
+        module = RewardModelModule(**hparams)
         module.configure_model()
         module.load_state_dict(ckpt["state_dict"], strict=module.strict_loading)
         rm, tokenizer = module.model, module.tokenizer
@@ -69,10 +74,11 @@ def score(rm: RewardModel, tokenizer: PreTrainedTokenizerBase, prompts: list[Pro
 
 
 def resolve_labeler(spec: str, batch_size: int = 32) -> Labeler:
-    """A labeler from a recipe string: a reward-model directory or ``.ckpt`` (scored with
-    :func:`score`), or the dotted path of a Python callable ``(prompt, response) -> float``,
-    e.g. ``varirm.synthetic.gold_reward``."""
-    if os.path.isdir(spec) or spec.endswith(".ckpt"):
+    """A labeler from a recipe string: a reward model (a directory, a ``.ckpt``, or a Hub id such
+    as ``Skywork/Skywork-Reward-Llama-3.1-8B-v0.2``: anything with a ``/``), scored with
+    :func:`score`; or the dotted path of a Python callable ``(prompt, response) -> float``, e.g.
+    ``varirm.synthetic.gold_reward``."""
+    if "/" in spec or os.path.isdir(spec) or spec.endswith(".ckpt"):
         rm, tokenizer = load_scorer(spec)
         return lambda prompts, responses: score(rm, tokenizer, prompts, responses, batch_size).tolist()
     module_name, _, attr = spec.replace(":", ".").rpartition(".")

@@ -1,0 +1,249 @@
+"""``varirm export`` and ``varirm card``: Hugging Face Hub format with a variance model card.
+
+Export: checkpoint (or run directory) -> directory with safetensors weights (LoRA merged, or the
+adapter with ``adapter_only``), tokenizer and chat template, ``config.json`` with ``num_labels=1``,
+``pad_token_id`` and the reward normalization measured on the target policy's samples
+(``reward_shift``/``reward_scale``, and ``mean``/``std`` for OpenRLHF), the resolved training
+recipe (``varirm_recipe.yaml``), ``varirm_card.json`` (everything the card is rendered from)
+and ``README.md`` (the card). The directory is written under a temporary name and renamed into
+place at the end, so a failure leaves nothing half-written.
+
+Card numbers come only from ``metrics.json`` files written by ``varirm evaluate`` for this same
+checkpoint; nothing is typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Optional
+
+import torch
+import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from varirm.errors import VarirmError
+
+TEMPLATE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model_cards", "variance_card.md")
+CARD_DATA = "varirm_card.json"
+
+
+def resolve_checkpoint(path: str) -> tuple[str, Optional[str]]:
+    """``(checkpoint file, run directory or None)`` from a ``.ckpt`` or a run directory."""
+    if os.path.isdir(path):
+        ckpt = os.path.join(path, "checkpoints", "last.ckpt")
+        if not os.path.isfile(ckpt):
+            raise VarirmError(f"{path}: no checkpoints/last.ckpt in this run directory")
+        return ckpt, path
+    if not os.path.isfile(path):
+        raise VarirmError(f"{path}: checkpoint not found")
+    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    return path, run_dir if os.path.isfile(os.path.join(run_dir, "config.yaml")) else None
+
+
+def load_evaluation(path: str, checkpoint: Optional[str] = None) -> dict[str, Any]:
+    """``metrics.json`` of ``varirm evaluate`` (a file or its output directory). With
+    ``checkpoint``, it must have been measured on that checkpoint."""
+    file = os.path.join(path, "metrics.json") if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise VarirmError(f"{path}: no metrics.json from varirm evaluate")
+    with open(file) as f:
+        metrics = json.load(f)
+    if checkpoint is not None and os.path.realpath(metrics["rm"]) != os.path.realpath(checkpoint):
+        raise VarirmError(f"{file}: measured on {metrics['rm']}, not on {checkpoint}; evaluate this checkpoint")
+    return metrics
+
+
+def _is_hub_id(name: str) -> bool:
+    return not os.path.exists(name) and name.count("/") == 1 and not name.startswith((".", "/"))
+
+
+def _card_info(hparams: dict[str, Any], recipe: Optional[dict[str, Any]]) -> dict[str, Any]:
+    data = ((recipe or {}).get("data") or {}).get("init_args") or {}
+    train = data.get("train") or []
+    train = [train] if isinstance(train, str) else list(train)
+    if data.get("on_policy_fraction"):
+        train.append(f"{data.get('on_policy_samples')} ({data['on_policy_fraction']:.0%} on-policy pairs)")
+    method = "full fine-tune"
+    if hparams.get("lora_r"):
+        method = f"LoRA r={hparams['lora_r']}" + (" on a 4-bit NF4 base (QLoRA)" if hparams.get("load_in_4bit") else "")
+    objective = "Bradley-Terry"
+    if hparams.get("variance_coef"):
+        objective += (f" + {hparams['variance_coef']} x variance regularizer on policy samples "
+                      f"(`{data.get('policy_samples')}`)")
+    if hparams.get("center_rewards_coef"):
+        objective += f" + {hparams['center_rewards_coef']} x reward centring"
+    return {"base_model": hparams["model_name_or_path"], "train_data": train, "method": method, "objective": objective,
+            "prompt_is_chat": data.get("format", "auto") != "standard"}
+
+
+def render_card(info: dict[str, Any], repo_id: str, license: str = "apache-2.0") -> ModelCard:
+    """The model card (Hub model-index metadata + Markdown) from ``varirm_card.json`` content."""
+    evaluations = info["evaluations"]
+    results = []
+    for e in evaluations:
+        name = f"samples of {e['policy']}"
+        results.append(EvalResult(task_type="text-classification", task_name="reward variance under policy",
+                                  dataset_type="policy-samples", dataset_name=name,
+                                  metric_type="whitened_reward_variance", metric_name="whitened per-prompt reward variance",
+                                  metric_value=round(e["whitened_variance_mean"], 4)))
+        if "on_policy_acc" in e:
+            results.append(EvalResult(task_type="text-classification", task_name="on-policy accuracy",
+                                      dataset_type="policy-samples", dataset_name=name, metric_type="accuracy",
+                                      metric_name="on-policy accuracy vs gold", metric_value=round(e["on_policy_acc"], 4)))
+    for e in info["off_policy"]:
+        results.append(EvalResult(task_type="text-classification", task_name="preference accuracy",
+                                  dataset_type=e["pairs_file"] if _is_hub_id(e["pairs_file"]) else "preference-pairs",
+                                  dataset_name=os.path.basename(e["pairs_file"]), metric_type="accuracy",
+                                  metric_name="off-policy pairwise accuracy", metric_value=round(e["off_policy_acc"], 4)))
+    base = info["base_model"]
+    data = ModelCardData(
+        base_model=base if _is_hub_id(base) else None, license=license, library_name="transformers",
+        pipeline_tag="text-classification", tags=["reward-model", "rlhf", "varirm", "reward-variance"],
+        datasets=[d for d in info["train_data"] if _is_hub_id(d)] or None, model_name=info["model_name"],
+        eval_results=results or None)
+    return ModelCard.from_template(
+        data, template_path=TEMPLATE, model_name=info["model_name"], repo_id=repo_id,
+        base_model=base if _is_hub_id(base) else None, train_data=info["train_data"], method=info["method"],
+        objective=info["objective"], prompt_is_chat=info["prompt_is_chat"], evaluations=evaluations,
+        off_policy=info["off_policy"], normalization_policy=info.get("normalization_policy") or "no policy (not measured)",
+        verification=info.get("verification"))
+
+
+def _write_card(directory: str, info: dict[str, Any]) -> None:
+    with open(os.path.join(directory, CARD_DATA + ".tmp"), "w") as f:
+        json.dump(info, f, indent=2)
+    os.replace(os.path.join(directory, CARD_DATA + ".tmp"), os.path.join(directory, CARD_DATA))
+    render_card(info, info["repo_id"], info["license"]).save(os.path.join(directory, "README.md.tmp"))
+    os.replace(os.path.join(directory, "README.md.tmp"), os.path.join(directory, "README.md"))
+
+
+def _off_policy(evaluations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen, out = set(), []
+    for e in evaluations:
+        if "off_policy_acc" in e and e["pairs_file"] not in seen:
+            seen.add(e["pairs_file"])
+            out.append({k: e[k] for k in ("pairs_file", "off_policy_pairs", "off_policy_acc")})
+    return out
+
+
+def export(
+    checkpoint: str,
+    output: str,
+    evaluations: Optional[list[str]] = None,
+    adapter_only: bool = False,
+    overwrite: bool = False,
+    repo_id: Optional[str] = None,
+    license: str = "apache-2.0",
+    push_to_hub: Optional[str] = None,
+    private: bool = False,
+) -> str:
+    """Export a trained reward model to the Hugging Face format with a variance model card.
+
+    Args:
+        checkpoint: ``last.ckpt`` (or any ``.ckpt``) from ``varirm fit``, or its run directory.
+        output: Directory to create.
+        evaluations: ``varirm evaluate`` output directories (or metrics.json files) measured on this
+            checkpoint; the first one's policy is the target policy whose shift/scale go into the config.
+        adapter_only: Save the LoRA adapter (with the score head) instead of merged weights.
+        overwrite: Replace an existing ``output``.
+        repo_id: Name used in the card's loading snippet (default: ``push_to_hub`` or ``output``).
+        license: License in the card metadata.
+        push_to_hub: Upload the exported folder to this Hub repo (``ORG/NAME``); the token comes from
+            ``HF_TOKEN`` or the huggingface_hub login and is never written anywhere.
+        private: Create the Hub repo as private.
+    """
+    from varirm.scoring import load_scorer
+
+    ckpt, run_dir = resolve_checkpoint(checkpoint)
+    if os.path.exists(output) and not overwrite:
+        raise VarirmError(f"{output} already exists; pass --overwrite true to replace it")
+    evals = [load_evaluation(e, ckpt) for e in (evaluations or [])]
+    hparams = {k: v for k, v in torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"].items()
+               if not k.startswith("_")}
+    recipe = None
+    if run_dir and os.path.isfile(os.path.join(run_dir, "config.yaml")):
+        with open(os.path.join(run_dir, "config.yaml")) as f:
+            recipe = yaml.safe_load(f)
+    # QLoRA: load the base unquantized so merged weights are plain safetensors (no bitsandbytes
+    # needed to load them); the checkpoint holds only adapters and the score head, which fit both.
+    rm, tokenizer = load_scorer(ckpt, quantized=False)
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.", dir=parent)
+    try:
+        if rm.is_peft and not adapter_only:
+            model = rm.hf_model.merge_and_unload()
+        else:
+            model = rm.hf_model
+        if rm.is_peft and adapter_only:
+            model.save_pretrained(tmp, save_embedding_layers=False)
+        else:
+            config = model.config
+            config.num_labels = 1
+            config.pad_token_id = tokenizer.pad_token_id
+            if evals:
+                config.reward_shift = config.mean = evals[0]["shift"]
+                config.reward_scale = config.std = evals[0]["scale"]
+                config.reward_normalization_policy = evals[0]["policy"]
+            model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if run_dir and os.path.isfile(os.path.join(run_dir, "config.yaml")):
+            shutil.copyfile(os.path.join(run_dir, "config.yaml"), os.path.join(tmp, "varirm_recipe.yaml"))
+        info = {"model_name": os.path.basename(os.path.abspath(push_to_hub or repo_id or output)),
+                "repo_id": push_to_hub or repo_id or output, "license": license, "checkpoint": ckpt,
+                "adapter_only": adapter_only, **_card_info(hparams, recipe), "evaluations": evals,
+                "off_policy": _off_policy(evals), "normalization_policy": evals[0]["policy"] if evals else None,
+                "reward_shift": evals[0]["shift"] if evals else None, "reward_scale": evals[0]["scale"] if evals else None}
+        _write_card(tmp, info)
+        os.chmod(tmp, 0o755)
+        if os.path.exists(output):
+            backup = tmp + ".old"
+            os.replace(output, backup)
+            os.replace(tmp, output)
+            shutil.rmtree(backup)
+        else:
+            os.replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if push_to_hub:
+        upload(output, push_to_hub, private)
+    return output
+
+
+def upload(folder: str, repo_id: str, private: bool = False) -> str:
+    """Create the Hub repo (if needed) and upload the folder; returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()  # endpoint from HF_ENDPOINT, token from HF_TOKEN / login
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="Upload reward model (varirm export)")
+    return commit.commit_url
+
+
+def card(model_dir: str, evaluations: Optional[list[str]] = None, license: Optional[str] = None) -> str:
+    """``varirm card``: re-render an exported model's card, adding new ``varirm evaluate`` results
+    (e.g. under another policy) without re-exporting weights. An evaluation of a policy already
+    on the card replaces the old one.
+
+    Args:
+        model_dir: Directory written by ``varirm export``.
+        evaluations: New ``varirm evaluate`` output directories (or metrics.json files) of the same checkpoint.
+        license: Change the card's license.
+    """
+    path = os.path.join(model_dir, CARD_DATA)
+    if not os.path.isfile(path):
+        raise VarirmError(f"{model_dir}: no {CARD_DATA}; was it written by varirm export?")
+    with open(path) as f:
+        info = json.load(f)
+    for e in (evaluations or []):
+        new = load_evaluation(e, info["checkpoint"])
+        info["evaluations"] = [old for old in info["evaluations"] if old["policy"] != new["policy"]] + [new]
+    info["off_policy"] = _off_policy(info["evaluations"])
+    if license:
+        info["license"] = license
+    _write_card(model_dir, info)
+    return os.path.join(model_dir, "README.md")

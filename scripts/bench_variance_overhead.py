@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "bench_variance_overhead"))
+    parser.add_argument("--benchmarks_md", default=os.path.join(ROOT, "BENCHMARKS.md"),
+                        help="BENCHMARKS.md to update ('' to leave it alone, as the smoke test does)")
     args = parser.parse_args()
     torch.manual_seed(0)
     work = tempfile.mkdtemp(prefix="varirm-bench-")
@@ -121,7 +123,23 @@ def main() -> None:
           + f"\nRatio regularized / plain: **{result['ratio_regularized_over_plain']}** (target <= 1.3).\n")
     with open(args.out + ".md", "w") as f:
         f.write(md)
+    if args.benchmarks_md:
+        write_section(args.benchmarks_md, "variance_overhead", md)
     print(md)
+
+
+def write_section(path: str, name: str, text: str) -> None:
+    """Replace (or append) the section between ``<!-- bench:name -->`` markers of BENCHMARKS.md."""
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    doc = open(path).read() if os.path.exists(path) else "# Benchmarks\n\nEach section is written by the script it names.\n"
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    if start in doc and end in doc:
+        doc = doc[:doc.index(start)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip() + "\n\n" + block + "\n"
+    with open(path + ".tmp", "w") as f:
+        f.write(doc)
+    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

@@ -175,5 +175,7 @@ def evaluate(
     _write_atomic(os.path.join(output, "metrics.json"), json.dumps(metrics, indent=2))
     _write_atomic(os.path.join(output, "report.md"), render_markdown(metrics))
     if plots:
-        plot(rewards, gold_rewards, output, f"{os.path.basename(rm.rstrip('/'))} under {metrics['policy']}")
+        name = rm.rstrip("/")
+        name = os.path.basename(os.path.dirname(os.path.dirname(name)) if name.endswith(".ckpt") else name)
+        plot(rewards, gold_rewards, output, f"RM {name} under {metrics['policy']}")
     return metrics

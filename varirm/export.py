@@ -106,7 +106,7 @@ def render_card(info: dict[str, Any], repo_id: str, license: str = "apache-2.0")
         eval_results=results or None)
     return ModelCard.from_template(
         data, template_path=TEMPLATE, model_name=info["model_name"], repo_id=repo_id,
-        base_model=base if _is_hub_id(base) else None, train_data=info["train_data"], method=info["method"],
+        base_model=base if _is_hub_id(base) else None, base_model_path=base, train_data=info["train_data"], method=info["method"],
         objective=info["objective"], prompt_is_chat=info["prompt_is_chat"], evaluations=evaluations,
         off_policy=info["off_policy"], normalization_policy=info.get("normalization_policy") or "no policy (not measured)",
         verification=info.get("verification"))

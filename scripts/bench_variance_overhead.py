@@ -26,6 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from varirm.data import PreferenceDataModule  # noqa: E402
+from varirm.files import atomic_write_text  # noqa: E402
 from varirm.module import RewardModelModule  # noqa: E402
 from varirm.synthetic import write_task  # noqa: E402
 from varirm.tiny import make_tiny_model  # noqa: E402
@@ -137,9 +138,7 @@ def write_section(path: str, name: str, text: str) -> None:
         doc = doc[:doc.index(start)] + block + doc[doc.index(end) + len(end):]
     else:
         doc = doc.rstrip() + "\n\n" + block + "\n"
-    with open(path + ".tmp", "w") as f:
-        f.write(doc)
-    os.replace(path + ".tmp", path)
+    atomic_write_text(path, doc)
 
 
 if __name__ == "__main__":

@@ -355,8 +355,12 @@ def test_error_mode_stops_in_prepare_data_with_file_row_field(tmp_path, tiny_mod
 
 def test_skip_mode_with_every_row_bad_reports_zero_pairs(tmp_path, tiny_model_dir):
     train = write_jsonl(tmp_path / "allbad.jsonl", BAD_ROWS[1:3])
-    dm = build(tiny_model_dir, train, max_length=64, on_bad_rows="skip")
+    dm = PreferenceDataModule(tokenizer_name_or_path=tiny_model_dir, train=train, max_length=64, on_bad_rows="skip")
+    dm.prepare_data()
+    with pytest.raises(DataError, match="no usable training pairs"):  # training on nothing is an error...
+        dm.setup("fit")
     assert (dm.stats["train"]["rows_read"], dm.stats["train"]["bad_rows"], dm.stats["train"]["pairs"]) == (2, 2, 0)
+    dm.setup("validate")  # ...but the counts were reported first, and other stages may go on
 
 
 def test_several_train_files_of_different_formats_are_concatenated(tmp_path, tiny_model_dir):

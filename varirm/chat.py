@@ -1,7 +1,7 @@
 """Tokenizer loading and the one function that turns (prompt, response) into token ids.
 
-Every place that scores a response with a reward model (RM training, evaluation, on-policy
-sampling, RLOO) goes through :func:`encode_prompt_response`, so the text an RM was trained on and
+Every place that renders a (prompt, response) for a reward model or a policy (RM training,
+evaluation, labelling, on-policy sampling, SFT) goes through :func:`encode_prompt_response`, so the text an RM was trained on and
 the text it scores later are built the same way, byte for byte.
 
 Two prompt kinds:
@@ -19,6 +19,8 @@ import json
 from typing import Union
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from varirm.errors import ConfigError
 
 Message = dict[str, str]
 Prompt = Union[str, list[Message]]
@@ -46,7 +48,10 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
     The result is deterministic for a given ``name_or_path``, so the data module and the model
     module, which each call this, agree on every token id.
     """
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:  # missing directory, unknown Hub id offline, no tokenizer files
+        raise ConfigError(f"{name_or_path}: cannot load a tokenizer ({str(e).splitlines()[0]})") from None
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     tokenizer.padding_side = "right"
@@ -80,7 +85,7 @@ def render_prompt_response(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, r
         list(prompt) + [{"role": "assistant", "content": response}], tokenize=False
     )
     if not full_text.startswith(prompt_text):
-        raise ValueError(
+        raise ConfigError(
             "the chat template does not render the prompt (with add_generation_prompt=True) as a "
             "prefix of the full conversation; varirm needs that to locate the response"
         )

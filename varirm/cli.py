@@ -17,10 +17,17 @@ per attempt: the first run and each resume), ``data_stats.json``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import warnings
 
-from jsonargparse import CLI
+# bitsandbytes (imported through transformers -> peft) warns on every start that it cannot download
+# an optional faster CPU 4-bit kernel from the Hub; it changes nothing for GPU runs or correctness.
+# Set before the imports below load it.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+from jsonargparse import CLI  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -102,12 +109,20 @@ def cli_main(args: list[str] | None = None) -> None:
     if argv and argv[0] == "sft":  # varirm sft --config ...: fit a policy on demonstrations
         from varirm.sft import SFTDataModule, SFTModule
 
-        VarirmCLI(SFTModule, SFTDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                  args=["fit", *argv[1:]], save_config_callback=SaveFitConfig,
-                  save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
+        run_lightning(SFTModule, SFTDataModule, ["fit", *argv[1:]])
         return
-    VarirmCLI(RewardModelModule, PreferenceDataModule, subclass_mode_model=True, subclass_mode_data=True,
-              args=args, save_config_callback=SaveFitConfig, save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
+    run_lightning(RewardModelModule, PreferenceDataModule, args)
+
+
+def run_lightning(model_class, data_class, args: list[str] | None) -> VarirmCLI:
+    """LightningCLI over a system and its data module (classes or subclasses named in recipes)."""
+    with warnings.catch_warnings():
+        # Explicit args (in-process calls, ``varirm sft``) are intended; Lightning warns when
+        # sys.argv also has arguments.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        return VarirmCLI(model_class, data_class, subclass_mode_model=True, subclass_mode_data=True, args=args,
+                         save_config_callback=SaveFitConfig, save_config_kwargs={"overwrite": True},
+                         auto_configure_optimizers=False)
 
 
 def main() -> None:

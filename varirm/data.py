@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import zlib
 from functools import partial
 from typing import Any, Literal, Optional, Union
 
@@ -24,22 +25,20 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, DistributedSampler
 
 from varirm.chat import encode_prompt_response, fit_to_length, load_tokenizer, tokenizer_fingerprint
-from varirm.formats import Format, is_local, load_preference_rows
+from varirm.errors import ConfigError, DataError
+from varirm.files import atomic_write_text
+from varirm.formats import Format, load_preference_rows
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = "1"  # bump when normalization or tokenization changes meaning
+CACHE_VERSION = "2"  # bump when normalization or tokenization changes meaning
 Sources = Union[str, list[str], None]
-
-
-def _prompt(example: dict[str, Any]):
-    return example["prompt_messages"] if example["prompt_messages"] else example["prompt_text"]
 
 
 def tokenize_pairs(batch: dict[str, list], tokenizer, max_length: int) -> dict[str, list]:
     """``datasets.map`` function (batched): ids for chosen and rejected, already cut to
     ``max_length`` (see :func:`varirm.chat.fit_to_length`), and whether either side was longer."""
-    out: dict[str, list] = {"chosen_ids": [], "rejected_ids": [], "overlong": []}
+    out: dict[str, list] = {"chosen_ids": [], "rejected_ids": [], "overlong": [], "length": []}
     for i in range(len(batch["chosen"])):
         prompt = batch["prompt_messages"][i] or batch["prompt_text"][i]
         p_ids, c_ids = encode_prompt_response(tokenizer, prompt, batch["chosen"][i])
@@ -47,17 +46,54 @@ def tokenize_pairs(batch: dict[str, list], tokenizer, max_length: int) -> dict[s
         out["overlong"].append(len(p_ids) + max(len(c_ids), len(r_ids)) > max_length)
         out["chosen_ids"].append(fit_to_length(p_ids, c_ids, max_length))
         out["rejected_ids"].append(fit_to_length(p_ids, r_ids, max_length))
+        out["length"].append(max(len(out["chosen_ids"][-1]), len(out["rejected_ids"][-1])))  # what a batch pads to
     return out
 
 
 def _source_key(source: str, split: str) -> str:
-    if is_local(source) and os.path.isfile(source):
-        h = hashlib.sha256()
-        with open(source, "rb") as f:
+    """Content identity of a data source: the bytes of a local file; for a Hub id or a local
+    dataset folder, the fingerprint ``datasets`` gives the loaded split (it changes with the
+    revision or the files), so an updated dataset is tokenized again."""
+    if os.path.isfile(source):
+        return path_fingerprint(source, content=True)
+    if source.endswith((".json", ".jsonl", ".parquet")):
+        raise DataError(source, None, None, "no such file")
+    try:
+        return f"datasets:{datasets.load_dataset(source, split=split)._fingerprint}"
+    except Exception as e:  # noqa: BLE001 - any loading failure is the user's source, not a bug here
+        raise DataError(source, None, None, f"cannot load split {split!r}: {type(e).__name__}: {e}") from None
+
+
+def path_fingerprint(path: str, content: bool = False) -> str:
+    """sha256 of a file's bytes (``content=True``), or of the names, sizes and modification times
+    of a file or of every file in a directory (cheap, for model checkpoints)."""
+    h = hashlib.sha256()
+    if content:
+        with open(path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
         return h.hexdigest()
-    return f"hub:{source}:{split}"  # Hub ids: the dataset's own revision cache decides freshness
+    files = [path] if os.path.isfile(path) else sorted(
+        os.path.join(d, f) for d, _, names in os.walk(path) for f in names)
+    for file in files:
+        st = os.stat(file)
+        h.update(f"{os.path.relpath(file, path)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def labeler_fingerprint(spec: str) -> str:
+    """Identity of a labeler for cache keys: its files (an RM directory or checkpoint) or the
+    source code of a callable, so retraining or editing it invalidates labelled data."""
+    if os.path.exists(spec):
+        return path_fingerprint(spec)
+    import importlib
+    import inspect
+
+    module_name, _, attr = spec.replace(":", ".").rpartition(".")
+    try:
+        return hashlib.sha256(inspect.getsource(getattr(importlib.import_module(module_name), attr)).encode()).hexdigest()
+    except (ImportError, AttributeError, ValueError, OSError, TypeError):
+        return spec  # a Hub id: its revision is not known offline
 
 
 def padding_fraction(lengths: list[int], batches: list[list[int]]) -> float:
@@ -90,7 +126,8 @@ class LengthGroupedSampler(DistributedSampler):
         n, global_batch = len(self.lengths), self.batch_size * self.num_replicas
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(n, generator=g).tolist() if self.shuffle else list(range(n))
-        order += order[: self.total_size - len(order)]  # every rank the same number of rows
+        if n:  # repeat rows so every rank gets the same number (several times over for tiny splits)
+            order = (order * math.ceil(self.total_size / n))[: self.total_size]
         mega = global_batch * self.bucket_batches
         batches = []
         for start in range(0, len(order), mega):
@@ -109,10 +146,9 @@ class LengthGroupedSampler(DistributedSampler):
         return self.num_samples
 
 
-def collate_pairs(examples: list[dict[str, Any]], pad_token_id: int, pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
-    """``input_ids``/``attention_mask`` of shape ``(2b, t)``: rows ``[:b]`` chosen, ``[b:]``
-    rejected, right-padded with ``pad_token_id``; ``margin`` of shape ``(b,)``."""
-    seqs = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
+def pad_right(seqs: list[list[int]], pad_token_id: int, pad_to_multiple_of: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)``, both ``(n, t)``: the sequences right-padded with
+    ``pad_token_id`` to the longest (rounded up to a multiple of ``pad_to_multiple_of``)."""
     t = max(len(s) for s in seqs)
     t = -(-t // pad_to_multiple_of) * pad_to_multiple_of
     input_ids = torch.full((len(seqs), t), pad_token_id, dtype=torch.long)
@@ -120,6 +156,14 @@ def collate_pairs(examples: list[dict[str, Any]], pad_token_id: int, pad_to_mult
     for i, s in enumerate(seqs):
         input_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
         attention_mask[i, : len(s)] = 1
+    return input_ids, attention_mask
+
+
+def collate_pairs(examples: list[dict[str, Any]], pad_token_id: int, pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
+    """``input_ids``/``attention_mask`` of shape ``(2b, t)``: rows ``[:b]`` chosen, ``[b:]``
+    rejected, right-padded with ``pad_token_id``; ``margin`` of shape ``(b,)``."""
+    seqs = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
+    input_ids, attention_mask = pad_right(seqs, pad_token_id, pad_to_multiple_of)
     margin = torch.tensor([float(e["margin"]) for e in examples], dtype=torch.float32)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "margin": margin}
 
@@ -138,19 +182,16 @@ def tokenize_groups(tokenizer, prompts: list, responses: list[list[str]], max_le
 def collate_groups(groups: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """``group_input_ids``/``group_attention_mask`` ``(g * k, t)`` right-padded, prompt-major (the
     ``k`` samples of a prompt are consecutive rows); ``group_gold`` ``(g, k)`` when labelled."""
-    seqs = [ids for g in groups for ids in g["ids"]]
-    batch = collate_pairs([{"chosen_ids": s, "rejected_ids": s, "margin": 0.0} for s in seqs], pad_token_id)
-    n = len(seqs)
-    out = {"group_input_ids": batch["input_ids"][:n], "group_attention_mask": batch["attention_mask"][:n],
-           "group_size": torch.tensor(len(groups[0]["ids"]))}
+    input_ids, attention_mask = pad_right([ids for g in groups for ids in g["ids"]], pad_token_id)
+    out = {"group_input_ids": input_ids, "group_attention_mask": attention_mask, "group_size": len(groups[0]["ids"])}
     if all(g["gold"] is not None for g in groups):
         out["group_gold"] = torch.tensor([g["gold"] for g in groups], dtype=torch.float32)
     return out
 
 
 class GroupSource:
-    """The policy-sample groups that feed the variance term; :class:`RegenerateSamples` can swap
-    in fresh samples while training (the collator reads the current ones)."""
+    """The policy-sample groups that feed the variance term. :class:`varirm.sampling.RegenerateSamples`
+    swaps in fresh samples from a changing policy while training; the collator reads the current ones."""
 
     def __init__(self, groups: list[dict[str, Any]]):
         self.groups = groups
@@ -161,9 +202,10 @@ class GroupSource:
 
 class PairsWithGroups:
     """Collator: a batch of pairs plus ``groups_per_batch`` policy-sample groups drawn at random.
-    The draw is seeded by ``seed`` and the rows in the batch, so it does not depend on process
-    history (a resumed run draws the same groups). Needs ``num_workers=0`` when samples are
-    regenerated during training (workers hold copies of the source)."""
+    The draw is seeded by ``seed``, the rank, and a hash of the batch's token ids, so it does not
+    depend on process history (a resumed run draws the same groups); ranks draw different groups,
+    so with the regularizer a DDP run is not step-for-step a single-process run. Needs
+    ``num_workers=0`` when samples are regenerated during training (workers hold copies)."""
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int, source: GroupSource, groups_per_batch: int,
                  seed: int, rank: int = 0):
@@ -172,7 +214,7 @@ class PairsWithGroups:
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = collate_pairs(examples, self.pad_token_id, self.pad_to_multiple_of)
-        key = sum(len(e["chosen_ids"]) * 1_000_003 + len(e["rejected_ids"]) for e in examples)
+        key = zlib.crc32(b"".join(torch.tensor(e["chosen_ids"] + e["rejected_ids"]).numpy().tobytes() for e in examples))
         g = torch.Generator().manual_seed(self.seed * 7919 + self.rank * 104729 + key)
         batch.update(collate_groups(self.source.draw(self.groups_per_batch, g), self.pad_token_id))
         return batch
@@ -271,20 +313,22 @@ class PreferenceDataModule(LightningDataModule):
     ):
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+            raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if not 0.0 <= on_policy_fraction <= 1.0:
-            raise ValueError(f"on_policy_fraction must be in [0, 1], got {on_policy_fraction}")
+            raise ConfigError(f"on_policy_fraction must be in [0, 1], got {on_policy_fraction}")
         if on_policy_fraction > 0 and not (on_policy_samples and labeler):
-            raise ValueError("on_policy_fraction > 0 needs on_policy_samples and a labeler")
+            raise ConfigError("on_policy_fraction > 0 needs on_policy_samples and a labeler")
+        if policy_samples and groups_per_batch < 2:
+            # one group whitened by its own mean/std always has variance k/(k-1): no gradient
+            raise ConfigError(f"groups_per_batch must be at least 2 with policy_samples, got {groups_per_batch}")
         if max_length < 2:
-            raise ValueError(f"max_length must be at least 2, got {max_length}")
+            raise ConfigError(f"max_length must be at least 2, got {max_length}")
         self.save_hyperparameters()
         self.tokenizer = None
         self.splits: dict[str, datasets.Dataset] = {}
         self.stats: dict[str, dict[str, Any]] = {}
         self.group_source: Optional[GroupSource] = None
         self.val_groups: Optional[list[dict[str, Any]]] = None
-        self._labeler = None
 
     # --- building -------------------------------------------------------------------------
 
@@ -309,19 +353,10 @@ class PreferenceDataModule(LightningDataModule):
             os.path.expanduser("~"), ".cache", "varirm")
 
     def labels(self, samples: list[dict[str, Any]]) -> list[list[float]]:
-        """Labels of every sample: the file's ``gold`` field when present, else the labeler's."""
-        if all("gold" in row for row in samples):
-            return [list(map(float, row["gold"])) for row in samples]
-        if not self.hparams.labeler:
-            raise ValueError("policy samples have no 'gold' field and no labeler is set")
-        if self._labeler is None:
-            from varirm.scoring import resolve_labeler
+        """Labels of every sample (see :func:`varirm.scoring.label_samples`)."""
+        from varirm.scoring import label_samples
 
-            self._labeler = resolve_labeler(self.hparams.labeler)
-        flat = self._labeler([row["prompt"] for row in samples for _ in row["responses"]],
-                             [r for row in samples for r in row["responses"]])
-        k = len(samples[0]["responses"])
-        return [flat[i * k:(i + 1) * k] for i in range(len(samples))]
+        return label_samples(samples, self.hparams.labeler)
 
     def _on_policy_rows(self, path: str):
         from varirm.sampling import read_samples
@@ -348,21 +383,19 @@ class PreferenceDataModule(LightningDataModule):
         os.makedirs(cache, exist_ok=True)
         ds = datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict(
             {k: [] for k in ("prompt_messages", "prompt_text", "chosen", "rejected", "margin", "row",
-                             "chosen_ids", "rejected_ids", "overlong")})
+                             "chosen_ids", "rejected_ids", "overlong", "length")})
         ds = ds.map(tokenize_pairs, batched=True, batch_size=256, fn_kwargs={"tokenizer": tokenizer,
                     "max_length": hp.max_length}, cache_file_name=arrow, new_fingerprint=key,
                     desc=f"tokenizing {os.path.basename(source)}")
         info = {"source": source, "rows_read": len(rows) + len(rejects), "bad_rows": len(rejects), "rejects": rejects}
-        tmp = meta + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(info, f, default=str)
-        os.replace(tmp, meta)  # the meta file is the cache's commit marker: written last, atomically
+        atomic_write_text(meta, json.dumps(info, default=str))  # the cache's commit marker: written last
         return ds, info
 
     def _build_on_policy(self):
         hp = self.hparams
         return self.build(hp.on_policy_samples, "on_policy", rows_fn=lambda: self._on_policy_rows(hp.on_policy_samples),
-                          key_extra=f"on-policy pairs labelled by {hp.labeler}, seed {hp.seed}")
+                          key_extra=f"on-policy pairs labelled by {hp.labeler} ({labeler_fingerprint(hp.labeler)}), "
+                                    f"seed {hp.seed}")
 
     def prepare_data(self) -> None:
         # Runs once per node before setup; fills the tokenization cache so DDP ranks only read it.
@@ -379,7 +412,7 @@ class PreferenceDataModule(LightningDataModule):
         built: dict[str, list[tuple[datasets.Dataset, dict]]] = {
             name: [self.build(s, sp) for s, sp in sources] for name, sources in self._sources().items()}
         if not built["train"] and stage in (None, "fit"):
-            raise ValueError("no training data: set data.train to a file or a Hub dataset id")
+            raise ConfigError("no training data: set data.train to a file or a Hub dataset id")
         for name, parts in built.items():
             if not parts:
                 continue
@@ -392,6 +425,13 @@ class PreferenceDataModule(LightningDataModule):
                 "rows_read": sum(i["rows_read"] for _, i in parts), "bad_rows": sum(i["bad_rows"] for _, i in parts),
                 "overlong": overlong, "overlong_policy": hp.overlong, "pairs": len(ds),
                 "rejects": [r for _, i in parts for r in i["rejects"]]}
+        if "val" not in self.splits and hp.val_fraction > 0 and "train" in self.splits:
+            parts = self.splits["train"].train_test_split(test_size=hp.val_fraction, seed=hp.seed)
+            self.splits["train"], self.splits["val"] = parts["train"], parts["test"]
+            self.stats["train"]["pairs"] = len(self.splits["train"])
+            self.stats["val"] = {"rows_read": 0, "bad_rows": 0, "overlong": sum(self.splits["val"]["overlong"]),
+                                 "overlong_policy": hp.overlong, "pairs": len(self.splits["val"]), "rejects": [],
+                                 "held_out_from": "train", "val_fraction": hp.val_fraction}
         if hp.on_policy_fraction > 0 and "train" in self.splits:
             self._mix_on_policy()
         if hp.policy_samples:
@@ -404,15 +444,13 @@ class PreferenceDataModule(LightningDataModule):
             from varirm.sampling import read_samples
 
             samples = read_samples(hp.val_policy_samples)
-            gold = self.labels(samples) if (hp.labeler or all("gold" in r for r in samples)) else None
+            gold = self.labels(samples) if (hp.labeler or all("gold" in r for r in samples)) else None  # gold for on-policy acc
             self.val_groups = tokenize_groups(self._tokenizer(), [r["prompt"] for r in samples],
                                               [r["responses"] for r in samples], hp.max_length, gold)
-        if "val" not in self.splits and hp.val_fraction > 0 and "train" in self.splits:
-            parts = self.splits["train"].train_test_split(test_size=hp.val_fraction, seed=hp.seed)
-            self.splits["train"], self.splits["val"] = parts["train"], parts["test"]
-            for name in ("train", "val"):
-                self.stats[name] = {**self.stats["train"], "pairs": len(self.splits[name])}
         self._report()
+        if stage in (None, "fit") and "train" in self.splits and len(self.splits["train"]) == 0:
+            raise DataError(", ".join(src for src, _ in self._sources()["train"]), None, None,
+                            "no usable training pairs (every row was bad or dropped); see the counts above")
 
     def _mix_on_policy(self) -> None:
         """Replace ``on_policy_fraction`` of the training pairs by labelled on-policy pairs; the
@@ -420,21 +458,22 @@ class PreferenceDataModule(LightningDataModule):
         hp = self.hparams
         off, info = self.splits["train"], self.stats["train"]
         on, _ = self._build_on_policy()
+        on_overlong = sum(on["overlong"])
+        if hp.overlong == "drop" and on_overlong:
+            on = on.filter(lambda flags: [not f for f in flags], input_columns="overlong", batched=True)
         n_on = round(hp.on_policy_fraction * len(off))
         if n_on > len(on):
-            from varirm.errors import VarirmError
-
-            raise VarirmError(f"{hp.on_policy_samples}: on_policy_fraction={hp.on_policy_fraction} needs {n_on} "
+            raise ConfigError(f"{hp.on_policy_samples}: on_policy_fraction={hp.on_policy_fraction} needs {n_on} "
                               f"on-policy pairs but the samples give {len(on)} (one per prompt with differing "
                               "labels); sample more prompts")
         g = torch.Generator().manual_seed(hp.seed)
         pick_on = torch.randperm(len(on), generator=g)[:n_on].sort().values.tolist()
         pick_off = torch.randperm(len(off), generator=g)[:len(off) - n_on].sort().values.tolist()
-        columns = ["chosen_ids", "rejected_ids", "margin", "overlong"]
+        columns = ["chosen_ids", "rejected_ids", "margin", "overlong", "length"]
         self.splits["train"] = datasets.concatenate_datasets(
             [off.select(pick_off).select_columns(columns), on.select(pick_on).select_columns(columns)])
         self.stats["train"] = {**info, "pairs": len(self.splits["train"]), "on_policy_pairs": n_on,
-                               "off_policy_pairs": len(off) - n_on}
+                               "off_policy_pairs": len(off) - n_on, "on_policy_overlong": on_overlong}
 
     def _report(self) -> None:
         hp = self.hparams
@@ -466,8 +505,7 @@ class PreferenceDataModule(LightningDataModule):
 
     def lengths(self, split: str) -> list[int]:
         """Per pair, the longer of chosen/rejected in tokens (what the batch is padded to)."""
-        ds = self.splits[split]
-        return [max(len(c), len(r)) for c, r in zip(ds["chosen_ids"], ds["rejected_ids"])]
+        return list(self.splits[split]["length"])
 
     # --- loaders --------------------------------------------------------------------------
 
@@ -498,7 +536,7 @@ class PreferenceDataModule(LightningDataModule):
         loaders = [self._loader("val", hp.eval_batch_size or hp.batch_size, shuffle=False)] if "val" in self.splits else []
         if self.val_groups:
             if not loaders:
-                raise ValueError("val_policy_samples needs val pairs too (val or val_fraction)")
+                raise ConfigError("val_policy_samples needs val pairs too (val or val_fraction)")
             loaders.append(DataLoader(self.val_groups, batch_size=max(hp.groups_per_batch, 8), shuffle=False,
                                       collate_fn=partial(collate_groups, pad_token_id=self._tokenizer().pad_token_id)))
         return loaders[0] if len(loaders) == 1 else loaders

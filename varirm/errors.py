@@ -22,3 +22,7 @@ class DataError(VarirmError):
         if field is not None:
             parts.append(f"field '{field}'")
         super().__init__(": ".join(parts + [message]))
+
+
+class ConfigError(VarirmError, ValueError):
+    """A recipe or command-line value that cannot work (caught before any work where possible)."""

@@ -16,21 +16,12 @@ from typing import Any, Optional
 import torch
 
 from varirm.errors import VarirmError
+from varirm.files import atomic_write_text
 from varirm.formats import load_preference_rows
-from varirm.sampling import SamplingConfig, generate_responses, load_policy, read_prompts, read_samples, write_samples
-from varirm.scoring import load_scorer, resolve_labeler, score
+from varirm.data import path_fingerprint
+from varirm.sampling import read_samples, resolve_device, sample
+from varirm.scoring import label_samples, load_scorer, score
 from varirm.variance import variance_report, whiten, within_prompt_variance
-
-
-def _device(device: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def render_markdown(metrics: dict[str, Any]) -> str:
@@ -139,18 +130,12 @@ def evaluate(
     if os.path.exists(os.path.join(output, "metrics.json")) and not overwrite:
         raise VarirmError(f"{output} already holds an evaluation; pass --overwrite true or choose another --output")
     os.makedirs(output, exist_ok=True)
-    device = _device(device)
+    device = resolve_device(device)
     if samples is None:
         if not (policy and prompts):
             raise VarirmError("give --samples FILE, or --policy and --prompts to sample from the policy")
-        config = SamplingConfig(k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
-                                batch_size=batch_size)
-        model, tokenizer = load_policy(policy)
-        prompt_list = read_prompts(prompts, limit=num_prompts)
-        samples = os.path.join(output, "samples.jsonl")
-        write_samples(samples, prompt_list, generate_responses(model.to(device), tokenizer, prompt_list, config),
-                      policy, config)
-        del model
+        samples = sample(policy, prompts, os.path.join(output, "samples.jsonl"), k=k, temperature=temperature,
+                         top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, num_prompts=num_prompts, device=device)
     rows = read_samples(samples)
     reward_model, tokenizer = load_scorer(rm, device)
     k = len(rows[0]["responses"])
@@ -158,11 +143,10 @@ def evaluate(
     flat_responses = [r for row in rows for r in row["responses"]]
     rewards = score(reward_model, tokenizer, flat_prompts, flat_responses, batch_size, max_length).view(len(rows), k)
     gold_rewards = None
-    if gold is not None:
-        gold_rewards = torch.tensor(resolve_labeler(gold)(flat_prompts, flat_responses)).view(len(rows), k)
-    elif all("gold" in row for row in rows):
-        gold_rewards = torch.tensor([row["gold"] for row in rows], dtype=torch.float32)
-    metrics: dict[str, Any] = {"rm": rm, "policy": rows[0].get("policy", "unknown"), "samples_file": samples,
+    if gold is not None or all("gold" in row for row in rows):
+        gold_rewards = torch.tensor(label_samples(rows, gold, device), dtype=torch.float32)
+    metrics: dict[str, Any] = {"rm": rm, "rm_fingerprint": path_fingerprint(rm) if os.path.exists(rm) else rm,
+                               "policy": rows[0].get("policy", "unknown"), "samples_file": samples,
                                "gold": gold or ("samples file" if gold_rewards is not None else None)}
     metrics.update(variance_report(rewards, gold_rewards))
     if pairs is not None:
@@ -172,8 +156,8 @@ def evaluate(
         rejected = score(reward_model, tokenizer, prompts_p, [r["rejected"] for r in pair_rows], batch_size, max_length)
         metrics.update({"pairs_file": pairs, "off_policy_pairs": len(pair_rows),
                         "off_policy_acc": (chosen > rejected).float().mean().item()})
-    _write_atomic(os.path.join(output, "metrics.json"), json.dumps(metrics, indent=2))
-    _write_atomic(os.path.join(output, "report.md"), render_markdown(metrics))
+    atomic_write_text(os.path.join(output, "metrics.json"), json.dumps(metrics, indent=2))
+    atomic_write_text(os.path.join(output, "report.md"), render_markdown(metrics))
     if plots:
         name = rm.rstrip("/")
         name = os.path.basename(os.path.dirname(os.path.dirname(name)) if name.endswith(".ckpt") else name)

@@ -20,11 +20,13 @@ import shutil
 import tempfile
 from typing import Any, Optional
 
-import torch
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from varirm.data import path_fingerprint
 from varirm.errors import VarirmError
+from varirm.files import atomic_write_text
+from varirm.model import RewardModel
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model_cards", "variance_card.md")
 CARD_DATA = "varirm_card.json"
@@ -51,8 +53,12 @@ def load_evaluation(path: str, checkpoint: Optional[str] = None) -> dict[str, An
         raise VarirmError(f"{path}: no metrics.json from varirm evaluate")
     with open(file) as f:
         metrics = json.load(f)
-    if checkpoint is not None and os.path.realpath(metrics["rm"]) != os.path.realpath(checkpoint):
-        raise VarirmError(f"{file}: measured on {metrics['rm']}, not on {checkpoint}; evaluate this checkpoint")
+    if checkpoint is not None:
+        if os.path.realpath(metrics["rm"]) != os.path.realpath(checkpoint):
+            raise VarirmError(f"{file}: measured on {metrics['rm']}, not on {checkpoint}; evaluate this checkpoint")
+        if os.path.exists(checkpoint) and metrics.get("rm_fingerprint") != path_fingerprint(checkpoint):
+            raise VarirmError(f"{file}: measured on an earlier version of {checkpoint} (it changed since, e.g. a "
+                              "resumed run); evaluate this checkpoint")
     return metrics
 
 
@@ -113,11 +119,9 @@ def render_card(info: dict[str, Any], repo_id: str, license: str = "apache-2.0")
 
 
 def _write_card(directory: str, info: dict[str, Any]) -> None:
-    with open(os.path.join(directory, CARD_DATA + ".tmp"), "w") as f:
-        json.dump(info, f, indent=2)
-    os.replace(os.path.join(directory, CARD_DATA + ".tmp"), os.path.join(directory, CARD_DATA))
-    render_card(info, info["repo_id"], info["license"]).save(os.path.join(directory, "README.md.tmp"))
-    os.replace(os.path.join(directory, "README.md.tmp"), os.path.join(directory, "README.md"))
+    card_text = str(render_card(info, info["repo_id"], info["license"]))  # render first: a failure writes nothing
+    atomic_write_text(os.path.join(directory, CARD_DATA), json.dumps(info, indent=2))
+    atomic_write_text(os.path.join(directory, "README.md"), card_text)
 
 
 def _off_policy(evaluations: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -155,41 +159,35 @@ def export(
             ``HF_TOKEN`` or the huggingface_hub login and is never written anywhere.
         private: Create the Hub repo as private.
     """
-    from varirm.scoring import load_scorer
+    from varirm.scoring import load_checkpoint_module
 
     ckpt, run_dir = resolve_checkpoint(checkpoint)
     if os.path.exists(output) and not overwrite:
         raise VarirmError(f"{output} already exists; pass --overwrite true to replace it")
     evals = [load_evaluation(e, ckpt) for e in (evaluations or [])]
-    hparams = {k: v for k, v in torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"].items()
-               if not k.startswith("_")}
     recipe = None
     if run_dir and os.path.isfile(os.path.join(run_dir, "config.yaml")):
         with open(os.path.join(run_dir, "config.yaml")) as f:
             recipe = yaml.safe_load(f)
     # QLoRA: load the base unquantized so merged weights are plain safetensors (no bitsandbytes
     # needed to load them); the checkpoint holds only adapters and the score head, which fit both.
-    rm, tokenizer = load_scorer(ckpt, quantized=False)
+    # Its rewards then differ from the 4-bit model's by the quantization error.
+    module = load_checkpoint_module(ckpt, quantized=False)
+    rm, tokenizer, hparams = module.model.eval(), module.tokenizer, dict(module.hparams)
     parent = os.path.dirname(os.path.abspath(output))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.", dir=parent)
     try:
         if rm.is_peft and not adapter_only:
-            model = rm.hf_model.merge_and_unload()
-        else:
-            model = rm.hf_model
-        if rm.is_peft and adapter_only:
-            model.save_pretrained(tmp, save_embedding_layers=False)
-        else:
-            config = model.config
-            config.num_labels = 1
-            config.pad_token_id = tokenizer.pad_token_id
-            if evals:
-                config.reward_shift = config.mean = evals[0]["shift"]
-                config.reward_scale = config.std = evals[0]["scale"]
-                config.reward_normalization_policy = evals[0]["policy"]
-            model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+            rm = RewardModel(rm.hf_model.merge_and_unload())
+        config = rm.base_model.config
+        config.num_labels = 1
+        config.pad_token_id = tokenizer.pad_token_id
+        if evals:  # in config.json of a full export; with --adapter_only, in varirm_card.json
+            config.reward_shift = config.mean = evals[0]["shift"]
+            config.reward_scale = config.std = evals[0]["scale"]
+            config.reward_normalization_policy = evals[0]["policy"]
+        rm.save_pretrained(tmp, tokenizer)
         if run_dir and os.path.isfile(os.path.join(run_dir, "config.yaml")):
             shutil.copyfile(os.path.join(run_dir, "config.yaml"), os.path.join(tmp, "varirm_recipe.yaml"))
         info = {"model_name": os.path.basename(os.path.abspath(push_to_hub or repo_id or output)),

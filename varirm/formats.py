@@ -166,20 +166,27 @@ def _common_prefix(a: str, b: str) -> str:
     return a[:n]
 
 
+def rename(raw: dict, columns: dict[str, str]) -> dict:
+    """A copy of ``raw`` with canonical fields added from ``columns`` (canonical -> name in the data)."""
+    row = dict(raw)
+    row.update({canonical: raw[name] for canonical, name in columns.items() if name in raw})
+    return row
+
+
 def normalize_row(raw: Any, fmt: str, columns: dict[str, str]) -> dict[str, Any]:
     """Normalize one raw row (after renaming ``columns``: canonical name -> name in the data)."""
     if not isinstance(raw, dict):
         raise BadRow(None, f"expected an object, got {type(raw).__name__}")
-    row = dict(raw)
-    for canonical, name in columns.items():
-        if name in raw:
-            row[canonical] = raw[name]
+    row = rename(raw, columns)
     prompt_messages: list[dict[str, str]] = []
     prompt_text = ""
     if fmt == "standard":
         prompt_text = _text(_get(row, "prompt"), "prompt")
         chosen, rejected = _text(_get(row, "chosen"), "chosen"), _text(_get(row, "rejected"), "rejected")
     elif fmt == "implicit":
+        if "prompt" in row:  # e.g. row 0 lacked a prompt, or a misspelled columns: entry
+            raise BadRow("prompt", "is present, but the format was detected as implicit (no prompt); "
+                         "set format explicitly or fix the first row")
         full_c, full_r = _text(_get(row, "chosen"), "chosen"), _text(_get(row, "rejected"), "rejected")
         if full_c == full_r:
             raise BadRow("rejected", "is identical to chosen")
@@ -240,10 +247,7 @@ def load_preference_rows(
             if isinstance(raw, DataError):
                 raise raw
             if resolved is None:
-                renamed = dict(raw) if isinstance(raw, dict) else raw
-                if isinstance(renamed, dict):
-                    renamed.update({c: raw[n] for c, n in columns.items() if n in raw})
-                resolved = detect_format(renamed)
+                resolved = detect_format(rename(raw, columns) if isinstance(raw, dict) else raw)
             row = normalize_row(raw, resolved, columns)
         except BadRow as e:
             error = DataError(source, index, e.field, e.message)

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
+from varirm.errors import ConfigError
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -34,7 +36,7 @@ class RewardModel(nn.Module):
         self.hf_model = hf_model
         base = self.base_model
         if not isinstance(getattr(base, "score", None), nn.Module):
-            raise ValueError(f"{type(base).__name__} has no 'score' head; varirm needs a decoder "
+            raise ConfigError(f"{type(base).__name__} has no 'score' head; varirm needs a decoder "
                              "*ForSequenceClassification model (Llama, GPT-2, GPT-NeoX, Qwen, ...)")
 
     @property
@@ -119,7 +121,10 @@ def load_reward_model(
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=DTYPES[dtype or "bfloat16"])
-    hf_model = AutoModelForSequenceClassification.from_pretrained(name_or_path, **kwargs)
+    try:
+        hf_model = AutoModelForSequenceClassification.from_pretrained(name_or_path, **kwargs)
+    except OSError as e:  # missing directory, unknown Hub id offline, no weights
+        raise ConfigError(f"{name_or_path}: cannot load a model ({str(e).splitlines()[0]})") from None
     if hf_model.get_input_embeddings().weight.shape[0] < len(tokenizer):
         hf_model.resize_token_embeddings(len(tokenizer))
     hf_model.config.pad_token_id = tokenizer.pad_token_id
@@ -138,7 +143,7 @@ def load_reward_model(
         from peft import LoraConfig, TaskType, get_peft_model
 
         if lora_r <= 0:
-            raise ValueError("load_in_4bit trains LoRA adapters on a frozen 4-bit base: set lora_r > 0")
+            raise ConfigError("load_in_4bit trains LoRA adapters on a frozen 4-bit base: set lora_r > 0")
         config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                             target_modules=lora_target_modules, modules_to_save=["score"],
                             task_type=TaskType.SEQ_CLS)

@@ -10,6 +10,7 @@ from lightning.pytorch import LightningModule
 from transformers import get_scheduler
 
 from varirm.chat import load_tokenizer
+from varirm.errors import ConfigError
 from varirm.losses import bradley_terry_loss, center_rewards_penalty
 from varirm.metrics import GroupRewardMetrics, pairwise_metrics, update_pairwise
 from varirm.model import RewardModel, load_reward_model
@@ -78,33 +79,26 @@ class RewardModelModule(LightningModule):
         variance_warmup_ratio: float = 0.0,
     ):
         super().__init__()
+        if load_in_4bit and lora_r <= 0:
+            raise ConfigError("load_in_4bit trains LoRA adapters on a frozen 4-bit base: set lora_r > 0")
+        if not 0.0 <= variance_warmup_ratio <= 1.0:
+            raise ConfigError(f"variance_warmup_ratio must be in [0, 1], got {variance_warmup_ratio}")
         self.save_hyperparameters()
         self.tokenizer = None  # loaded with the model in configure_model (no Hub access at parse time)
         self.model: Optional[RewardModel] = None
-        # LoRA checkpoints keep only the trainable weights (adapters + score head); the frozen
-        # base comes from model_name_or_path when loading.
-        self.strict_loading = lora_r == 0 and not load_in_4bit
         self.train_metrics = pairwise_metrics("train/")
         self.val_metrics = pairwise_metrics("val/")
         self.test_metrics = pairwise_metrics("test/")
         self.val_policy_metrics = GroupRewardMetrics()
 
-    def configure_model(self) -> None:
-        if self.model is not None:
-            return
-        hp = self.hparams
-        self.tokenizer = load_tokenizer(hp.model_name_or_path, hp.trust_remote_code)
-        self.model = load_reward_model(
-            hp.model_name_or_path, self.tokenizer, lora_r=hp.lora_r, lora_alpha=hp.lora_alpha,
-            lora_dropout=hp.lora_dropout, lora_target_modules=hp.lora_target_modules, load_in_4bit=hp.load_in_4bit,
-            gradient_checkpointing=hp.gradient_checkpointing, dtype=hp.dtype, trust_remote_code=hp.trust_remote_code)
-
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Rewards ``(n,)`` for right-padded ``(n, t)`` inputs."""
         return self.model(input_ids, attention_mask)
 
-    def _shared_step(self, batch: dict[str, torch.Tensor], metrics) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Loss of a batch and, when the batch carries policy-sample groups, their rewards ``(g, k)``."""
+    def _shared_step(self, batch: dict[str, torch.Tensor], metrics,
+                     regularize: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Loss of a batch (with the variance term when ``regularize``) and, when the batch carries
+        policy-sample groups, their rewards ``(g, k)``."""
         ids, mask = batch["input_ids"], batch["attention_mask"]  # (2b, t)
         n_pairs = ids.shape[0]
         if "group_input_ids" in batch:  # one forward for pairs and groups: pad both to the longer t
@@ -122,15 +116,15 @@ class RewardModelModule(LightningModule):
         groups = None
         if "group_input_ids" in batch:
             groups = rewards[n_pairs:].view(-1, int(batch["group_size"]))  # (g, k)
-            coef = self.variance_coef_now()
-            if coef > 0 and metrics is self.train_metrics:
+            coef = self.variance_coef_now() if regularize else 0.0
+            if coef > 0:
                 term = variance_regularizer(groups, self.hparams.variance_normalization,
                                             self.hparams.variance_target).mean()
                 loss = loss + coef * term
         return loss, groups
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, groups = self._shared_step(batch, self.train_metrics)
+        loss, groups = self._shared_step(batch, self.train_metrics, regularize=True)
         n = batch["input_ids"].shape[0] // 2
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log_dict(self.train_metrics, on_step=True, on_epoch=False, batch_size=n)
@@ -153,6 +147,35 @@ class RewardModelModule(LightningModule):
         for name, metric in self.val_metrics.items():
             self.log(name, metric, prog_bar=name == "val/acc", batch_size=n, add_dataloader_idx=False)
 
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, _ = self._shared_step(batch, self.test_metrics)
+        n = batch["input_ids"].shape[0] // 2
+        self.log("test/loss", loss, batch_size=n, sync_dist=True)
+        self.log_dict(self.test_metrics, batch_size=n)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        name = "constant_with_warmup" if hp.scheduler == "constant" else hp.scheduler
+        schedule = get_scheduler(name, optimizer, num_warmup_steps=int(hp.warmup_ratio * total), num_training_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        hp = self.hparams
+        self.tokenizer = load_tokenizer(hp.model_name_or_path, hp.trust_remote_code)
+        self.model = load_reward_model(
+            hp.model_name_or_path, self.tokenizer, lora_r=hp.lora_r, lora_alpha=hp.lora_alpha,
+            lora_dropout=hp.lora_dropout, lora_target_modules=hp.lora_target_modules, load_in_4bit=hp.load_in_4bit,
+            gradient_checkpointing=hp.gradient_checkpointing, dtype=hp.dtype, trust_remote_code=hp.trust_remote_code)
+        # LoRA checkpoints keep only the trainable weights (adapters + score head); the frozen base
+        # comes from model_name_or_path when loading. Derived from the model actually built (a saved
+        # LoRA RM given as model_name_or_path is peft even with lora_r = 0).
+        self.strict_loading = not self.model.is_peft
+
     def variance_coef_now(self) -> float:
         """``variance_coef`` after the linear warm-up over ``variance_warmup_ratio`` of all steps."""
         hp = self.hparams
@@ -172,26 +195,7 @@ class RewardModelModule(LightningModule):
             if key in report:
                 self.log(name, float(report[key]), prog_bar=key == "whitened_variance_mean")
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss, _ = self._shared_step(batch, self.test_metrics)
-        n = batch["input_ids"].shape[0] // 2
-        self.log("test/loss", loss, batch_size=n, sync_dist=True)
-        self.log_dict(self.test_metrics, batch_size=n)
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        name = "constant_with_warmup" if hp.scheduler == "constant" else hp.scheduler
-        schedule = get_scheduler(name, optimizer, num_warmup_steps=int(hp.warmup_ratio * total), num_training_steps=total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if not self.strict_loading:
             trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-
-    def save_pretrained(self, directory: str) -> None:
-        """Hugging Face format: full weights, or the LoRA adapter with the score head; tokenizer."""
-        self.model.save_pretrained(directory, self.tokenizer)

@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from varirm.chat import Prompt, load_tokenizer, render_prompt_response
 from varirm.errors import DataError
+from varirm.files import atomic_open
 
 
 @dataclass
@@ -34,6 +35,11 @@ class SamplingConfig:
     max_new_tokens: int = 32
     seed: int = 0
     batch_size: int = 16
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else as given."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
 def load_policy(name_or_path: str, dtype: Optional[str] = None, trust_remote_code: bool = False):
@@ -124,17 +130,12 @@ def read_prompts(path: str, field: str = "prompt", limit: Optional[int] = None) 
 
 
 def write_samples(path: str, prompts: list[Prompt], responses: list[list[str]], policy_id: str,
-                  config: SamplingConfig, extra: Optional[dict[str, list[Any]]] = None) -> None:
-    """Write a samples file atomically (temporary file renamed into place)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for i, (prompt, group) in enumerate(zip(prompts, responses)):
+                  config: SamplingConfig) -> None:
+    """Write a samples file atomically."""
+    with atomic_open(path) as f:
+        for prompt, group in zip(prompts, responses):
             row = {"prompt": prompt, "responses": group, "policy": policy_id, "sampling": asdict(config)}
-            for key, values in (extra or {}).items():
-                row[key] = values[i]
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def read_samples(path: str) -> list[dict[str, Any]]:
@@ -151,7 +152,9 @@ def read_samples(path: str) -> list[dict[str, Any]]:
         if not isinstance(responses, list) or len(responses) < 2 or not all(isinstance(r, str) for r in responses):
             raise DataError(path, row_index, "responses", "must be a list of at least two strings")
         rows.append(row)
-    if rows and len({len(r["responses"]) for r in rows}) != 1:
+    if not rows:
+        raise DataError(path, None, None, "no rows")
+    if len({len(r["responses"]) for r in rows}) != 1:
         raise DataError(path, None, "responses", "every row must have the same number of responses (k)")
     return rows
 
@@ -179,9 +182,7 @@ def sample(policy: str, prompts: str, output: str, k: int = 4, temperature: floa
     config = SamplingConfig(k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
                             batch_size=batch_size)
     model, tokenizer = load_policy(policy, dtype)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
+    model.to(resolve_device(device))
     prompt_list = read_prompts(prompts, prompt_field, num_prompts)
     responses = generate_responses(model, tokenizer, prompt_list, config)
     write_samples(output, prompt_list, responses, policy, config)

@@ -120,11 +120,9 @@ def corpus(n: int = 2000, seed: int = 0) -> list[str]:
 
 
 def _write_jsonl(path: str, rows: list[dict[str, Any]]) -> str:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
+    from varirm.files import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
     return path
 
 

@@ -57,6 +57,9 @@ def variance_regularizer(rewards: torch.Tensor, normalization: Normalization = "
     """
     if rewards.dim() != 2 or rewards.shape[1] < 2:
         raise ValueError(f"rewards must be (prompts, k >= 2), got {tuple(rewards.shape)}")
+    if normalization == "batch" and rewards.shape[0] < 2:
+        # one prompt whitened by its own statistics has variance k/(k-1) whatever r is: no gradient
+        raise ValueError("batch normalization needs at least 2 prompts per batch")
     z = whiten(rewards) if normalization == "batch" else rewards
     v = within_prompt_variance(z)  # (b,)
     return -v if target is None else torch.relu(target - v)

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -96,6 +97,7 @@ def main() -> None:
         if i >= args.warmup:
             times["plain"].append(t_plain)
             times["regularized"].append(t_reg)
+    shutil.rmtree(work, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
         "command": "python scripts/bench_variance_overhead.py " + " ".join(sys.argv[1:]),

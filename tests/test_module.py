@@ -164,3 +164,33 @@ def test_fit_with_regularizer_logs_on_policy_variance_and_accuracy(tmp_path, tin
     assert 0.0 < float(final["val_policy/whitened_variance"]) <= 4 / 3 + 1e-6  # at most k / (k - 1)
     assert 0.0 <= float(final["val_policy/acc"]) <= 1.0 and final.get("val/acc")
     assert [r for r in rows if r.get("train/group_whitened_variance")]
+
+
+@pytest.mark.slow
+def test_policy_samples_are_regenerated_every_n_steps(tmp_path, tiny_model_dir, synthetic_dir):
+    import json
+
+    from varirm.synthetic import make_prompts
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in make_prompts(6, seed=3)))
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"prompt": r["prompt"], "responses": ["apple", "dog", "red"]}) + "\n"
+                               for r in make_prompts(6, seed=3)))
+    run = tmp_path / "regen"
+    cli = cli_main(fit_args(run, tiny_model_dir, synthetic_dir, "--trainer.max_epochs", "1",
+                      "--model.init_args.variance_coef", "0.1",
+                      "--data.init_args.policy_samples", str(samples), "--data.init_args.groups_per_batch", "2",
+                      "--trainer.callbacks+=varirm.sampling.RegenerateSamples",
+                      "--trainer.callbacks.policy", str(tiny_model_dir), "--trainer.callbacks.prompts", str(prompts),
+                      "--trainer.callbacks.every_n_steps", "5", "--trainer.callbacks.k", "3",
+                      "--trainer.callbacks.max_new_tokens", "4"))
+    from varirm.data import tokenize_groups
+    from varirm.sampling import RegenerateSamples
+
+    callback = next(c for c in cli.trainer.callbacks if isinstance(c, RegenerateSamples))
+    assert callback.regenerations == 512 // 32 // 5  # 16 steps, every 5 -> 3 regenerations
+    initial = tokenize_groups(cli.datamodule.tokenizer, [r["prompt"] for r in make_prompts(6, seed=3)],
+                              [["apple", "dog", "red"]] * 6, 64)
+    assert [g["ids"] for g in cli.datamodule.group_source.groups] != [g["ids"] for g in initial]
+    assert all(len(g["ids"]) == 3 for g in cli.datamodule.group_source.groups)

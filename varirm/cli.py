@@ -79,12 +79,6 @@ class VarirmCLI(LightningCLI):
             raise VarirmError(f"{existing[0]} already holds checkpoints of an earlier run; resume it with "
                               "--ckpt_path last, or choose another --trainer.default_root_dir")
 
-    def after_fit(self) -> None:
-        if self.trainer.is_global_zero and hasattr(self.datamodule, "stats"):
-            path = os.path.join(self.trainer.default_root_dir, "data_stats.json")
-            stats = {k: {kk: vv for kk, vv in v.items() if kk != "rejects"} for k, v in self.datamodule.stats.items()}
-            with open(path, "w") as f:
-                json.dump(stats, f, indent=2)
 
 
 def make_tool_parsers():
@@ -98,20 +92,20 @@ def make_tool_parsers():
             "export": export, "card": card}
 
 
-def cli_main(args: list[str] | None = None) -> None:
-    """Run the CLI; ``args`` defaults to ``sys.argv[1:]``."""
+def cli_main(args: list[str] | None = None):
+    """Run the CLI; ``args`` defaults to ``sys.argv[1:]``. Returns the tool's result, or the
+    LightningCLI object (with ``trainer``, ``model``, ``datamodule``) for Lightning commands."""
     argv = sys.argv[1:] if args is None else args
     if argv and argv[0] in TOOLS:
         result = CLI(make_tool_parsers()[argv[0]], args=argv[1:], as_positional=False)
         if result is not None:
             print(json.dumps(result, indent=2) if isinstance(result, dict) else result)
-        return
+        return result
     if argv and argv[0] == "sft":  # varirm sft --config ...: fit a policy on demonstrations
         from varirm.sft import SFTDataModule, SFTModule
 
-        run_lightning(SFTModule, SFTDataModule, ["fit", *argv[1:]])
-        return
-    run_lightning(RewardModelModule, PreferenceDataModule, args)
+        return run_lightning(SFTModule, SFTDataModule, ["fit", *argv[1:]])
+    return run_lightning(RewardModelModule, PreferenceDataModule, args)
 
 
 def run_lightning(model_class, data_class, args: list[str] | None) -> VarirmCLI:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import os
 import zlib
@@ -28,8 +27,6 @@ from varirm.chat import encode_prompt_response, fit_to_length, load_tokenizer, t
 from varirm.errors import ConfigError, DataError
 from varirm.files import atomic_write_text
 from varirm.formats import Format, load_preference_rows
-
-log = logging.getLogger(__name__)
 
 CACHE_VERSION = "2"  # bump when normalization or tokenization changes meaning
 Sources = Union[str, list[str], None]
@@ -483,7 +480,7 @@ class PreferenceDataModule(LightningDataModule):
             verb = "truncated" if s["overlong_policy"] == "truncate" else "dropped"
             line = (f"data/{name}: {s['pairs']} pairs from {s['rows_read']} rows; {s['overlong']} over "
                     f"max_length={hp.max_length} {verb}; {s['bad_rows']} bad rows skipped")
-            if s["rejects"] and run_dir and (self.trainer is None or self.trainer.is_global_zero):
+            if s["rejects"] and run_dir and self.trainer.is_global_zero:
                 path = os.path.join(run_dir, "rejects", f"{name}.jsonl")
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 with open(path, "w", encoding="utf-8") as f:
@@ -500,8 +497,10 @@ class PreferenceDataModule(LightningDataModule):
                          f"(random order: {100 * s['padding_fraction_random_order']:.1f}%)")
             lines.append(line)
         for line in lines:
-            log.info(line)
             rank_zero_info(line)
+        if run_dir and self.trainer.is_global_zero:
+            stats = {k: {kk: vv for kk, vv in v.items() if kk != "rejects"} for k, v in self.stats.items()}
+            atomic_write_text(os.path.join(run_dir, "data_stats.json"), json.dumps(stats, indent=2))
 
     def lengths(self, split: str) -> list[int]:
         """Per pair, the longer of chosen/rejected in tokens (what the batch is padded to)."""

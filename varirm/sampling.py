@@ -17,11 +17,12 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 import torch
+from lightning.pytorch import Callback
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from varirm.chat import Prompt, load_tokenizer, render_prompt_response
-from varirm.errors import DataError
+from varirm.errors import ConfigError, DataError
 from varirm.files import atomic_open
 
 
@@ -76,6 +77,17 @@ def clean_response(text: str, suffix: str) -> str:
     return text
 
 
+def stop_ids(tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt]) -> list[int]:
+    """eos plus any special token that the template puts after a response (e.g. ``<|eot_id|>``
+    when a base model's eos differs from its chat template's end of turn)."""
+    ids = {tokenizer.eos_token_id}
+    special = set(tokenizer.all_special_ids)
+    for prompt in prompts[:1]:
+        suffix_ids = tokenizer(response_suffix(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+        ids.update(i for i in suffix_ids if i in special and i != tokenizer.pad_token_id)
+    return sorted(i for i in ids if i is not None)
+
+
 @torch.no_grad()
 def generate_responses(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt],
                        config: SamplingConfig, progress: bool = True) -> list[list[str]]:
@@ -98,7 +110,7 @@ def generate_responses(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 gen = policy.generate(**enc, do_sample=True, temperature=config.temperature, top_p=config.top_p,
                                       max_new_tokens=config.max_new_tokens, num_return_sequences=config.k,
-                                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                                      pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids(tokenizer, batch))
             new = gen[:, enc["input_ids"].shape[1]:]  # (len(batch) * k, new tokens)
             decoded = tokenizer.batch_decode(new, skip_special_tokens=True)
             for i, prompt in enumerate(batch):
@@ -110,12 +122,13 @@ def generate_responses(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     return out
 
 
-def read_prompts(path: str, field: str = "prompt", limit: Optional[int] = None) -> list[Prompt]:
-    """Prompts from a jsonl/json file: the ``field`` of each row (messages or a string)."""
+def read_prompts(path: str, field: str = "prompt", limit: Optional[int] = None, split: str = "train") -> list[Prompt]:
+    """Prompts from a jsonl/json/parquet file or a Hub dataset split: the ``field`` of each row
+    (messages or a string)."""
     from varirm.formats import read_raw_rows
 
     prompts = []
-    for row_index, row in read_raw_rows(path):
+    for row_index, row in read_raw_rows(path, split):
         if isinstance(row, DataError):
             raise row
         if not isinstance(row, dict) or field not in row:
@@ -161,7 +174,7 @@ def read_samples(path: str) -> list[dict[str, Any]]:
 
 def sample(policy: str, prompts: str, output: str, k: int = 4, temperature: float = 1.0, top_p: float = 1.0,
            max_new_tokens: int = 32, seed: int = 0, batch_size: int = 16, num_prompts: Optional[int] = None,
-           prompt_field: str = "prompt", dtype: Optional[str] = None, device: str = "auto") -> str:
+           prompt_field: str = "prompt", split: str = "train", dtype: Optional[str] = None, device: str = "auto") -> str:
     """``varirm sample``: generate ``k`` responses per prompt with a policy and write a samples file.
 
     Args:
@@ -176,6 +189,7 @@ def sample(policy: str, prompts: str, output: str, k: int = 4, temperature: floa
         batch_size: Prompts per generate call.
         num_prompts: Use only the first this many prompts.
         prompt_field: Field of the prompt in each row.
+        split: Split to read when ``prompts`` is a Hub dataset id.
         dtype: Weights dtype (``bfloat16`` on GPU is faster).
         device: ``auto`` (cuda if available), ``cpu`` or ``cuda``.
     """
@@ -183,7 +197,65 @@ def sample(policy: str, prompts: str, output: str, k: int = 4, temperature: floa
                             batch_size=batch_size)
     model, tokenizer = load_policy(policy, dtype)
     model.to(resolve_device(device))
-    prompt_list = read_prompts(prompts, prompt_field, num_prompts)
+    prompt_list = read_prompts(prompts, prompt_field, num_prompts, split)
     responses = generate_responses(model, tokenizer, prompt_list, config)
     write_samples(output, prompt_list, responses, policy, config)
     return output
+
+
+class RegenerateSamples(Callback):
+    """Refresh the policy-sample groups that feed the variance regularizer during ``fit``: every
+    ``every_n_steps`` optimizer steps, load ``policy`` (from disk again, so a policy that is being
+    trained elsewhere and saved there is picked up), sample ``k`` responses for the prompts and
+    swap them into the data module's :class:`varirm.data.GroupSource`.
+
+    Needs ``data.policy_samples`` (the initial groups) and ``data.num_workers: 0``.
+
+    Args:
+        policy: Hub id or local directory of the policy (causal LM).
+        prompts: jsonl/json file of prompts.
+        every_n_steps: Regenerate after every this many optimizer steps.
+        k: Samples per prompt.
+        num_prompts: Use only the first this many prompts.
+        temperature: Sampling temperature.
+        top_p: Nucleus sampling threshold.
+        max_new_tokens: Longest response.
+        seed: Base seed (each regeneration uses seed + step + rank).
+        batch_size: Prompts per generate call.
+    """
+
+    def __init__(self, policy: str, prompts: str, every_n_steps: int = 100, k: int = 4, num_prompts: Optional[int] = None,
+                 temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 32, seed: int = 0,
+                 batch_size: int = 16):
+        if every_n_steps < 1:
+            raise ConfigError(f"every_n_steps must be at least 1, got {every_n_steps}")
+        self.policy, self.prompts, self.every_n_steps, self.num_prompts = policy, prompts, every_n_steps, num_prompts
+        self.config = SamplingConfig(k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                                     seed=seed, batch_size=batch_size)
+        self.regenerations = 0
+        self._last_step = 0
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        dm = trainer.datamodule
+        if getattr(dm, "group_source", None) is None:
+            raise ConfigError("RegenerateSamples needs data.policy_samples (the first groups)")
+        if dm.hparams.num_workers:
+            raise ConfigError("RegenerateSamples needs data.num_workers: 0 (workers would keep the old samples)")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step > self._last_step and step % self.every_n_steps == 0:
+            self._last_step = step
+            self.regenerate(trainer, pl_module, step)
+
+    def regenerate(self, trainer, pl_module, step: int) -> None:
+        from varirm.data import tokenize_groups
+
+        dm = trainer.datamodule
+        policy, tokenizer = load_policy(self.policy)
+        prompts = read_prompts(self.prompts, limit=self.num_prompts)
+        config = SamplingConfig(**{**asdict(self.config), "seed": self.config.seed + step + 7919 * trainer.global_rank})
+        responses = generate_responses(policy.to(pl_module.device), tokenizer, prompts, config, progress=False)
+        dm.group_source.groups = tokenize_groups(dm.tokenizer, prompts, responses, dm.hparams.max_length)
+        self.regenerations += 1
+        pl_module.log("train/samples_regenerated", float(self.regenerations), rank_zero_only=True)

@@ -8,6 +8,8 @@ loss covers the response tokens only (prompt tokens are labelled -100).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from functools import partial
 from typing import Any, Optional
 
@@ -17,7 +19,8 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
-from varirm.chat import encode_prompt_response, load_tokenizer
+from varirm.chat import encode_prompt_response, fit_to_length, load_tokenizer
+from varirm.data import pad_right
 from varirm.errors import DataError
 from varirm.formats import read_raw_rows
 from varirm.sampling import load_policy
@@ -40,14 +43,10 @@ def read_demos(path: str) -> list[dict[str, Any]]:
 
 def collate_sft(examples: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids``/``attention_mask``/``labels`` ``(b, t)``; labels -100 off-response."""
-    t = max(len(e["input_ids"]) for e in examples)
-    ids = torch.full((len(examples), t), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), t), dtype=torch.long)
-    labels = torch.full((len(examples), t), -100, dtype=torch.long)
+    ids, mask = pad_right([e["input_ids"] for e in examples], pad_token_id)
+    labels = torch.full_like(ids, -100)
     for i, e in enumerate(examples):
         n, p = len(e["input_ids"]), e["prompt_len"]
-        ids[i, :n] = torch.tensor(e["input_ids"])
-        mask[i, :n] = 1
         labels[i, p:n] = ids[i, p:n]
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
@@ -84,8 +83,8 @@ class SFTDataModule(LightningDataModule):
             rows = []
             for demo in read_demos(path):
                 p_ids, r_ids = encode_prompt_response(self.tokenizer, demo["prompt"], demo["response"])
-                p_ids = p_ids[max(0, len(p_ids) + len(r_ids) - hp.max_length):]
-                rows.append({"input_ids": (p_ids + r_ids)[-hp.max_length:], "prompt_len": len(p_ids)})
+                ids = fit_to_length(p_ids, r_ids, hp.max_length)
+                rows.append({"input_ids": ids, "prompt_len": max(0, len(ids) - len(r_ids))})
             self.splits[name] = datasets.Dataset.from_list(rows)
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
@@ -147,6 +146,17 @@ class SFTModule(LightningModule):
 
     def on_fit_end(self) -> None:
         if self.hparams.save_dir and self.trainer.is_global_zero:
-            os.makedirs(self.hparams.save_dir, exist_ok=True)
-            self.policy.save_pretrained(self.hparams.save_dir)
-            self.tokenizer.save_pretrained(self.hparams.save_dir)
+            # written under a temporary name and renamed: a directory at save_dir is always complete
+            out = os.path.abspath(self.hparams.save_dir)
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=os.path.dirname(out))
+            try:
+                self.policy.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
+                os.chmod(tmp, 0o755)
+                if os.path.exists(out):
+                    shutil.rmtree(out)
+                os.replace(tmp, out)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise

@@ -218,3 +218,25 @@ def test_push_to_hub_uploads_to_the_endpoint_and_never_writes_the_token(trained,
     for name in os.listdir(out):
         assert token not in (out / name).read_bytes().decode("utf-8", "ignore"), name
     assert "varirm-test/tiny-rm" in (out / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_exported_rm_works_as_reward_for_trl_rloo_trainer(trained, tmp_path, tiny_model_dir):
+    """One RLOOTrainer step with reward_funcs=<exported dir> (TRL is a test extra, not a dependency)."""
+    pytest.importorskip("trl")
+    import datasets
+    from trl import RLOOConfig, RLOOTrainer
+
+    _, full, _ = trained
+    out = tmp_path / "exported"
+    ex.export(str(full), str(out))
+    prompts = datasets.Dataset.from_list([{"prompt": p} for p in PROMPTS * 4])
+    args = RLOOConfig(output_dir=str(tmp_path / "trl"), use_cpu=True, bf16=False, max_steps=1, per_device_train_batch_size=4,
+                      num_generations=2, max_completion_length=8, report_to=[], save_strategy="no", logging_steps=1,
+                      seed=0)
+    trainer = RLOOTrainer(model=tiny_model_dir, reward_funcs=str(out), args=args, train_dataset=prompts)
+    trainer.train()
+    logs = {k: v for entry in trainer.state.log_history for k, v in entry.items()}
+    reward_keys = [k for k in logs if k.startswith("reward")]
+    assert reward_keys and all(isinstance(logs[k], float) and logs[k] == logs[k] for k in reward_keys), logs
+    assert trainer.state.global_step == 1

@@ -12,7 +12,8 @@ from varirm.module import RewardModelModule
 ALL = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
 SAMPLE_RECIPES = [p for p in ALL if p.parent.name == "sample"]
 SFT_RECIPES = [p for p in ALL if p.stem.startswith("sft")]
-RECIPES = [p for p in ALL if p not in SAMPLE_RECIPES and p not in SFT_RECIPES]
+RLOO_RECIPES = [p for p in ALL if p.parent.name == "rloo"]
+RECIPES = [p for p in ALL if p not in SAMPLE_RECIPES + SFT_RECIPES + RLOO_RECIPES]
 
 
 class ParseOnly(VarirmCLI):
@@ -67,3 +68,16 @@ def test_sft_recipe_parses(recipe):
     cli = ParseOnly(SFTModule, SFTDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
                     args=["--config", str(recipe)], auto_configure_optimizers=False)
     assert isinstance(cli.model, SFTModule) and cli.model.hparams.save_dir
+
+
+@pytest.mark.parametrize("recipe", RLOO_RECIPES, ids=[p.stem for p in RLOO_RECIPES])
+def test_rloo_recipe_parses(recipe):
+    from varirm.cli import PolicyCLI
+    from varirm.rloo import PromptDataModule, RLOOModule
+
+    class ParseOnlyPolicy(PolicyCLI):
+        instantiate_classes = ParseOnly.instantiate_classes
+
+    cli = ParseOnlyPolicy(RLOOModule, PromptDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
+                          args=["--config", str(recipe)], auto_configure_optimizers=False)
+    assert isinstance(cli.model, RLOOModule) and cli.model.hparams.k >= 2

@@ -6,6 +6,7 @@
 - ``varirm make-synthetic``: the synthetic preference task with a known gold reward.
 - ``varirm sft --config recipes/sft_synthetic.yaml``: fine-tune a policy on demonstrations.
 - ``varirm sample``: k responses per prompt from a policy, written to a samples file.
+- ``varirm rloo --config recipes/rloo/<name>.yaml``: RLOO of a policy against a frozen RM.
 - ``varirm evaluate``: reward variance (raw, whitened) and on/off-policy accuracy of an RM under a policy.
 - ``varirm export`` / ``varirm card``: Hugging Face format with a variance model card; re-render the card.
 
@@ -101,6 +102,10 @@ def cli_main(args: list[str] | None = None):
         if result is not None:
             print(json.dumps(result, indent=2) if isinstance(result, dict) else result)
         return result
+    if argv and argv[0] == "rloo":  # varirm rloo --config ...: train a policy against a frozen RM
+        from varirm.rloo import PromptDataModule, RLOOModule
+
+        return run_lightning(RLOOModule, PromptDataModule, ["fit", *argv[1:]], cli_class=PolicyCLI)
     if argv and argv[0] == "sft":  # varirm sft --config ...: fit a policy on demonstrations
         from varirm.sft import SFTDataModule, SFTModule
 
@@ -108,13 +113,20 @@ def cli_main(args: list[str] | None = None):
     return run_lightning(RewardModelModule, PreferenceDataModule, args)
 
 
-def run_lightning(model_class, data_class, args: list[str] | None) -> VarirmCLI:
+class PolicyCLI(VarirmCLI):
+    """For systems without a tokenizer-bearing data module (RLOO): no argument links."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        pass
+
+
+def run_lightning(model_class, data_class, args: list[str] | None, cli_class: type = VarirmCLI) -> VarirmCLI:
     """LightningCLI over a system and its data module (classes or subclasses named in recipes)."""
     with warnings.catch_warnings():
         # Explicit args (in-process calls, ``varirm sft``) are intended; Lightning warns when
         # sys.argv also has arguments.
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        return VarirmCLI(model_class, data_class, subclass_mode_model=True, subclass_mode_data=True, args=args,
+        return cli_class(model_class, data_class, subclass_mode_model=True, subclass_mode_data=True, args=args,
                          save_config_callback=SaveFitConfig, save_config_kwargs={"overwrite": True},
                          auto_configure_optimizers=False)
 

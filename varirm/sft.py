@@ -2,7 +2,8 @@
 
 Used to build the synthetic world's initial policy pi0 from imperfect demonstrations. The
 prompt is rendered by :func:`varirm.chat.encode_prompt_response` (the RM's function), and the
-loss covers the response tokens only (prompt tokens are labelled -100).
+loss covers the response tokens only (prompt tokens are labelled -100), ending with eos (added
+when the template's end of turn is not eos), so the policy learns to stop.
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ class SFTDataModule(LightningDataModule):
             rows = []
             for demo in read_demos(path):
                 p_ids, r_ids = encode_prompt_response(self.tokenizer, demo["prompt"], demo["response"])
+                if not r_ids or r_ids[-1] != self.tokenizer.eos_token_id:
+                    r_ids = r_ids + [self.tokenizer.eos_token_id]  # the policy must learn to stop
                 ids = fit_to_length(p_ids, r_ids, hp.max_length)
                 rows.append({"input_ids": ids, "prompt_len": max(0, len(ids) - len(r_ids))})
             self.splits[name] = datasets.Dataset.from_list(rows)

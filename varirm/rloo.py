@@ -1,0 +1,244 @@
+"""RLOO: train a policy against a frozen reward model (``varirm rloo``).
+
+REINFORCE Leave-One-Out (Kool et al. 2019; Ahmadian et al. 2024, "Back to Basics"): for each
+prompt, k >= 2 samples; the advantage of sample i is its KL-penalized reward minus the mean of
+the other k - 1 samples' rewards. The loss is sequence level, with optional PPO-style ratio
+clipping for several updates per batch of samples.
+
+The RM scores with :func:`varirm.scoring.score`, i.e. the same rendering and tokenization as RM
+training; the policy and the RM may have different tokenizers (responses are decoded, then
+re-rendered and re-tokenized for the RM). RM rewards are normalized by ``(r - shift) / scale``,
+measured on the initial policy's samples at the start of training unless given.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule
+from torch.utils.data import DataLoader
+
+from varirm.chat import render_prompt_response
+from varirm.errors import ConfigError
+from varirm.sampling import SamplingConfig, clean_response, load_policy, read_prompts, response_suffix, stop_ids
+
+KLEstimator = Literal["k1", "k3"]
+
+
+def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """Leave-one-out advantages ``A_i = r_i - mean_{j != i} r_j = k / (k - 1) * (r_i - mean_j r_j)``.
+    ``(b, k) -> (b, k)``.
+
+    >>> rloo_advantages(torch.tensor([[1.0, 2.0, 6.0]]))  # 1 - 4, 2 - 3.5, 6 - 1.5
+    tensor([[-3.0000, -1.5000,  4.5000]])
+    """
+    k = rewards.shape[1]
+    if k < 2:
+        raise ValueError("RLOO needs k >= 2 samples per prompt")
+    return k / (k - 1) * (rewards - rewards.mean(dim=1, keepdim=True))
+
+
+def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, estimator: KLEstimator = "k1") -> torch.Tensor:
+    """Sequence KL(pi || ref) estimates from sampled tokens, summed over response tokens.
+
+    ``k1 = log pi - log ref`` (unbiased, can be negative); ``k3 = (rho - 1) - log rho`` with
+    ``rho = ref / pi`` (Schulman 2020: unbiased, always >= 0). ``logp``, ``ref_logp``, ``mask``:
+    ``(n, t)``. Returns ``(n,)``.
+    """
+    log_ratio = logp - ref_logp
+    per_token = log_ratio if estimator == "k1" else torch.expm1(-log_ratio) + log_ratio
+    return (per_token * mask).sum(-1)
+
+
+def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                        clip_eps: Optional[float]) -> torch.Tensor:
+    """Sequence-level policy-gradient loss per sample.
+
+    Without clipping: ``-A * log pi(y|x)`` (REINFORCE; the gradient is ``-A * grad log pi``).
+    With ``clip_eps``: ``-min(rho A, clip(rho, 1 - eps, 1 + eps) A)`` with ``rho = pi / pi_old``
+    (Schulman et al. 2017), whose gradient at ``pi = pi_old`` equals the unclipped one.
+    ``logp``, ``old_logp``: sequence log-probabilities ``(n,)``; ``advantages``: ``(n,)``.
+    """
+    if clip_eps is None:
+        return -advantages * logp
+    ratio = torch.exp(logp - old_logp)
+    return -torch.min(ratio * advantages, ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages)
+
+
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each token given the previous ones, and the entropy of each next-token
+    distribution. ``(n, t) -> (n, t - 1), (n, t - 1)`` (position j scores token j + 1)."""
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)  # left-padded prompts: positions as in generate
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits[:, :-1].float()
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, entropy
+
+
+class PromptDataModule(LightningDataModule):
+    """Batches of prompts for RLOO.
+
+    Args:
+        prompts: jsonl/json file (or Hub dataset id) of prompts.
+        prompt_field: Field holding the prompt.
+        num_prompts: Use only the first this many.
+        batch_size: Prompts per RLOO step (each sampled k times).
+        seed: Shuffling seed.
+    """
+
+    def __init__(self, prompts: str = "", prompt_field: str = "prompt", num_prompts: Optional[int] = None,
+                 batch_size: int = 8, seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.prompts: list = []
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if not self.prompts:
+            self.prompts = read_prompts(self.hparams.prompts, self.hparams.prompt_field, self.hparams.num_prompts)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.prompts, batch_size=self.hparams.batch_size, shuffle=True, collate_fn=list,
+                          generator=torch.Generator().manual_seed(self.hparams.seed))
+
+
+class RLOOModule(LightningModule):
+    """RLOO against a frozen reward model, with a frozen reference policy for the KL penalty.
+
+    Per step: sample ``k`` responses for each prompt, score them with the RM (normalized),
+    subtract ``beta * KL``, take leave-one-out advantages, then ``ppo_epochs`` updates of the
+    sequence-level (optionally clipped) policy-gradient loss on those samples.
+
+    Args:
+        policy_name_or_path: The initial policy (causal LM): Hub id or local directory.
+        reward_model: The RM: a ``varirm fit`` checkpoint, an exported directory, a Hub id, or the
+            dotted path of a reward function ``(prompt, response) -> float`` (e.g. the gold reward).
+        gold: Optional dotted path of a gold reward ``(prompt, response) -> float``, only logged.
+        k: Samples per prompt (>= 2).
+        beta: KL penalty coefficient.
+        kl_estimator: ``k1`` or ``k3`` (see :func:`kl_estimate`).
+        ppo_epochs: Updates per batch of samples.
+        clip_eps: PPO ratio clipping (``None``: plain REINFORCE, needs ``ppo_epochs: 1``).
+        temperature: Sampling temperature.
+        top_p: Nucleus sampling threshold.
+        max_new_tokens: Longest response.
+        reward_shift: RM normalization shift (``None``: measured on the first batch's samples).
+        reward_scale: RM normalization scale (``None``: measured on the first batch's samples).
+        lr: AdamW learning rate.
+        seed: Base seed for sampling.
+    """
+
+    def __init__(self, policy_name_or_path: str, reward_model: str, gold: Optional[str] = None, k: int = 4,
+                 beta: float = 0.05, kl_estimator: KLEstimator = "k3", ppo_epochs: int = 1,
+                 clip_eps: Optional[float] = 0.2, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 32,
+                 reward_shift: Optional[float] = None, reward_scale: Optional[float] = None, lr: float = 1e-5,
+                 seed: int = 0):
+        super().__init__()
+        if k < 2:
+            raise ConfigError(f"RLOO needs k >= 2 samples per prompt, got {k}")
+        if clip_eps is None and ppo_epochs != 1:
+            raise ConfigError("several updates per batch (ppo_epochs > 1) need clip_eps")
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.policy = self.reference = self.tokenizer = None
+        self.reward_fn = self.gold_fn = None
+        # (shift, scale) of the RM's rewards; NaN until given or measured on the first batch
+        self.register_buffer("reward_norm", torch.tensor([float("nan") if reward_shift is None else reward_shift,
+                                                          float("nan") if reward_scale is None else reward_scale]))
+
+    def configure_model(self) -> None:
+        if self.policy is not None:
+            return
+        from varirm.scoring import resolve_labeler
+
+        hp = self.hparams
+        self.policy, self.tokenizer = load_policy(hp.policy_name_or_path)
+        self.policy.train()
+        self.reference, _ = load_policy(hp.policy_name_or_path)
+        self.reference.eval().requires_grad_(False)
+        # the RM scores through varirm.scoring.score (RM checkpoints/directories) or is a function
+        self.reward_fn = resolve_labeler(hp.reward_model)
+        self.gold_fn = resolve_labeler(hp.gold) if hp.gold else None
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token log-probabilities ``(n, t - 1)`` of the policy."""
+        return token_logprobs(self.policy, input_ids, attention_mask)[0]
+
+    @torch.no_grad()
+    def _sample(self, prompts: list) -> dict[str, Any]:
+        """k samples per prompt: full ids, masks, the response-token mask and decoded responses."""
+        tok, hp = self.tokenizer, self.hparams
+        side, tok.padding_side = tok.padding_side, "left"
+        try:
+            texts = [render_prompt_response(tok, p, "")[0] for p in prompts]
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        finally:
+            tok.padding_side = side
+        config = SamplingConfig(k=hp.k, temperature=hp.temperature, top_p=hp.top_p, max_new_tokens=hp.max_new_tokens)
+        gen = self.policy.generate(**enc, do_sample=True, temperature=config.temperature, top_p=config.top_p,
+                                   max_new_tokens=config.max_new_tokens, num_return_sequences=hp.k,
+                                   pad_token_id=tok.pad_token_id, eos_token_id=stop_ids(tok, prompts))
+        p_len = enc["input_ids"].shape[1]
+        prompt_mask = enc["attention_mask"].repeat_interleave(hp.k, dim=0)  # (n, p)
+        new = gen[:, p_len:]  # (n, r)
+        stops = torch.tensor(stop_ids(tok, prompts), device=new.device)
+        is_stop = torch.isin(new, stops)
+        # response tokens: up to and including the first stop token
+        after_stop = (is_stop.cumsum(-1) - is_stop.long()) > 0
+        response_mask = (~after_stop).long()
+        attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
+        decoded = tok.batch_decode(new.masked_fill(after_stop, tok.pad_token_id), skip_special_tokens=True)
+        flat_prompts = [p for p in prompts for _ in range(hp.k)]
+        responses = [clean_response(t, response_suffix(tok, p)) for t, p in zip(decoded, flat_prompts)]
+        return {"input_ids": gen, "attention_mask": attention_mask, "response_mask": response_mask,
+                "prompt_len": p_len, "prompts": flat_prompts, "responses": responses}
+
+    def training_step(self, batch: list, batch_idx: int) -> None:
+        hp = self.hparams
+        # dropout off (Lightning switched every submodule to train mode): the sampling, old and new
+        # log-probabilities must come from the same function for the ratio and the KL to mean anything
+        self.policy.eval()
+        self.reference.eval()
+        s = self._sample(batch)
+        n, p_len = s["input_ids"].shape[0], s["prompt_len"]
+        resp_mask = s["response_mask"].float()  # (n, r)
+        raw = torch.tensor(self.reward_fn(s["prompts"], s["responses"]), dtype=torch.float32, device=self.device)
+        if torch.isnan(self.reward_norm).any():  # first batch: measure what was not given
+            measured = torch.stack([raw.mean(), raw.std(correction=0).clamp_min(1e-6)])
+            self.reward_norm.copy_(torch.where(torch.isnan(self.reward_norm), measured, self.reward_norm))
+        reward = (raw - self.reward_norm[0]) / self.reward_norm[1]  # (n,)
+        with torch.no_grad():
+            old_logp_tok, entropy = token_logprobs(self.policy, s["input_ids"], s["attention_mask"])
+            ref_logp_tok, _ = token_logprobs(self.reference, s["input_ids"], s["attention_mask"])
+        old_logp_tok, ref_logp_tok = old_logp_tok[:, p_len - 1:], ref_logp_tok[:, p_len - 1:]  # response tokens
+        kl = kl_estimate(old_logp_tok, ref_logp_tok, resp_mask, hp.kl_estimator)  # (n,)
+        penalized = (reward - hp.beta * kl).view(-1, hp.k)  # (b, k)
+        advantages = rloo_advantages(penalized).reshape(-1)  # (n,)
+        old_logp = (old_logp_tok * resp_mask).sum(-1)
+        optimizer = self.optimizers()
+        for _ in range(hp.ppo_epochs):
+            logp_tok = self(s["input_ids"], s["attention_mask"])[:, p_len - 1:]
+            logp = (logp_tok * resp_mask).sum(-1)
+            loss = clipped_policy_loss(logp, old_logp, advantages, hp.clip_eps).mean()
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+        spread = reward.view(-1, hp.k).std(dim=1, correction=0)
+        logs = {"rloo/proxy_reward": reward.mean(), "rloo/kl": kl.mean(), "rloo/loss": loss.detach(),
+                "rloo/entropy": (entropy[:, p_len - 1:] * resp_mask).sum() / resp_mask.sum().clamp_min(1),
+                "rloo/reward_std_per_prompt": spread.mean(), "rloo/zero_spread_fraction": (spread < 1e-6).float().mean(),
+                "rloo/response_length": resp_mask.sum(-1).mean()}
+        if self.gold_fn is not None:
+            logs["rloo/gold_reward"] = torch.tensor(self.gold_fn(s["prompts"], s["responses"])).float().mean()
+        self.log_dict(logs, prog_bar=True, batch_size=n // hp.k)
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.policy.parameters(), lr=self.hparams.lr)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the reference policy is the initial policy: reloaded from policy_name_or_path, not saved
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("reference.")}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.strict_loading = False

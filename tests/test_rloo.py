@@ -128,3 +128,23 @@ def test_policy_and_rm_with_different_tokenizers(tmp_path, tiny_model_dir, synth
     assert len(s["responses"]) == 6 and s["input_ids"].shape[0] == 6
     rewards = torch.tensor(module.reward_fn(s["prompts"], s["responses"]))
     assert_close(rewards, score(rm, rm_tokenizer, s["prompts"], s["responses"]))
+
+
+def test_token_logprobs_from_a_start_position_match_the_full_computation(tiny_model_dir):
+    """Scoring only response positions (the LM head runs there alone) gives the same numbers as
+    scoring every position and slicing, with left padding in the batch."""
+    from transformers import AutoModelForCausalLM
+
+    from varirm.rloo import token_logprobs
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    ids = torch.randint(10, 200, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # a left-padded prompt
+    with torch.no_grad():
+        full_logp, full_ent = token_logprobs(model, ids, mask)
+        logp, ent = token_logprobs(model, ids, mask, start=5)
+        no_ent = token_logprobs(model, ids, mask, start=5, entropy=False)[1]
+    assert logp.shape == (3, 6) and no_ent is None
+    assert_close(logp, full_logp[:, 5:], atol=1e-5, rtol=1e-5)
+    assert_close(ent, full_ent[:, 5:], atol=1e-5, rtol=1e-5)

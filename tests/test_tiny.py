@@ -27,3 +27,18 @@ def test_tokenizer_is_byte_level_and_seeded_init_is_reproducible(tmp_path):
     wa = AutoModelForCausalLM.from_pretrained(a).state_dict()
     wb = AutoModelForCausalLM.from_pretrained(b).state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_corpus_files_teach_the_tokenizer_a_users_text(tmp_path, shared_data):
+    from transformers import AutoTokenizer
+
+    from varirm.formats import load_preference_rows
+    from varirm.tiny import make_tiny_model
+
+    data = str(shared_data / "dpo_en_demo.json")
+    plain = AutoTokenizer.from_pretrained(make_tiny_model(str(tmp_path / "plain"), vocab_size=2048))
+    taught = AutoTokenizer.from_pretrained(make_tiny_model(str(tmp_path / "taught"), vocab_size=2048, corpus_files=[data]))
+    rows, _ = load_preference_rows(data, "train", "auto", {}, skip_bad=False)
+    text = " ".join(r["chosen"] for r in rows[:20])
+    assert len(taught(text)["input_ids"]) < 0.6 * len(plain(text)["input_ids"])
+    assert taught.decode(taught(text)["input_ids"]) == text  # still byte-level: lossless

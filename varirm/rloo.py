@@ -70,15 +70,27 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
     return -torch.min(ratio * advantages, ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages)
 
 
-def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probability of each token given the previous ones, and the entropy of each next-token
-    distribution. ``(n, t) -> (n, t - 1), (n, t - 1)`` (position j scores token j + 1)."""
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int = 0,
+                   entropy: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Log-probability of each token given the previous ones, and (``entropy=True``) the entropy of
+    each next-token distribution, for positions ``start .. t - 2`` (position j scores token j + 1).
+    ``(n, t) -> (n, t - 1 - start), (n, t - 1 - start)``. With ``start = p - 1`` (``p`` prompt
+    columns) only response tokens are scored, and the LM head runs only there (``logits_to_keep``,
+    for models that take it). The entropy carries no gradient."""
     position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)  # left-padded prompts: positions as in generate
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits[:, :-1].float()
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, entropy
+    keep = input_ids.shape[1] - start
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    try:
+        logits = model(**inputs, logits_to_keep=keep).logits if start > 0 else model(**inputs).logits
+    except TypeError:  # a model without logits_to_keep: all positions
+        logits = model(**inputs).logits
+    logp_all = torch.log_softmax(logits[:, logits.shape[1] - keep:-1].float(), dim=-1)  # (n, t - 1 - start, V)
+    logp = logp_all.gather(-1, input_ids[:, start + 1:, None]).squeeze(-1)
+    ent = None
+    if entropy:
+        with torch.no_grad():
+            ent = -(logp_all.exp() * logp_all).sum(-1)
+    return logp, ent
 
 
 class PromptDataModule(LightningDataModule):
@@ -182,9 +194,9 @@ class RLOOModule(LightningModule):
         self.reward_fn = resolve_labeler(hp.reward_model)
         self.gold_fn = resolve_labeler(hp.gold) if hp.gold else None
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Token log-probabilities ``(n, t - 1)`` of the policy."""
-        return token_logprobs(self.policy, input_ids, attention_mask)[0]
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Token log-probabilities ``(n, t - 1 - start)`` of the policy (see :func:`token_logprobs`)."""
+        return token_logprobs(self.policy, input_ids, attention_mask, start, entropy=False)[0]
 
     @torch.no_grad()
     def _sample(self, prompts: list) -> dict[str, Any]:
@@ -217,17 +229,20 @@ class RLOOModule(LightningModule):
             measured = torch.stack([raw.mean(), raw.std(correction=0).clamp_min(1e-6)])
             self.reward_norm.copy_(torch.where(torch.isnan(self.reward_norm), measured, self.reward_norm))
         reward = (raw - self.reward_norm[0]) / self.reward_norm[1]  # (n,)
+        ids, mask, start = s["input_ids"], s["attention_mask"], p_len - 1  # score response tokens only
         with torch.no_grad():
-            old_logp_tok, entropy = token_logprobs(self.policy, s["input_ids"], s["attention_mask"])
-            ref_logp_tok = self._reference_logprobs(s["input_ids"], s["attention_mask"])
-        old_logp_tok, ref_logp_tok = old_logp_tok[:, p_len - 1:], ref_logp_tok[:, p_len - 1:]  # response tokens
-        kl = kl_estimate(old_logp_tok, ref_logp_tok, resp_mask, hp.kl_estimator)  # (n,)
-        penalized = (reward - hp.beta * kl).view(-1, hp.k)  # (b, k)
-        advantages = rloo_advantages(penalized).reshape(-1)  # (n,)
-        old_logp = (old_logp_tok * resp_mask).sum(-1)
+            ref_logp_tok = self._reference_logprobs(ids, mask, start)  # (n, r)
         optimizer = self.optimizers()
-        for _ in range(hp.ppo_epochs):
-            logp_tok = self(s["input_ids"], s["attention_mask"])[:, p_len - 1:]
+        for epoch in range(hp.ppo_epochs):
+            logp_tok, ent = token_logprobs(self.policy, ids, mask, start, entropy=epoch == 0)  # (n, r)
+            if epoch == 0:
+                # the first update's forward is also the sampling policy's: old log-probs, KL and
+                # advantages come from it (no separate no-grad forward); its ratio is exactly 1
+                old_logp_tok, entropy = logp_tok.detach(), ent
+                kl = kl_estimate(old_logp_tok, ref_logp_tok, resp_mask, hp.kl_estimator)  # (n,)
+                penalized = (reward - hp.beta * kl).view(-1, hp.k)  # (b, k)
+                advantages = rloo_advantages(penalized).reshape(-1)  # (n,)
+                old_logp = (old_logp_tok * resp_mask).sum(-1)
             logp = (logp_tok * resp_mask).sum(-1)
             loss = clipped_policy_loss(logp, old_logp, advantages, hp.clip_eps).mean()
             optimizer.zero_grad()
@@ -235,7 +250,7 @@ class RLOOModule(LightningModule):
             optimizer.step()
         spread = reward.view(-1, hp.k).std(dim=1, correction=0)
         logs = {"rloo/proxy_reward": reward.mean(), "rloo/kl": kl.mean(), "rloo/loss": loss.detach(),
-                "rloo/entropy": (entropy[:, p_len - 1:] * resp_mask).sum() / resp_mask.sum().clamp_min(1),
+                "rloo/entropy": (entropy * resp_mask).sum() / resp_mask.sum().clamp_min(1),
                 "rloo/reward_std_per_prompt": spread.mean(), "rloo/zero_spread_fraction": (spread < 1e-6).float().mean(),
                 "rloo/response_length": resp_mask.sum(-1).mean()}
         if self.gold_fn is not None:
@@ -245,11 +260,11 @@ class RLOOModule(LightningModule):
     def configure_optimizers(self):
         return torch.optim.AdamW([p for p in self.policy.parameters() if p.requires_grad], lr=self.hparams.lr)
 
-    def _reference_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def _reference_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int = 0) -> torch.Tensor:
         if self.reference is not None:
-            return token_logprobs(self.reference, input_ids, attention_mask)[0]
+            return token_logprobs(self.reference, input_ids, attention_mask, start, entropy=False)[0]
         with self.policy.disable_adapter():  # LoRA: the frozen base is the initial policy
-            return token_logprobs(self.policy, input_ids, attention_mask)[0]
+            return token_logprobs(self.policy, input_ids, attention_mask, start, entropy=False)[0]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the reference is the initial policy (reloaded from policy_name_or_path, not saved); under

@@ -7,8 +7,9 @@ chat template) and then load it through the normal ``from_pretrained`` path.
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Literal
+from typing import Any, Literal, Optional
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -37,6 +38,27 @@ def train_tokenizer(texts: list[str], vocab_size: int = 512, pad_token: bool = T
     return fast
 
 
+def file_texts(path: str) -> list[str]:
+    """Every string in a ``.json`` / ``.jsonl`` file (nested lists and objects included), for
+    training a tokenizer that covers a user's data."""
+    with open(path, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()] if path.endswith(".jsonl") else [json.load(f)]
+    out: list[str] = []
+
+    def walk(x: Any) -> None:
+        if isinstance(x, str):
+            out.append(x)
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+
+    walk(records)
+    return out
+
+
 def tiny_config(arch: Arch, vocab_size: int, hidden_size: int, num_layers: int, num_heads: int, max_positions: int,
                 bos_id: int, eos_id: int, pad_id: int | None):
     common = dict(vocab_size=vocab_size, bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id)
@@ -63,6 +85,7 @@ def make_tiny_model(
     vocab_size: int = 512,
     max_positions: int = 2048,
     pad_token: bool = True,
+    corpus_files: Optional[list[str]] = None,
     seed: int = 0,
 ) -> str:
     """Build a tiny causal LM directory (``config.json``, safetensors weights, tokenizer with chat
@@ -78,10 +101,14 @@ def make_tiny_model(
         vocab_size: BPE vocabulary size (trained on the synthetic task's texts).
         max_positions: Longest sequence the position embeddings cover.
         pad_token: Give the tokenizer a pad token (False: none, like many Hub tokenizers).
+        corpus_files: ``.json``/``.jsonl`` files whose strings join the synthetic task's texts in
+            the tokenizer's training corpus (e.g. your preference data, so English is not spelled
+            out byte by byte).
         seed: Seed of the random initialisation.
     """
     torch.manual_seed(seed)
-    tokenizer = train_tokenizer(corpus(seed=seed), vocab_size, pad_token)
+    texts = corpus(seed=seed) + [t for path in corpus_files or [] for t in file_texts(path)]
+    tokenizer = train_tokenizer(texts, vocab_size, pad_token)
     config = tiny_config(arch, len(tokenizer), hidden_size, num_layers, num_heads, max_positions,
                          tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
     model = AutoModelForCausalLM.from_config(config)

@@ -1,0 +1,222 @@
+"""Shared pieces of the tool-vs-tool benchmarks (``bench_rm_train.py``, ``bench_rloo.py``,
+``bench_sampling.py``): worker subprocesses, the generated-token counter, summaries, versions,
+and the BENCHMARKS.md section writer (the one in ``bench_variance_overhead.py``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Optional
+
+SCRIPTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(SCRIPTS)
+for path in (ROOT, SCRIPTS):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+from bench_variance_overhead import write_section  # noqa: E402,F401  (re-exported for the scripts)
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (Linux reports ``ru_maxrss`` in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def versions() -> dict[str, str]:
+    """Versions of the libraries the benchmarks compare or run on."""
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("torch", "transformers", "trl", "lightning", "accelerate", "datasets"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def machine(threads: int) -> dict[str, Any]:
+    return {"cpu": platform.processor() or platform.machine(), "cores_visible": os.cpu_count(),
+            "torch_threads": threads, "python": platform.python_version(), **versions()}
+
+
+def summary(values: list[float], digits: int = 2) -> dict[str, Any]:
+    """Median and spread (min, max) of repeated measurements."""
+    def r(v: float):
+        return round(v, digits) if digits else int(round(v))
+
+    return {"median": r(statistics.median(values)), "min": r(min(values)), "max": r(max(values)),
+            "values": [r(v) for v in values]}
+
+
+def fmt(s: dict[str, Any]) -> str:
+    """``median [min-max]`` for a Markdown table cell."""
+    return f"{s['median']} [{s['min']}-{s['max']}]"
+
+
+def run_worker(script: str, spec: dict[str, Any], work: str, name: str, threads: int,
+               timeout: Optional[float] = None) -> dict[str, Any]:
+    """Run ``script --worker_spec SPEC`` in its own Python process (own peak RSS, own RNG and
+    patches) with ``threads`` intra-op threads; returns the JSON it writes to ``spec['result']``."""
+    spec = {**spec, "result": os.path.join(work, f"{name}.result.json"), "threads": threads}
+    spec_path = os.path.join(work, f"{name}.spec.json")
+    with open(spec_path, "w") as f:
+        json.dump(spec, f)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "VARIRM_CACHE": os.path.join(work, f"{name}.cache")}  # fresh: set-up includes tokenization
+    log_path = os.path.join(work, f"{name}.log")
+    with open(log_path, "w") as log:
+        proc = subprocess.run([sys.executable, script, "--worker_spec", spec_path], stdout=log, stderr=subprocess.STDOUT,
+                              env=env, cwd=ROOT, timeout=timeout)
+    if proc.returncode != 0:
+        with open(log_path) as f:
+            tail = f.read()[-4000:]
+        raise RuntimeError(f"worker {name} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
+    with open(spec["result"]) as f:
+        return json.load(f)
+
+
+def generated_lengths(new_ids, stop_ids: list[int]):
+    """Tokens each row actually generated: up to and including its first stop token, else all
+    ``r`` columns. ``new_ids``: ``(n, r)`` continuation ids (pad after a stop). Returns ``(n,)``."""
+    import torch
+
+    is_stop = torch.isin(new_ids, torch.tensor(stop_ids, device=new_ids.device))
+    return torch.where(is_stop.any(1), is_stop.int().argmax(1) + 1, torch.full_like(is_stop[:, 0], new_ids.shape[1],
+                                                                                      dtype=torch.long))
+
+
+class GenerateCounter:
+    """Counts what every ``model.generate`` call of the process produced, whoever calls it: rows,
+    generated tokens (up to and including the first stop token, see :func:`generated_lengths`)
+    and seconds inside ``generate``. The same instrument for both tools of a comparison.
+
+    Use as a context manager; it patches ``transformers.GenerationMixin.generate`` while active."""
+
+    def __init__(self):
+        self.calls: list[dict[str, float]] = []
+
+    def __enter__(self) -> "GenerateCounter":
+        from transformers.generation.utils import GenerationMixin
+
+        self._original = original = GenerationMixin.generate
+        counter = self
+
+        def generate(model, *args, **kwargs):
+            start = time.perf_counter()
+            out = original(model, *args, **kwargs)
+            seconds = time.perf_counter() - start
+            ids = out if not hasattr(out, "sequences") else out.sequences
+            prompt = kwargs.get("input_ids", args[0] if args else None)
+            config = kwargs.get("generation_config") or model.generation_config
+            stops = kwargs.get("eos_token_id", None) or config.eos_token_id
+            stops = [stops] if isinstance(stops, int) else list(stops or [])
+            new = ids[:, prompt.shape[1]:]
+            tokens = int(generated_lengths(new, stops).sum()) if stops else int(new.numel())
+            counter.calls.append({"start": start, "end": start + seconds, "seconds": seconds, "rows": new.shape[0],
+                                  "max_new": new.shape[1], "tokens": tokens})
+            return out
+
+        GenerationMixin.generate = generate
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from transformers.generation.utils import GenerationMixin
+
+        GenerationMixin.generate = self._original
+
+    def between(self, t0: float, t1: float) -> list[dict[str, float]]:
+        """Calls that started in ``(t0, t1]``."""
+        return [c for c in self.calls if t0 < c["start"] <= t1]
+
+
+class DtypeProbe:
+    """Records the output dtype of one MLP projection of a model on every forward while attached
+    (bf16 under autocast, fp32 without), to check which precision a trainer really ran."""
+
+    def __init__(self):
+        self.dtypes: set[str] = set()
+        self._handle = None
+
+    def attach(self, model) -> None:
+        import torch
+
+        target = next((m for n, m in model.named_modules() if n.endswith("mlp.down_proj")), None)
+        target = target or next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+        self._handle = target.register_forward_hook(
+            lambda mod, inp, out: self.dtypes.add(str(out.dtype).replace("torch.", "")))
+
+    def detach(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
+def write_outputs(out: str, result: dict[str, Any], md: str, benchmarks_md: str, section: str) -> None:
+    """``out.json``, ``out.md`` and the ``<!-- bench:section -->`` block of ``benchmarks_md``
+    (skipped when it is '')."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".json", "w") as f:
+        json.dump(result, f, indent=2)
+    with open(out + ".md", "w") as f:
+        f.write(md)
+    if benchmarks_md:
+        write_section(benchmarks_md, section, md)
+
+
+class StepClock:
+    """Wall-clock time at the start of the first step and at the end of every step. The timed
+    window runs from the end of step ``warmup`` (the start of step 1 when ``warmup`` is 0) to the
+    end of the last step, so it holds everything the training loop does between steps (data
+    loading, optimizer, callbacks), and none of the set-up before the first step."""
+
+    def __init__(self):
+        self.first_start: Optional[float] = None
+        self.ends: list[float] = []
+
+    def start(self) -> None:
+        if self.first_start is None:
+            self.first_start = time.perf_counter()
+
+    def end(self) -> None:
+        self.ends.append(time.perf_counter())
+
+    def window(self, warmup: int) -> tuple[float, float, int]:
+        """``(t0, t1, timed steps)``."""
+        if len(self.ends) <= warmup:
+            raise RuntimeError(f"only {len(self.ends)} steps ran; need more than warmup={warmup}")
+        t0 = self.ends[warmup - 1] if warmup > 0 else self.first_start
+        return t0, self.ends[-1], len(self.ends) - warmup
+
+
+def add_common_arguments(parser, name: str, vocab_help: str = "BPE vocabulary size") -> None:
+    """The options every tool-vs-tool benchmark has: the tiny model's size, threads, seed, outputs,
+    and the hidden ``--worker_spec`` by which the script runs one measured run in a subprocess."""
+    import argparse
+
+    parser.add_argument("--hidden_size", type=int, default=384)
+    parser.add_argument("--num_layers", type=int, default=6)
+    parser.add_argument("--num_heads", type=int, default=6)
+    parser.add_argument("--vocab_size", type=int, default=4096, help=vocab_help)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads in every run")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=os.path.join(ROOT, "results", name))
+    parser.add_argument("--benchmarks_md", default=os.path.join(ROOT, "BENCHMARKS.md"),
+                        help="BENCHMARKS.md to update ('' to leave it alone)")
+    parser.add_argument("--worker_spec", help=argparse.SUPPRESS)
+
+
+def run_if_worker(args, worker) -> bool:
+    """In a worker subprocess (``--worker_spec``): run ``worker(spec)`` and return True."""
+    if not args.worker_spec:
+        return False
+    with open(args.worker_spec) as f:
+        worker(json.load(f))
+    return True

@@ -1,0 +1,503 @@
+"""Reward-model training throughput: varirm (``varirm fit``) vs TRL's ``RewardTrainer``.
+
+What is compared: Bradley-Terry RM training of the same tiny Llama-style model (random init,
+~10.8M parameters at the defaults, built by ``varirm.tiny.make_tiny_model`` with its tokenizer and
+chat template, pad != eos) on the same pairs, for the same number of steps and pairs per step, with
+the same precision (bf16 autocast on CPU, or fp32 with ``--no-bf16``), optimizer (AdamW, constant
+learning rate, no warm-up, no weight decay, gradient-norm clip 1.0), no gradient checkpointing and
+no dropout, on CPU with the same number of torch threads.
+
+Two data sets: (a) the real variable-length sharegpt pairs of ``../shared/data/dpo_en_demo.json``
+(last 10% held out; TRL gets them in its conversational ``prompt``/``chosen``/``rejected`` message
+format, varirm reads the file itself), (b) the synthetic task (``varirm.synthetic.write_task``:
+``train.jsonl`` for training, ``test.jsonl`` held out).
+
+How: every run is a fresh Python process (``--worker_spec``, started by this script), so peak RSS
+(``ru_maxrss``) is the tool's own. varirm runs its real path,
+``varirm.cli.cli_main(["fit", "--config", "recipes/quickstart.yaml", overrides...])``; TRL runs
+``RewardTrainer(model=<dir>, args=RewardConfig(...), train_dataset=...)``. A callback (Lightning /
+transformers) stamps the end of every optimizer step; after ``--warmup`` steps, the window from the
+end of the last warm-up step to the end of the last step is timed (it holds data loading, the
+optimizer and callbacks, nothing of the set-up). Throughput: pairs/s and non-pad tokens/s (real
+tokens of chosen + rejected in the timed steps' batches). Set-up (model load, data reading and
+tokenization, trainer construction; imports excluded) is reported apart. After training both models
+are scored on the held-out pairs by one function (``varirm.scoring.score`` on
+``varirm.model.RewardModel`` around the trained transformers model: same rendering, same reading of
+the last token). Runs alternate (varirm, TRL, varirm, TRL, ...) ``--repeats`` times per data set;
+medians, min/max and the varirm / TRL ratio go to JSON, Markdown and BENCHMARKS.md.
+
+Speed counts only at equal accuracy, and a few timed steps train nothing: so each tool also trains
+on the synthetic task for ``--accuracy_steps`` steps (several epochs, until the tiny model has
+learned the gold preference) with ``--accuracy_seeds`` seeds, and both trained models' held-out
+accuracies are reported side by side.
+
+    python scripts/bench_rm_train.py                      # full run (a few minutes on 2 cores)
+    python scripts/bench_rm_train.py --repeats 1 --steps 2 --warmup 1 --hidden_size 32 --num_layers 2 \\
+        --num_heads 2 --out /tmp/b --benchmarks_md ''    # smoke run (tests)
+"""
+
+from __future__ import annotations
+
+import time
+
+T_PROCESS = time.perf_counter()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shlex  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from typing import Any  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+sys.path.insert(0, ROOT)
+
+from bench_common import (DtypeProbe, StepClock, add_common_arguments, fmt, machine, peak_rss_mib,  # noqa: E402
+                          run_if_worker, run_worker, summary, write_outputs)
+from lightning.pytorch import Callback  # noqa: E402
+
+TOOLS = ("varirm", "trl")
+DPO_FILE = os.path.join(os.path.dirname(ROOT), "shared", "data", "dpo_en_demo.json")
+
+
+# --- measurement inside a worker ----------------------------------------------------------------
+
+class LightningClock(Callback):
+    """Step times, pairs and tokens of varirm's batches (named in the CLI as ``__main__.LightningClock``)."""
+
+    def __init__(self):
+        self.clock, self.probe = StepClock(), DtypeProbe()
+        self.pairs: list[int] = []
+        self.tokens: list[int] = []
+        self.positions: list[int] = []
+        self.peak_rss_mib = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.probe.attach(pl_module)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.clock.start()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.clock.end()
+        mask = batch["attention_mask"]  # (2b, t)
+        self.pairs.append(mask.shape[0] // 2)
+        self.tokens.append(int(mask.sum()))
+        self.positions.append(mask.numel())
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.probe.detach()
+        self.peak_rss_mib = peak_rss_mib()
+
+
+class CountingCollator:
+    """Wraps TRL's collator: pairs, non-pad tokens and padded positions of each batch, in order."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.pairs: list[int] = []
+        self.tokens: list[int] = []
+        self.positions: list[int] = []
+
+    def __call__(self, examples):
+        batch = self.inner(examples)
+        mask = batch["attention_mask"]
+        self.pairs.append(len(examples))
+        self.tokens.append(int(mask.sum()))
+        self.positions.append(mask.numel())
+        return batch
+
+
+def throughput(clock: StepClock, warmup: int, pairs: list[int], tokens: list[int], positions: list[int]) -> dict:
+    t0, t1, n = clock.window(warmup)
+    steps = slice(warmup, warmup + n)
+    timed_pairs, timed_tokens, timed_positions = sum(pairs[steps]), sum(tokens[steps]), sum(positions[steps])
+    return {"timed_steps": n, "timed_s": t1 - t0, "timed_pairs": timed_pairs, "timed_tokens": timed_tokens,
+            "pairs_per_s": timed_pairs / (t1 - t0), "tokens_per_s": timed_tokens / (t1 - t0),
+            "pad_fraction": 1 - timed_tokens / timed_positions, "steps_run": len(clock.ends)}
+
+
+def heldout_accuracy(hf_model, model_dir: str, path: str, max_length: int) -> dict:
+    """Pairwise accuracy on held-out pairs, the same way for both tools: ``varirm.scoring.score``
+    (chat-template rendering of ``varirm.chat.encode_prompt_response``, cut to ``max_length`` as in
+    training, reward at the last non-pad token) on the trained transformers model, in fp32."""
+    from varirm.chat import load_tokenizer
+    from varirm.formats import load_preference_rows
+    from varirm.model import RewardModel
+    from varirm.scoring import score
+
+    rows, _ = load_preference_rows(path, "train", "auto", {}, False)
+    tokenizer = load_tokenizer(model_dir)
+    rm = RewardModel(hf_model).eval()
+    prompts = [r["prompt_messages"] or r["prompt_text"] for r in rows]
+    chosen = score(rm, tokenizer, prompts, [r["chosen"] for r in rows], max_length=max_length)
+    rejected = score(rm, tokenizer, prompts, [r["rejected"] for r in rows], max_length=max_length)
+    return {"heldout_pairs": len(rows), "heldout_acc": float((chosen > rejected).float().mean()),
+            "heldout_ties": int((chosen == rejected).sum())}
+
+
+def run_varirm(spec: dict) -> dict:
+    from varirm.cli import cli_main
+
+    t_begin = time.perf_counter()
+    run_dir = os.path.join(spec["work"], "run")
+    total = spec["warmup"] + spec["steps"]
+    cli = cli_main([
+        "fit", "--config", os.path.join(ROOT, "recipes", "quickstart.yaml"),
+        "--seed_everything", str(spec["seed"]),
+        "--trainer.default_root_dir", run_dir,
+        "--trainer.max_steps", str(total), "--trainer.max_epochs", "-1",
+        "--trainer.precision", "bf16-mixed" if spec["bf16"] else "32-true",
+        "--trainer.gradient_clip_val", str(spec["max_grad_norm"]),
+        "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", "--trainer.limit_val_batches", "0",
+        "--trainer.num_sanity_val_steps", "0",
+        # varirm's CLI adds a ModelCheckpoint unless one is configured (and Lightning refuses
+        # enable_checkpointing=false next to it): this one saves nothing
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.dirpath", os.path.join(run_dir, "checkpoints"),
+        "--trainer.callbacks.save_top_k", "0", "--trainer.callbacks.save_last", "false",
+        "--trainer.callbacks+=__main__.LightningClock",
+        "--model.init_args.model_name_or_path", spec["model_dir"],
+        "--model.init_args.lr", str(spec["lr"]), "--model.init_args.weight_decay", "0.0",
+        "--model.init_args.warmup_ratio", "0.0", "--model.init_args.scheduler", "constant",
+        "--data.init_args.train", spec["train"], "--data.init_args.val", "null", "--data.init_args.test", "null",
+        "--data.init_args.max_length", str(spec["max_length"]), "--data.init_args.overlong", spec["varirm_overlong"],
+        "--data.init_args.batch_size", str(spec["batch_size"]),
+        "--data.init_args.length_grouping", str(spec["length_grouping"]).lower(),
+    ])
+    timer = next(c for c in cli.trainer.callbacks if isinstance(c, LightningClock))
+    stats = cli.datamodule.stats["train"]
+    out = {"setup_s": timer.clock.first_start - t_begin, "peak_rss_mib": timer.peak_rss_mib,
+           "autocast_dtypes": sorted(timer.probe.dtypes),
+           "parameters": sum(p.numel() for p in cli.model.model.parameters()),
+           "rows": {"given": stats["rows_read"], "over_max_length": stats["overlong"],
+                    "over_max_length_policy": stats["overlong_policy"], "trained_on": stats["pairs"]},
+           **throughput(timer.clock, spec["warmup"], timer.pairs, timer.tokens, timer.positions)}
+    out.update(heldout_accuracy(cli.model.model.hf_model, spec["model_dir"], spec["heldout"], spec["max_length"]))
+    return out
+
+
+def trl_rows(path: str) -> list[dict[str, Any]]:
+    """Pairs of a varirm-readable file in TRL's preference formats: conversational (``prompt``
+    messages, ``chosen``/``rejected`` as one assistant message each) or standard strings."""
+    from varirm.formats import load_preference_rows
+
+    rows, _ = load_preference_rows(path, "train", "auto", {}, False)
+    out = []
+    for r in rows:
+        if r["prompt_messages"]:
+            out.append({"prompt": r["prompt_messages"], "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                        "rejected": [{"role": "assistant", "content": r["rejected"]}]})
+        else:
+            out.append({"prompt": r["prompt_text"], "chosen": r["chosen"], "rejected": r["rejected"]})
+    return out
+
+
+def run_trl(spec: dict) -> dict:
+    import datasets
+    from transformers import TrainerCallback
+    from trl import RewardConfig, RewardTrainer
+
+    clock, probe = StepClock(), DtypeProbe()
+    rss = {}
+
+    class HFClock(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            probe.attach(model)
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            clock.start()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            clock.end()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            probe.detach()
+            rss["peak"] = peak_rss_mib()
+
+    t_begin = time.perf_counter()
+    rows = trl_rows(spec["train"])
+    config = RewardConfig(
+        output_dir=os.path.join(spec["work"], "run"), seed=spec["seed"], max_steps=spec["warmup"] + spec["steps"],
+        per_device_train_batch_size=spec["batch_size"], learning_rate=spec["lr"], lr_scheduler_type="constant",
+        warmup_steps=0, weight_decay=0.0, optim="adamw_torch", max_grad_norm=spec["max_grad_norm"],
+        bf16=spec["bf16"], use_cpu=True, gradient_checkpointing=False, disable_dropout=True,
+        max_length=spec["max_length"], report_to="none", save_strategy="no", eval_strategy="no",
+        logging_steps=10**9, disable_tqdm=True, dataloader_num_workers=0)
+    trainer = RewardTrainer(model=spec["model_dir"], args=config, train_dataset=datasets.Dataset.from_list(rows),
+                            callbacks=[HFClock()])
+    counter = trainer.data_collator = CountingCollator(trainer.data_collator)
+    trainer.train()
+    out = {"setup_s": clock.first_start - t_begin, "peak_rss_mib": rss["peak"], "autocast_dtypes": sorted(probe.dtypes),
+           "parameters": sum(p.numel() for p in trainer.model.parameters()),
+           "rows": {"given": len(rows), "over_max_length": len(rows) - len(trainer.train_dataset),
+                    "over_max_length_policy": "drop", "trained_on": len(trainer.train_dataset)},
+           **throughput(clock, spec["warmup"], counter.pairs, counter.tokens, counter.positions)}
+    out.update(heldout_accuracy(trainer.model, spec["model_dir"], spec["heldout"], spec["max_length"]))
+    return out
+
+
+def same_token_ids(model_dir: str, path: str) -> dict[str, int]:
+    """Pairs whose chosen and rejected token ids are the same through varirm's tokenization (prompt
+    and response rendered and tokenized apart, :func:`varirm.chat.encode_prompt_response`) and TRL's
+    (the whole conversation through ``apply_chat_template``, as ``trl.data_utils._tokenize`` does)."""
+    from transformers import AutoTokenizer
+
+    from varirm.chat import encode_prompt_response, load_tokenizer
+    from varirm.formats import load_preference_rows
+
+    rows, _ = load_preference_rows(path, "train", "auto", {}, False)
+    ours, theirs = load_tokenizer(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    same = 0
+    for r, x in zip(rows, trl_rows(path)):
+        prompt = r["prompt_messages"] or r["prompt_text"]
+        ok = True
+        for side in ("chosen", "rejected"):
+            a = sum(encode_prompt_response(ours, prompt, r[side]), [])
+            if r["prompt_messages"]:
+                b = theirs.apply_chat_template(x["prompt"] + x[side], tokenize=True, return_dict=True)["input_ids"]
+            else:  # TRL appends eos, then tokenizes prompt + response
+                b = theirs(text=x["prompt"] + x[side] + theirs.eos_token)["input_ids"]
+            ok = ok and a == b
+        same += ok
+    return {"pairs": len(rows), "identical": same}
+
+
+def worker(spec: dict) -> None:
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    import_s = time.perf_counter() - T_PROCESS
+    result = run_varirm(spec) if spec["tool"] == "varirm" else run_trl(spec)
+    result.update(tool=spec["tool"], torch_threads=torch.get_num_threads(), import_s=import_s,
+                  process_s=time.perf_counter() - T_PROCESS)
+    with open(spec["result"], "w") as f:
+        json.dump(result, f)
+
+
+# --- the comparison -----------------------------------------------------------------------------
+
+def prepare_datasets(work: str, args) -> dict[str, dict[str, Any]]:
+    """Train and held-out files of each data set, in the layout varirm reads."""
+    out = {}
+    if "dpo_en_demo" in args.datasets:
+        with open(args.dpo_file) as f:
+            rows = json.load(f)
+        n_held = max(1, round(len(rows) * args.heldout_fraction))
+        paths = {}
+        for split, part in (("train", rows[:-n_held]), ("heldout", rows[-n_held:])):
+            paths[split] = os.path.join(work, f"dpo_{split}.json")
+            with open(paths[split], "w") as f:
+                json.dump(part, f, ensure_ascii=False)
+        out["dpo_en_demo"] = {**paths, "max_length": args.dpo_max_length, "batch_size": args.dpo_batch_size,
+                              "source": os.path.relpath(args.dpo_file, ROOT),
+                              "split": f"first {len(rows) - n_held} rows train, last {n_held} held out"}
+    if "synthetic" in args.datasets:
+        from varirm.synthetic import write_task
+
+        task = os.path.join(work, "synthetic")
+        write_task(task, n_train=args.synthetic_train_pairs, n_val=8, n_test=args.synthetic_heldout_pairs, n_demos=8,
+                   n_prompts=8, n_eval_prompts=8, seed=args.seed)
+        out["synthetic"] = {"train": os.path.join(task, "train.jsonl"), "heldout": os.path.join(task, "test.jsonl"),
+                            "max_length": args.synthetic_max_length, "batch_size": args.synthetic_batch_size,
+                            "source": "varirm.synthetic.write_task",
+                            "split": f"{args.synthetic_train_pairs} train pairs, {args.synthetic_heldout_pairs} held out"}
+    return out
+
+
+def aggregate(runs: list[dict]) -> dict[str, Any]:
+    return {"pairs_per_s": summary([r["pairs_per_s"] for r in runs]),
+            "tokens_per_s": summary([r["tokens_per_s"] for r in runs], 0),
+            "peak_rss_mib": summary([r["peak_rss_mib"] for r in runs], 0),
+            "setup_s": summary([r["setup_s"] for r in runs]),
+            "heldout_acc": summary([r["heldout_acc"] for r in runs], 3),
+            "pad_fraction": summary([r["pad_fraction"] for r in runs], 3),
+            "heldout_pairs": runs[0]["heldout_pairs"], "rows": runs[0]["rows"], "parameters": runs[0]["parameters"],
+            "autocast_dtypes": sorted({d for r in runs for d in r["autocast_dtypes"]}),
+            "torch_threads": sorted({r["torch_threads"] for r in runs}), "runs": runs}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    s, m = result["settings"], result["machine"]
+    lines = [
+        "## RM training: varirm vs TRL RewardTrainer", "",
+        f"`{result['command']}` (CPU, {m['torch_threads']} torch threads; torch {m['torch']}, transformers "
+        f"{m['transformers']}, trl {m['trl']}, lightning {m['lightning']}).", "",
+        f"Same tiny Llama-style RM for both ({s['model']}), same pairs, {s['warmup']} warm-up + {s['steps']} timed "
+        f"optimizer steps per run, {s['precision']}, AdamW lr {s['lr']} constant, grad-norm clip "
+        f"{s['max_grad_norm']}, no gradient checkpointing, no dropout. Each run is its own process; "
+        f"{s['repeats']} runs per tool, alternating varirm, TRL. Held-out accuracy: both trained models scored by one "
+        "function (`varirm.scoring.score`, fp32). Cells: median [min-max].", "",
+        "| data | tool | pairs/s | non-pad tokens/s | pad fraction | peak RSS MiB | set-up s | held-out acc "
+        "| rows trained on |",
+        "|---|---|---|---|---|---|---|---|---|"]
+    for name, d in result["datasets"].items():
+        label = f"{name} (max_length {d['max_length']}, {d['batch_size']} pairs/step)"
+        for tool in TOOLS:
+            t = d[tool]
+            rows = t["rows"]
+            lines.append(f"| {label} | {tool} | {fmt(t['pairs_per_s'])} | {fmt(t['tokens_per_s'])} | "
+                         f"{t['pad_fraction']['median']} | {fmt(t['peak_rss_mib'])} | {fmt(t['setup_s'])} | "
+                         f"{fmt(t['heldout_acc'])} ({t['heldout_pairs']} pairs) | {rows['trained_on']} of "
+                         f"{rows['given']} ({rows['over_max_length']} over max_length, {rows['over_max_length_policy']}) |")
+    lines.append("")
+    for name, d in result["datasets"].items():
+        r = d["ratio_varirm_over_trl"]
+        lines.append(f"- {name}, varirm / TRL (medians): pairs/s **{r['pairs_per_s']}**, tokens/s "
+                     f"**{r['tokens_per_s']}**, peak RSS {r['peak_rss_mib']}, set-up {r['setup_s']}.")
+    a = result.get("accuracy")
+    if a:
+        lines += ["", f"Accuracy after training: both tools, {a['steps']} steps ({a['epochs']} epochs) on the synthetic "
+                  f"task from the start (same settings as above), seeds {a['seeds']}, each model scored on the "
+                  f"{a['varirm']['runs'][0]['heldout_pairs']} held-out pairs by the same function.", "",
+                  "| tool | held-out acc per seed | median | pairs/s over the whole run |", "|---|---|---|---|"]
+        for tool in TOOLS:
+            t = a[tool]
+            lines.append(f"| {tool} | {', '.join(f'{v:.3f}' for v in t['heldout_acc']['values'])} | "
+                         f"{t['heldout_acc']['median']} | {fmt(t['pairs_per_s'])} |")
+        lines += ["", f"Held-out accuracy, varirm minus TRL (medians): **{a['acc_difference']:+.3f}**. The {s['steps']}-step runs "
+                  "above measure speed only: their accuracies are those of barely trained models."]
+    dtypes = {tool: sorted({x for d in result["datasets"].values() for x in d[tool]["autocast_dtypes"]}) for tool in TOOLS}
+    lines += ["", f"Precision check (dtype of an MLP projection's output during training): varirm {dtypes['varirm']}, "
+              f"TRL {dtypes['trl']}.", "", "Not the same in both tools:", ""]
+    lines += [f"- {x}" for x in result["differences"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", choices=["dpo_en_demo", "synthetic"], default=["dpo_en_demo", "synthetic"])
+    parser.add_argument("--repeats", type=int, default=3, help="runs per tool and data set (alternating)")
+    parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per run")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps before the timed ones")
+    parser.add_argument("--dpo_file", default=DPO_FILE)
+    parser.add_argument("--dpo_max_length", type=int, default=1024)
+    parser.add_argument("--dpo_batch_size", type=int, default=4, help="pairs per step on dpo_en_demo")
+    parser.add_argument("--heldout_fraction", type=float, default=0.1, help="last rows of dpo_en_demo held out")
+    parser.add_argument("--synthetic_max_length", type=int, default=64)
+    parser.add_argument("--synthetic_batch_size", type=int, default=32, help="pairs per step on the synthetic task")
+    parser.add_argument("--synthetic_train_pairs", type=int, default=2048)
+    parser.add_argument("--synthetic_heldout_pairs", type=int, default=500)
+    parser.add_argument("--accuracy_steps", type=int, default=320,
+                        help="steps of the longer runs on the synthetic task that compare held-out accuracy after "
+                             "training (0: skip)")
+    parser.add_argument("--accuracy_seeds", type=int, default=2, help="seeds of those runs, per tool")
+    parser.add_argument("--section", default="rm_train", help="name of the BENCHMARKS.md section to write")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--max_grad_norm", type=float, default=1.0)
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast (else fp32)")
+    parser.add_argument("--varirm_overlong", choices=["drop", "truncate"], default="drop",
+                        help="varirm's data.overlong; TRL always drops rows over max_length")
+    parser.add_argument("--length_grouping", action=argparse.BooleanOptionalAction, default=True,
+                        help="varirm's data.length_grouping (its recipe default); TRL samples in random order")
+    add_common_arguments(parser, "bench_rm_train", "BPE vocabulary (trained on the synthetic task's texts and dpo_en_demo's)")
+    args = parser.parse_args()
+    if run_if_worker(args, worker):
+        return
+
+    from varirm.tiny import make_tiny_model
+
+    work = tempfile.mkdtemp(prefix="varirm-bench-rm-")
+    try:
+        # the tokenizer also learns the real data's text, as a user's tokenizer would cover it
+        corpus_files = [args.dpo_file] if "dpo_en_demo" in args.datasets else None
+        model_dir = make_tiny_model(os.path.join(work, "tiny"), hidden_size=args.hidden_size, num_layers=args.num_layers,
+                                    num_heads=args.num_heads, vocab_size=args.vocab_size, corpus_files=corpus_files,
+                                    seed=args.seed)
+        data = prepare_datasets(work, args)
+
+        def run(name: str, tool: str, label: str, steps: int, warmup: int, seed: int) -> dict:
+            d = data[name]
+            run_work = os.path.join(work, f"{name}-{tool}-{label}")
+            os.makedirs(run_work)
+            spec = {"tool": tool, "work": run_work, "model_dir": model_dir, "train": d["train"], "heldout": d["heldout"],
+                    "max_length": d["max_length"], "batch_size": d["batch_size"], "steps": steps, "warmup": warmup,
+                    "lr": args.lr, "max_grad_norm": args.max_grad_norm, "bf16": args.bf16,
+                    "varirm_overlong": args.varirm_overlong, "length_grouping": args.length_grouping, "seed": seed}
+            res = run_worker(os.path.abspath(__file__), spec, work, f"{name}-{tool}-{label}", args.threads)
+            print(f"{name} {tool} {label}: {res['pairs_per_s']:.2f} pairs/s, {res['tokens_per_s']:.0f} tokens/s, "
+                  f"peak RSS {res['peak_rss_mib']:.0f} MiB, held-out acc {res['heldout_acc']:.3f}, process "
+                  f"{res['process_s']:.1f} s (imports {res['import_s']:.1f} s, set-up {res['setup_s']:.1f} s)",
+                  file=sys.stderr, flush=True)
+            return res
+
+        datasets_out = {}
+        for name, d in data.items():
+            runs: dict[str, list[dict]] = {tool: [] for tool in TOOLS}
+            for r in range(args.repeats):
+                for tool in TOOLS:
+                    runs[tool].append(run(name, tool, f"run{r + 1}", args.steps, args.warmup, args.seed))
+            agg = {tool: aggregate(runs[tool]) for tool in TOOLS}
+            if agg["varirm"]["autocast_dtypes"] != agg["trl"]["autocast_dtypes"]:
+                raise RuntimeError(f"{name}: the tools trained in different precisions (MLP output dtypes: varirm "
+                                   f"{agg['varirm']['autocast_dtypes']}, TRL {agg['trl']['autocast_dtypes']})")
+            ratio = {k: round(agg["varirm"][k]["median"] / agg["trl"][k]["median"], 3)
+                     for k in ("pairs_per_s", "tokens_per_s", "peak_rss_mib", "setup_s")}
+            datasets_out[name] = {**{k: d[k] for k in ("source", "split", "max_length", "batch_size")},
+                                  "same_token_ids": same_token_ids(model_dir, d["train"]), **agg,
+                                  "ratio_varirm_over_trl": ratio}
+        accuracy = None
+        if args.accuracy_steps > 0 and "synthetic" in data:
+            # trained until the model has learned the task, so that held-out accuracy compares the tools
+            acc_runs = {tool: [] for tool in TOOLS}
+            for i in range(args.accuracy_seeds):
+                for tool in TOOLS:
+                    acc_runs[tool].append(run("synthetic", tool, f"accuracy-seed{args.seed + i}", args.accuracy_steps, 0,
+                                              args.seed + i))
+            accuracy = {"dataset": "synthetic", "steps": args.accuracy_steps,
+                        "epochs": round(args.accuracy_steps * data["synthetic"]["batch_size"] / args.synthetic_train_pairs, 2),
+                        "seeds": list(range(args.seed, args.seed + args.accuracy_seeds)),
+                        **{tool: {"heldout_acc": summary([r["heldout_acc"] for r in acc_runs[tool]], 3),
+                                  "pairs_per_s": summary([r["pairs_per_s"] for r in acc_runs[tool]]),
+                                  "runs": acc_runs[tool]} for tool in TOOLS}}
+            accuracy["acc_difference"] = round(accuracy["varirm"]["heldout_acc"]["median"]
+                                               - accuracy["trl"]["heldout_acc"]["median"], 3)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    params = next(iter(datasets_out.values()))["varirm"]["parameters"]
+    result = {
+        "command": shlex.join(["python", "scripts/bench_rm_train.py", *sys.argv[1:]]),
+        "machine": machine(args.threads),
+        "settings": {"model": f"hidden {args.hidden_size}, {args.num_layers} layers, {args.num_heads} heads, "
+                              f"{params / 1e6:.2f}M parameters",
+                     "precision": "bf16 autocast" if args.bf16 else "fp32", "steps": args.steps, "warmup": args.warmup,
+                     "repeats": args.repeats, "lr": args.lr, "max_grad_norm": args.max_grad_norm,
+                     "optimizer": "AdamW (torch), constant lr, no warm-up, weight decay 0",
+                     "varirm": "varirm fit --config recipes/quickstart.yaml + overrides (model, data, steps, "
+                               "precision, optimizer schedule, no logger/progress bar/validation, a ModelCheckpoint "
+                               "that saves nothing)",
+                     "trl": "RewardTrainer(model=<dir>, RewardConfig(use_cpu=True, optim='adamw_torch', "
+                            "gradient_checkpointing=False, save_strategy='no', report_to='none'))",
+                     "varirm_overlong": args.varirm_overlong, "varirm_length_grouping": args.length_grouping,
+                     "timing": "end of the last warm-up step to the end of the last step (optimizer-step callbacks)"},
+        "datasets": datasets_out,
+        "accuracy": accuracy,
+        "differences": [
+            "Batch order: varirm groups pairs of similar length into batches (data.length_grouping, its recipe "
+            f"default; here {args.length_grouping}); TRL samples in random order, so its batches hold more padding "
+            "(pad fraction column). Non-pad tokens/s counts real tokens only.",
+            "Over-long rows: TRL drops pairs longer than max_length; varirm truncates by default. Here varirm runs "
+            f"with data.overlong={args.varirm_overlong} (rows trained on column).",
+            "Tokenization: varirm tokenizes the rendered prompt and response apart (exact boundary); TRL tokenizes "
+            "the whole rendered conversation with the same chat template. Checked: identical token ids for "
+            + ", ".join(f"{d['same_token_ids']['identical']} of {d['same_token_ids']['pairs']} {name} training pairs"
+                        for name, d in datasets_out.items()) + ".",
+            "Reward read-out: varirm applies the head to the hidden state at the last attention-mask position; "
+            "TRL's transformers model applies it at every position and picks the last non-pad one.",
+            "Checkpointing: varirm's CLI always adds a ModelCheckpoint (and Lightning refuses "
+            "enable_checkpointing=false beside it), so varirm gets one that saves nothing; TRL save_strategy='no'.",
+            "Set-up: varirm's includes its CLI parsing and tokenization cache (empty at each run); TRL's includes "
+            "converting the rows to its conversational format and tokenizing.",
+        ],
+    }
+    md = markdown(result)
+    write_outputs(args.out, result, md, args.benchmarks_md, args.section)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

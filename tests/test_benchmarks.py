@@ -1,0 +1,89 @@
+"""Smoke runs of the tool-vs-tool benchmark scripts (tiny models, a few steps), so they cannot
+rot. Not timed tests: the numbers they write mean nothing at this size.
+
+One torch thread: on a 2-core machine that is busy with something else, two spinning OpenMP
+threads per run can make a step 20x slower, and the tests would be slow for no reason."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+TINY = ["--hidden_size", "32", "--num_layers", "2", "--num_heads", "2", "--threads", "1", "--repeats", "1"]
+
+
+def run_script(tmp_path, script: str, *args: str) -> tuple[dict, str]:
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / script), *TINY, *args, "--out", str(tmp_path / "bench"),
+                           "--benchmarks_md", str(tmp_path / "B.md")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return json.loads((tmp_path / "bench.json").read_text()), (tmp_path / "B.md").read_text()
+
+
+@pytest.mark.slow
+def test_bench_rm_train_smoke(tmp_path):
+    pytest.importorskip("trl")
+    has_dpo = (REPO.parent / "shared" / "data" / "dpo_en_demo.json").is_file()
+    datasets = ["dpo_en_demo", "synthetic"] if has_dpo else ["synthetic"]
+    result, doc = run_script(tmp_path, "bench_rm_train.py", "--steps", "2", "--warmup", "1", "--datasets", *datasets,
+                             "--synthetic_train_pairs", "256", "--synthetic_heldout_pairs", "64",
+                             "--accuracy_steps", "3", "--accuracy_seeds", "1")
+    assert sorted(result["datasets"]) == sorted(datasets)
+    for d in result["datasets"].values():
+        for tool in ("varirm", "trl"):
+            t = d[tool]
+            assert t["pairs_per_s"]["median"] > 0 and t["tokens_per_s"]["median"] > 0 and t["peak_rss_mib"]["median"] > 0
+            assert 0 <= t["heldout_acc"]["median"] <= 1 and t["rows"]["trained_on"] > 0
+            assert t["autocast_dtypes"] == ["bfloat16"]  # both really trained under bf16 autocast
+            assert all(run["timed_steps"] == 2 for run in t["runs"])
+        assert d["ratio_varirm_over_trl"]["pairs_per_s"] > 0 and d["ratio_varirm_over_trl"]["tokens_per_s"] > 0
+    acc = result["accuracy"]
+    for tool in ("varirm", "trl"):
+        assert [run["timed_steps"] for run in acc[tool]["runs"]] == [3] and 0 <= acc[tool]["heldout_acc"]["median"] <= 1
+    assert acc["acc_difference"] == round(acc["varirm"]["heldout_acc"]["median"] - acc["trl"]["heldout_acc"]["median"], 3)
+    assert "<!-- bench:rm_train -->" in doc and "<!-- /bench:rm_train -->" in doc and "varirm / TRL" in doc
+    assert "Accuracy after training" in doc
+
+
+@pytest.mark.slow
+def test_bench_rloo_smoke(tmp_path):
+    pytest.importorskip("trl")
+    result, doc = run_script(tmp_path, "bench_rloo.py", "--steps", "1", "--warmup", "1", "--batch_size", "4",
+                             "--num_prompts", "16", "--max_new_tokens", "8")
+    for tool in ("varirm", "trl"):
+        t = result["tools"][tool]
+        assert t["prompts_per_s"]["median"] > 0 and t["generated_tokens_per_s"]["median"] > 0
+        run = t["runs"][0]
+        assert run["optimizer_steps"] == (1 + 1) * 2  # both: RLOO steps x ppo_epochs / num_iterations updates
+        assert run["timed_completions"] == 4 * 4 and run["generate_calls"] == 1
+    assert result["ratio_varirm_over_trl"]["prompts_per_s"] > 0
+    assert result["ratio_varirm_over_trl"]["generated_tokens_per_s"] > 0
+    assert "<!-- bench:rloo -->" in doc and "<!-- /bench:rloo -->" in doc
+
+
+@pytest.mark.slow
+def test_bench_sampling_smoke(tmp_path):
+    result, doc = run_script(tmp_path, "bench_sampling.py", "--warmup", "0", "--num_prompts", "8", "--max_new_tokens", "8")
+    for tool in ("varirm", "plain"):
+        t = result["tools"][tool]
+        assert t["tokens_per_s"]["median"] > 0 and t["runs"][0]["responses"] == 8 * 4
+    assert result["ratio_varirm_over_plain"] > 0
+    assert "<!-- bench:sampling -->" in doc and "<!-- /bench:sampling -->" in doc
+
+
+@pytest.mark.slow
+def test_profile_rm_train_smoke(tmp_path, shared_data):
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "profile_rm_train.py"), "--hidden_size", "32",
+                           "--num_layers", "2", "--num_heads", "2", "--threads", "1", "--steps", "2", "--warmup", "1",
+                           "--max_length", "256", "--dpo_file", str(shared_data / "dpo_en_demo.json"),
+                           "--out", str(tmp_path / "prof"), "--benchmarks_md", str(tmp_path / "B.md")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "prof.json").read_text())
+    assert result["top_ops"] and all(op["self_cpu_ms"] >= 0 for op in result["top_ops"])
+    assert 0 < sum(op["share"] for op in result["top_ops"]) <= 1.0 + 1e-6
+    assert abs(sum(result["kind_shares"].values()) - 1) < 0.01 and result["kind_shares"]["matrix multiplies"] > 0
+    doc = (tmp_path / "B.md").read_text()
+    assert "<!-- bench:profile_rm_train -->" in doc and "What dominated:" in doc

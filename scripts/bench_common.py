@@ -20,7 +20,7 @@ for path in (ROOT, SCRIPTS):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from bench_variance_overhead import write_section  # noqa: E402,F401  (re-exported for the scripts)
+from bench_variance_overhead import cpu_description, write_section  # noqa: E402,F401  (re-exported for the scripts)
 
 
 def peak_rss_mib() -> float:
@@ -42,7 +42,7 @@ def versions() -> dict[str, str]:
 
 
 def machine(threads: int) -> dict[str, Any]:
-    return {"cpu": platform.processor() or platform.machine(), "cores_visible": os.cpu_count(),
+    return {"cpu": cpu_description(), "cores_visible": os.cpu_count(),
             "torch_threads": threads, "python": platform.python_version(), **versions()}
 
 

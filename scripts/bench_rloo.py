@@ -187,7 +187,7 @@ def markdown(result: dict[str, Any]) -> str:
     s, m, t = result["settings"], result["machine"], result["tools"]
     lines = [
         "## RLOO: varirm vs TRL RLOOTrainer", "",
-        f"`{result['command']}` (CPU, {m['torch_threads']} torch threads; torch {m['torch']}, transformers "
+        f"`{result['command']}` (CPU: {m['cpu']}; {m['torch_threads']} torch threads; torch {m['torch']}, transformers "
         f"{m['transformers']}, trl {m['trl']}, lightning {m['lightning']}).", "",
         f"Same tiny Llama-style policy ({s['model']}, random init), reward `varirm.synthetic.gold_reward`, "
         f"{s['prompts_per_step']} prompts x k={s['k']} samples per RLOO step, up to {s['max_new_tokens']} new tokens, "

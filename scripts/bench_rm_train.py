@@ -2,8 +2,10 @@
 
 What is compared: Bradley-Terry RM training of the same tiny Llama-style model (random init,
 ~10.8M parameters at the defaults, built by ``varirm.tiny.make_tiny_model`` with its tokenizer and
-chat template, pad != eos) on the same pairs, for the same number of steps and pairs per step, with
-the same precision (bf16 autocast on CPU, or fp32 with ``--no-bf16``), optimizer (AdamW, constant
+chat template, pad != eos) on the same pairs, for the same number of steps (by default exactly one
+epoch, so both tools train on the same pairs) and pairs per step, with
+the same precision (bf16 autocast where the CPU multiplies bf16 natively, else fp32, as ``varirm
+fit`` itself chooses; ``--bf16`` / ``--no-bf16`` force one), optimizer (AdamW, constant
 learning rate, no warm-up, no weight decay, gradient-norm clip 1.0), no gradient checkpointing and
 no dropout, on CPU with the same number of torch threads.
 
@@ -144,12 +146,13 @@ def run_varirm(spec: dict) -> dict:
 
     t_begin = time.perf_counter()
     run_dir = os.path.join(spec["work"], "run")
-    total = spec["warmup"] + spec["steps"]
+    epoch = not spec["steps"]  # 0: exactly one epoch over the training pairs
+    total = -1 if epoch else spec["warmup"] + spec["steps"]
     cli = cli_main([
         "fit", "--config", os.path.join(ROOT, "recipes", "quickstart.yaml"),
         "--seed_everything", str(spec["seed"]),
         "--trainer.default_root_dir", run_dir,
-        "--trainer.max_steps", str(total), "--trainer.max_epochs", "-1",
+        "--trainer.max_steps", str(total), "--trainer.max_epochs", "1" if epoch else "-1",
         "--trainer.precision", "bf16-mixed" if spec["bf16"] else "32-true",
         "--trainer.gradient_clip_val", str(spec["max_grad_norm"]),
         "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
@@ -222,7 +225,8 @@ def run_trl(spec: dict) -> dict:
     t_begin = time.perf_counter()
     rows = trl_rows(spec["train"])
     config = RewardConfig(
-        output_dir=os.path.join(spec["work"], "run"), seed=spec["seed"], max_steps=spec["warmup"] + spec["steps"],
+        output_dir=os.path.join(spec["work"], "run"), seed=spec["seed"], num_train_epochs=1,
+        max_steps=spec["warmup"] + spec["steps"] if spec["steps"] else -1,
         per_device_train_batch_size=spec["batch_size"], learning_rate=spec["lr"], lr_scheduler_type="constant",
         warmup_steps=0, weight_decay=0.0, optim="adamw_torch", max_grad_norm=spec["max_grad_norm"],
         bf16=spec["bf16"], use_cpu=True, gradient_checkpointing=False, disable_dropout=True,
@@ -325,10 +329,13 @@ def markdown(result: dict[str, Any]) -> str:
     s, m = result["settings"], result["machine"]
     lines = [
         "## RM training: varirm vs TRL RewardTrainer", "",
-        f"`{result['command']}` (CPU, {m['torch_threads']} torch threads; torch {m['torch']}, transformers "
+        f"`{result['command']}` (CPU: {m['cpu']}; {m['torch_threads']} torch threads; torch {m['torch']}, transformers "
         f"{m['transformers']}, trl {m['trl']}, lightning {m['lightning']}).", "",
-        f"Same tiny Llama-style RM for both ({s['model']}), same pairs, {s['warmup']} warm-up + {s['steps']} timed "
-        f"optimizer steps per run, {s['precision']}, AdamW lr {s['lr']} constant, grad-norm clip "
+        f"Same tiny Llama-style RM for both ({s['model']}), same pairs, "
+        + (f"{s['warmup']} warm-up + {s['steps']} timed optimizer steps per run" if s["steps"] else
+           f"one epoch over the training pairs per run (both tools see exactly the same pairs), the first {s['warmup']} "
+           "optimizer steps untimed")
+        + f", {s['precision']}, AdamW lr {s['lr']} constant, grad-norm clip "
         f"{s['max_grad_norm']}, no gradient checkpointing, no dropout. Each run is its own process; "
         f"{s['repeats']} runs per tool, alternating varirm, TRL. Held-out accuracy: both trained models scored by one "
         "function (`varirm.scoring.score`, fp32). Cells: median [min-max].", "",
@@ -359,8 +366,10 @@ def markdown(result: dict[str, Any]) -> str:
             t = a[tool]
             lines.append(f"| {tool} | {', '.join(f'{v:.3f}' for v in t['heldout_acc']['values'])} | "
                          f"{t['heldout_acc']['median']} | {fmt(t['pairs_per_s'])} |")
-        lines += ["", f"Held-out accuracy, varirm minus TRL (medians): **{a['acc_difference']:+.3f}**. The {s['steps']}-step runs "
-                  "above measure speed only: their accuracies are those of barely trained models."]
+        lines += ["", f"Held-out accuracy, varirm minus TRL (medians): **{a['acc_difference']:+.3f}**. " + (
+                  f"The {s['steps']}-step runs above measure speed only: their accuracies are those of barely trained "
+                  "models." if s["steps"] else "The one-epoch runs above measure speed: their accuracies are those of "
+                  "models after a single pass.")]
     dtypes = {tool: sorted({x for d in result["datasets"].values() for x in d[tool]["autocast_dtypes"]}) for tool in TOOLS}
     lines += ["", f"Precision check (dtype of an MLP projection's output during training): varirm {dtypes['varirm']}, "
               f"TRL {dtypes['trl']}.", "", "Not the same in both tools:", ""]
@@ -372,7 +381,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", choices=["dpo_en_demo", "synthetic"], default=["dpo_en_demo", "synthetic"])
     parser.add_argument("--repeats", type=int, default=3, help="runs per tool and data set (alternating)")
-    parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per run")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="timed optimizer steps per run; 0: one epoch over the training pairs (both tools then "
+                             "train on exactly the same pairs, so pairs/s does not depend on which lengths were drawn)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before the timed ones")
     parser.add_argument("--dpo_file", default=DPO_FILE)
     parser.add_argument("--dpo_max_length", type=int, default=1024)
@@ -389,7 +400,9 @@ def main() -> None:
     parser.add_argument("--section", default="rm_train", help="name of the BENCHMARKS.md section to write")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--max_grad_norm", type=float, default=1.0)
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast (else fp32)")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 autocast in both tools (default: only where this CPU has native bf16 matmuls, "
+                             "as varirm fit decides; else fp32)")
     parser.add_argument("--varirm_overlong", choices=["drop", "truncate"], default="drop",
                         help="varirm's data.overlong; TRL always drops rows over max_length")
     parser.add_argument("--length_grouping", action=argparse.BooleanOptionalAction, default=True,
@@ -398,6 +411,12 @@ def main() -> None:
     args = parser.parse_args()
     if run_if_worker(args, worker):
         return
+    from varirm.cli import cpu_bf16_is_native
+
+    if args.bf16 is None:
+        args.bf16 = cpu_bf16_is_native()
+    # a forced --bf16 on a CPU without native bf16: varirm fit would switch to fp32; keep it equal to TRL's
+    os.environ["VARIRM_CPU_BF16"] = "1" if args.bf16 else "0"
 
     from varirm.tiny import make_tiny_model
 

@@ -62,7 +62,7 @@ def markdown(result: dict[str, Any]) -> str:
     s, m, t = result["settings"], result["machine"], result["tools"]
     lines = [
         "## Sampling: varirm generate_responses vs a plain transformers loop", "",
-        f"`{result['command']}` (CPU, {m['torch_threads']} torch threads; torch {m['torch']}, transformers "
+        f"`{result['command']}` (CPU: {m['cpu']}; {m['torch_threads']} torch threads; torch {m['torch']}, transformers "
         f"{m['transformers']}).", "",
         f"Same model object ({s['model']}, random init, fp32), {s['num_prompts']} prompts x k={s['k']}, up to "
         f"{s['max_new_tokens']} new tokens, {s['batch_size']} prompts per generate call, temperature "

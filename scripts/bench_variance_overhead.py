@@ -59,11 +59,16 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=32, help="pairs per step")
     parser.add_argument("--groups_per_batch", type=int, default=4)
     parser.add_argument("--k", type=int, default=4)
-    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 autocast (default: where the CPU has native bf16 matmuls, as varirm fit decides)")
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "bench_variance_overhead"))
     parser.add_argument("--benchmarks_md", default=os.path.join(ROOT, "BENCHMARKS.md"),
                         help="BENCHMARKS.md to update ('' to leave it alone, as the smoke test does)")
     args = parser.parse_args()
+    if args.bf16 is None:
+        from varirm.cli import cpu_bf16_is_native
+
+        args.bf16 = cpu_bf16_is_native()
     torch.manual_seed(0)
     work = tempfile.mkdtemp(prefix="varirm-bench-")
     model_dir = make_tiny_model(os.path.join(work, "tiny"))
@@ -101,7 +106,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
         "command": "python scripts/bench_variance_overhead.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+        "machine": {"cpu": cpu_description(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__},
         "settings": {"pairs_per_step": args.batch_size, "sequences_per_plain_step": 2 * args.batch_size,
                      "groups_per_batch": args.groups_per_batch, "k": args.k,
@@ -118,7 +123,8 @@ def main() -> None:
     with open(args.out + ".json", "w") as f:
         json.dump(result, f, indent=2)
     md = ("## Variance-regularizer overhead\n\n"
-          f"`{result['command']}` ({result['machine']['threads']} threads, torch {result['machine']['torch']}).\n\n"
+          f"`{result['command']}` ({result['machine']['threads']} threads, torch {result['machine']['torch']}; "
+          f"CPU: {result['machine']['cpu']}; {'bf16 autocast' if args.bf16 else 'fp32'}).\n\n"
           f"{args.batch_size} pairs per step; the regularized step adds {args.groups_per_batch} prompts x k={args.k} "
           f"samples to the same forward. Median of {args.steps} alternating steps each.\n\n"
           "| step | median ms | p10-p90 ms |\n|---|---|---|\n"
@@ -129,6 +135,21 @@ def main() -> None:
     if args.benchmarks_md:
         write_section(args.benchmarks_md, "variance_overhead", md)
     print(md)
+
+
+def cpu_description() -> str:
+    """The CPU's model name, torch's instruction-set level, and whether it multiplies bf16 natively
+    (numbers from machines that differ here are not comparable)."""
+    from varirm.cli import cpu_bf16_is_native
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{model}, {os.cpu_count()} cores visible, torch ISA {torch.backends.cpu.get_cpu_capability()}, "
+            f"native bf16 matmul: {'yes' if cpu_bf16_is_native() else 'no'}")
 
 
 def write_section(path: str, name: str, text: str) -> None:

@@ -121,6 +121,7 @@ def main() -> None:
             "--data.init_args.max_length", str(args.max_length), "--data.init_args.overlong", "drop",
             "--data.init_args.batch_size", str(args.batch_size),
         ], cli_class=ProfiledCLI)
+        precision = cli.trainer.precision  # the recipe's bf16-mixed, or 32-true on a CPU without native bf16
         prof = next(c for c in cli.trainer.callbacks if isinstance(c, TorchProfile)).profiler
         events = prof.key_averages()
         total = sum(e.self_cpu_time_total for e in events)
@@ -138,11 +139,11 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     result = {"command": shlex.join(["python", "scripts/profile_rm_train.py", *sys.argv[1:]]),
               "machine": machine(args.threads), "steps": args.steps, "warmup": args.warmup,
-              "total_self_cpu_ms": round(total / 1e3, 1), "top_ops": ops, "kind_shares": kinds,
+              "precision": precision, "total_self_cpu_ms": round(total / 1e3, 1), "top_ops": ops, "kind_shares": kinds,
               "lightning_phases_ms": phases}
     lines = ["## Profile: where varirm's RM training step spends its time", "",
              f"`{result['command']}`: torch.profiler (CPU) over {args.steps} `varirm fit` steps on dpo_en_demo "
-             f"(max_length {args.max_length}, {args.batch_size} pairs/step, bf16 autocast), after {args.warmup} "
+             f"(max_length {args.max_length}, {args.batch_size} pairs/step, precision {result['precision']}), after {args.warmup} "
              "warm-up steps.", "", "| operator | calls | self CPU ms | share |", "|---|---|---|---|"]
     lines += [f"| `{o['op']}` | {o['calls']} | {o['self_cpu_ms']} | {o['share']:.1%} |" for o in ops]
     top_kind = max(kinds, key=kinds.get)

@@ -27,8 +27,9 @@ def test_bench_rm_train_smoke(tmp_path):
     pytest.importorskip("trl")
     has_dpo = (REPO.parent / "shared" / "data" / "dpo_en_demo.json").is_file()
     datasets = ["dpo_en_demo", "synthetic"] if has_dpo else ["synthetic"]
-    result, doc = run_script(tmp_path, "bench_rm_train.py", "--steps", "2", "--warmup", "1", "--datasets", *datasets,
-                             "--synthetic_train_pairs", "256", "--synthetic_heldout_pairs", "64",
+    # --steps 0: one epoch each, so both tools must run exactly ceil(pairs / batch) steps
+    result, doc = run_script(tmp_path, "bench_rm_train.py", "--steps", "0", "--warmup", "1", "--datasets", *datasets,
+                             "--dpo_batch_size", "16", "--synthetic_train_pairs", "96", "--synthetic_heldout_pairs", "64",
                              "--accuracy_steps", "3", "--accuracy_seeds", "1")
     assert sorted(result["datasets"]) == sorted(datasets)
     for d in result["datasets"].values():
@@ -36,8 +37,11 @@ def test_bench_rm_train_smoke(tmp_path):
             t = d[tool]
             assert t["pairs_per_s"]["median"] > 0 and t["tokens_per_s"]["median"] > 0 and t["peak_rss_mib"]["median"] > 0
             assert 0 <= t["heldout_acc"]["median"] <= 1 and t["rows"]["trained_on"] > 0
-            assert t["autocast_dtypes"] == ["bfloat16"]  # both really trained under bf16 autocast
-            assert all(run["timed_steps"] == 2 for run in t["runs"])
+            # both really trained in the precision the script chose (bf16 only where the CPU has it natively)
+            assert t["autocast_dtypes"] == (["bfloat16"] if result["settings"]["precision"] == "bf16 autocast" else ["float32"])
+            epoch_steps = -(-t["rows"]["trained_on"] // d["batch_size"])
+            assert all(run["steps_run"] == epoch_steps and run["timed_steps"] == epoch_steps - 1 for run in t["runs"])
+        assert d["varirm"]["rows"]["trained_on"] == d["trl"]["rows"]["trained_on"]
         assert d["ratio_varirm_over_trl"]["pairs_per_s"] > 0 and d["ratio_varirm_over_trl"]["tokens_per_s"] > 0
     acc = result["accuracy"]
     for tool in ("varirm", "trl"):
@@ -87,3 +91,26 @@ def test_profile_rm_train_smoke(tmp_path, shared_data):
     assert abs(sum(result["kind_shares"].values()) - 1) < 0.01 and result["kind_shares"]["matrix multiplies"] > 0
     doc = (tmp_path / "B.md").read_text()
     assert "<!-- bench:profile_rm_train -->" in doc and "What dominated:" in doc
+
+
+@pytest.mark.slow
+def test_bench_gpu_rm_smoke_on_cpu(tmp_path):
+    """The GPU benchmark's whole path (model build, a process per run, varirm's training step, MFU
+    arithmetic, report) on a tiny config; on this CPU machine its numbers mean nothing."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from bench_gpu_rm import flops_per_token
+
+    assert flops_per_token(100, 2, 8, 16) == 6 * 100 + 12 * 2 * 8 * 16
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_gpu_rm.py"), "--hidden_size", "32",
+                           "--intermediate_size", "64", "--num_layers", "2", "--num_heads", "2", "--num_kv_heads", "1",
+                           "--seq_len", "32", "--modes", "full", "qlora", "--batch_sizes", "1", "--steps", "2",
+                           "--warmup", "1", "--threads", "1", "--out", str(tmp_path / "gpu"),
+                           "--benchmarks_md", str(tmp_path / "B.md")], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    full, qlora = result["modes"]["full"]["best"], result["modes"]["qlora"]["best"]
+    assert full["fits"] and full["timed_steps"] == 2 and full["tokens_per_s"] > 0
+    fpt = flops_per_token(full["non_embedding_parameters"], 2, 32, 32)
+    assert abs(full["mfu"] - full["tokens_per_s"] * fpt / 989e12) < 1e-15
+    assert qlora["trainable_parameters"] < full["trainable_parameters"] and "mfu" not in qlora
+    assert "<!-- bench:gpu_rm -->" in (tmp_path / "B.md").read_text()

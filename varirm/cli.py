@@ -52,8 +52,36 @@ class SaveFitConfig(SaveConfigCallback):
             super().setup(trainer, pl_module, stage)
 
 
+def cpu_bf16_is_native() -> bool:
+    """Whether this CPU has fast bf16 matrix multiplies: oneDNN's bf16 kernels need AVX512 (or
+    AMX). Without them (AVX2-only CPUs) torch multiplies bf16 matrices in a scalar fallback that
+    is many times slower than fp32, so bf16 autocast makes CPU training slower, not faster."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without the probe: go by the ISA
+        return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2")
+
+
+def cpu_precision(precision, accelerator) -> tuple[object, str]:
+    """The precision to train with: ``precision`` unchanged, except bf16 on a CPU without native
+    bf16 matmuls, which becomes ``32-true`` (with a note saying so). ``VARIRM_CPU_BF16=1`` keeps
+    bf16 anyway (e.g. to compare numerics). Returns ``(precision, note)``; note is '' if unchanged."""
+    import torch
+
+    on_cpu = accelerator == "cpu" or (accelerator in (None, "auto") and not torch.cuda.is_available())
+    if (not on_cpu or not str(precision).startswith("bf16") or os.environ.get("VARIRM_CPU_BF16") == "1"
+            or cpu_bf16_is_native()):
+        return precision, ""
+    return "32-true", (f"varirm: precision {precision} -> 32-true: this CPU ({torch.backends.cpu.get_cpu_capability()}) "
+                       "has no native bf16 matrix multiply, and bf16 autocast would run much slower than fp32 "
+                       "(VARIRM_CPU_BF16=1 keeps bf16)")
+
+
 class VarirmCLI(LightningCLI):
-    """LightningCLI with varirm's run-directory layout and argument links."""
+    """LightningCLI with varirm's run-directory layout and argument links. On a CPU without native
+    bf16 matmuls, a bf16 precision is replaced by fp32 (:func:`cpu_precision`), in the saved config too."""
 
     def add_arguments_to_parser(self, parser) -> None:
         # One tokenizer for data and model: the data module loads the model's.
@@ -73,6 +101,11 @@ class VarirmCLI(LightningCLI):
                                            *(configured if isinstance(configured, list) else [configured])]
         if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             callbacks.append(ModelCheckpoint(dirpath=os.path.join(root, "checkpoints"), save_last=True))
+        precision, note = cpu_precision(kwargs.get("precision", config.get("precision")), config.get("accelerator"))
+        if note:
+            print(note, file=sys.stderr)
+            kwargs["precision"] = precision
+            (self.config[self.subcommand] if self.subcommand else self.config)["trainer.precision"] = precision
         return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:

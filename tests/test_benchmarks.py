@@ -114,3 +114,15 @@ def test_bench_gpu_rm_smoke_on_cpu(tmp_path):
     assert abs(full["mfu"] - full["tokens_per_s"] * fpt / 989e12) < 1e-15
     assert qlora["trainable_parameters"] < full["trainable_parameters"] and "mfu" not in qlora
     assert "<!-- bench:gpu_rm -->" in (tmp_path / "B.md").read_text()
+
+
+@pytest.mark.slow
+def test_bench_quickstart_smoke(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_quickstart.py"), "--threads", "1",
+                           "--out", str(tmp_path / "q"), "--benchmarks_md", str(tmp_path / "B.md"),
+                           "--overrides", "--trainer.max_steps", "3"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "q.json").read_text())
+    assert set(result["seconds"]) == {"make-tiny-model", "make-synthetic", "fit", "test"}
+    assert 0 <= result["test_acc"] <= 1 and result["met"]["test_acc"] == (result["test_acc"] >= 0.85)
+    assert "<!-- bench:quickstart -->" in (tmp_path / "B.md").read_text()

@@ -83,7 +83,11 @@ def main() -> None:
     module = RewardModelModule(model_dir, lr=1e-3, variance_coef=0.1)
     module.configure_model()
     optimizer = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-3)
-    batches = iter(dm.train_dataloader())
+    def epochs():  # as many steps as asked for: epoch after epoch
+        while True:
+            yield from dm.train_dataloader()
+
+    batches = epochs()
 
     def step(batch) -> float:
         start = time.perf_counter()

@@ -1,6 +1,6 @@
-"""Shared pieces of the tool-vs-tool benchmarks (``bench_rm_train.py``, ``bench_rloo.py``,
-``bench_sampling.py``): worker subprocesses, the generated-token counter, summaries, versions,
-and the BENCHMARKS.md section writer (the one in ``bench_variance_overhead.py``)."""
+"""Shared pieces of the benchmark scripts: worker subprocesses, the generated-token counter,
+summaries, the machine description, the precision default, the arguments of a quiet measured
+``varirm`` run, and the JSON / Markdown / BENCHMARKS.md section writers."""
 
 from __future__ import annotations
 
@@ -20,7 +20,55 @@ for path in (ROOT, SCRIPTS):
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from bench_variance_overhead import cpu_description, write_section  # noqa: E402,F401  (re-exported for the scripts)
+from varirm.files import atomic_write_text  # noqa: E402
+
+
+def cpu_description() -> str:
+    """The CPU's model name, torch's instruction-set level, and whether it multiplies bf16 natively
+    (numbers from machines that differ here are not comparable)."""
+    import torch
+
+    from varirm.cli import cpu_bf16_is_native
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{model}, {os.cpu_count()} cores visible, torch ISA {torch.backends.cpu.get_cpu_capability()}, "
+            f"native bf16 matmul: {'yes' if cpu_bf16_is_native() else 'no'}")
+
+
+def default_bf16(flag: Optional[bool]) -> bool:
+    """A ``--bf16/--no-bf16`` flag left unset (None) means what ``varirm fit`` would choose: bf16
+    only where this CPU multiplies bf16 natively."""
+    from varirm.cli import cpu_bf16_is_native
+
+    return cpu_bf16_is_native() if flag is None else flag
+
+
+def quiet_run_args(run_dir: str) -> list[str]:
+    """``varirm`` CLI arguments for a measured run: no logger, progress bar or model summary, and a
+    ModelCheckpoint that saves nothing (varirm's CLI adds a saving one unless one is configured, and
+    Lightning refuses ``enable_checkpointing=false`` beside it)."""
+    return ["--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false",
+            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+            "--trainer.callbacks.dirpath", os.path.join(run_dir, "checkpoints"),
+            "--trainer.callbacks.save_top_k", "0", "--trainer.callbacks.save_last", "false"]
+
+
+def write_section(path: str, name: str, text: str) -> None:
+    """Replace (or append) the section between ``<!-- bench:name -->`` markers of BENCHMARKS.md."""
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    doc = open(path).read() if os.path.exists(path) else "# Benchmarks\n\nEach section is written by the script it names.\n"
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    if start in doc and end in doc:
+        doc = doc[:doc.index(start)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip() + "\n\n" + block + "\n"
+    atomic_write_text(path, doc)
 
 
 def peak_rss_mib() -> float:

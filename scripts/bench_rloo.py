@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 sys.path.insert(0, ROOT)
 
 from bench_common import (GenerateCounter, StepClock, add_common_arguments, fmt, machine, peak_rss_mib,  # noqa: E402
-                          run_if_worker, run_worker, summary, write_outputs)
+                          quiet_run_args, run_if_worker, run_worker, summary, write_outputs)
 from lightning.pytorch import Callback  # noqa: E402
 
 TOOLS = ("varirm", "trl")
@@ -98,11 +98,7 @@ def run_varirm(spec: dict, counter: GenerateCounter) -> dict[str, Any]:
         "--trainer.default_root_dir", run_dir,
         "--trainer.max_steps", str((spec["warmup"] + spec["steps"]) * spec["epochs"]), "--trainer.max_epochs", "-1",
         "--trainer.precision", "32-true",
-        "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        # varirm's CLI adds a ModelCheckpoint unless one is configured: this one saves nothing
-        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-        "--trainer.callbacks.dirpath", os.path.join(run_dir, "checkpoints"),
-        "--trainer.callbacks.save_top_k", "0", "--trainer.callbacks.save_last", "false",
+        *quiet_run_args(run_dir),
         "--trainer.callbacks+=__main__.LightningRLOOClock",
         "--model.init_args.policy_name_or_path", spec["model_dir"],
         "--model.init_args.reward_model", "varirm.synthetic.gold_reward", "--model.init_args.gold", "null",

@@ -57,8 +57,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 sys.path.insert(0, ROOT)
 
-from bench_common import (DtypeProbe, StepClock, add_common_arguments, fmt, machine, peak_rss_mib,  # noqa: E402
-                          run_if_worker, run_worker, summary, write_outputs)
+from bench_common import (DtypeProbe, StepClock, add_common_arguments, default_bf16, fmt, machine,  # noqa: E402
+                          peak_rss_mib, quiet_run_args, run_if_worker, run_worker, summary, write_outputs)
 from lightning.pytorch import Callback  # noqa: E402
 
 TOOLS = ("varirm", "trl")
@@ -155,14 +155,7 @@ def run_varirm(spec: dict) -> dict:
         "--trainer.max_steps", str(total), "--trainer.max_epochs", "1" if epoch else "-1",
         "--trainer.precision", "bf16-mixed" if spec["bf16"] else "32-true",
         "--trainer.gradient_clip_val", str(spec["max_grad_norm"]),
-        "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false", "--trainer.limit_val_batches", "0",
-        "--trainer.num_sanity_val_steps", "0",
-        # varirm's CLI adds a ModelCheckpoint unless one is configured (and Lightning refuses
-        # enable_checkpointing=false next to it): this one saves nothing
-        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-        "--trainer.callbacks.dirpath", os.path.join(run_dir, "checkpoints"),
-        "--trainer.callbacks.save_top_k", "0", "--trainer.callbacks.save_last", "false",
+        "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0", *quiet_run_args(run_dir),
         "--trainer.callbacks+=__main__.LightningClock",
         "--model.init_args.model_name_or_path", spec["model_dir"],
         "--model.init_args.lr", str(spec["lr"]), "--model.init_args.weight_decay", "0.0",
@@ -411,10 +404,7 @@ def main() -> None:
     args = parser.parse_args()
     if run_if_worker(args, worker):
         return
-    from varirm.cli import cpu_bf16_is_native
-
-    if args.bf16 is None:
-        args.bf16 = cpu_bf16_is_native()
+    args.bf16 = default_bf16(args.bf16)
     # a forced --bf16 on a CPU without native bf16: varirm fit would switch to fp32; keep it equal to TRL's
     os.environ["VARIRM_CPU_BF16"] = "1" if args.bf16 else "0"
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -26,8 +25,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench_common import cpu_description, default_bf16, write_outputs  # noqa: E402
 from varirm.data import PreferenceDataModule  # noqa: E402
-from varirm.files import atomic_write_text  # noqa: E402
 from varirm.module import RewardModelModule  # noqa: E402
 from varirm.synthetic import write_task  # noqa: E402
 from varirm.tiny import make_tiny_model  # noqa: E402
@@ -65,10 +64,7 @@ def main() -> None:
     parser.add_argument("--benchmarks_md", default=os.path.join(ROOT, "BENCHMARKS.md"),
                         help="BENCHMARKS.md to update ('' to leave it alone, as the smoke test does)")
     args = parser.parse_args()
-    if args.bf16 is None:
-        from varirm.cli import cpu_bf16_is_native
-
-        args.bf16 = cpu_bf16_is_native()
+    args.bf16 = default_bf16(args.bf16)
     torch.manual_seed(0)
     work = tempfile.mkdtemp(prefix="varirm-bench-")
     model_dir = make_tiny_model(os.path.join(work, "tiny"))
@@ -123,9 +119,6 @@ def main() -> None:
         "ratio_regularized_over_plain": round(med["regularized"] / med["plain"], 3),
         "target_ratio_at_most": 1.3,
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(result, f, indent=2)
     md = ("## Variance-regularizer overhead\n\n"
           f"`{result['command']}` ({result['machine']['threads']} threads, torch {result['machine']['torch']}; "
           f"CPU: {result['machine']['cpu']}; {'bf16 autocast' if args.bf16 else 'fp32'}).\n\n"
@@ -134,38 +127,9 @@ def main() -> None:
           "| step | median ms | p10-p90 ms |\n|---|---|---|\n"
           + "".join(f"| {k} | {result['median_step_ms'][k]} | {result['p10_p90_step_ms'][k]} |\n" for k in times)
           + f"\nRatio regularized / plain: **{result['ratio_regularized_over_plain']}** (target <= 1.3).\n")
-    with open(args.out + ".md", "w") as f:
-        f.write(md)
-    if args.benchmarks_md:
-        write_section(args.benchmarks_md, "variance_overhead", md)
+    write_outputs(args.out, result, md, args.benchmarks_md, "variance_overhead")
     print(md)
 
-
-def cpu_description() -> str:
-    """The CPU's model name, torch's instruction-set level, and whether it multiplies bf16 natively
-    (numbers from machines that differ here are not comparable)."""
-    from varirm.cli import cpu_bf16_is_native
-
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (f"{model}, {os.cpu_count()} cores visible, torch ISA {torch.backends.cpu.get_cpu_capability()}, "
-            f"native bf16 matmul: {'yes' if cpu_bf16_is_native() else 'no'}")
-
-
-def write_section(path: str, name: str, text: str) -> None:
-    """Replace (or append) the section between ``<!-- bench:name -->`` markers of BENCHMARKS.md."""
-    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    doc = open(path).read() if os.path.exists(path) else "# Benchmarks\n\nEach section is written by the script it names.\n"
-    block = f"{start}\n{text.rstrip()}\n{end}"
-    if start in doc and end in doc:
-        doc = doc[:doc.index(start)] + block + doc[doc.index(end) + len(end):]
-    else:
-        doc = doc.rstrip() + "\n\n" + block + "\n"
-    atomic_write_text(path, doc)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 sys.path.insert(0, ROOT)
 
-from bench_common import add_common_arguments, machine, write_outputs  # noqa: E402
+from bench_common import add_common_arguments, machine, quiet_run_args, write_outputs  # noqa: E402
 from lightning.pytorch import Callback  # noqa: E402
 
 DPO_FILE = os.path.join(os.path.dirname(ROOT), "shared", "data", "dpo_en_demo.json")
@@ -108,11 +108,7 @@ def main() -> None:
             "fit", "--config", os.path.join(ROOT, "recipes", "quickstart.yaml"), "--seed_everything", str(args.seed),
             "--trainer.default_root_dir", os.path.join(work, "run"),
             "--trainer.max_steps", str(args.warmup + args.steps), "--trainer.max_epochs", "-1",
-            "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-            "--trainer.enable_model_summary", "false", "--trainer.limit_val_batches", "0",
-            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-            "--trainer.callbacks.dirpath", os.path.join(work, "run", "checkpoints"),
-            "--trainer.callbacks.save_top_k", "0", "--trainer.callbacks.save_last", "false",
+            "--trainer.limit_val_batches", "0", *quiet_run_args(os.path.join(work, "run")),
             "--trainer.callbacks+=__main__.TorchProfile",
             "--trainer.callbacks.warmup", str(args.warmup), "--trainer.callbacks.steps", str(args.steps),
             "--model.init_args.model_name_or_path", model_dir, "--model.init_args.warmup_ratio", "0.0",

@@ -46,7 +46,7 @@ def test_read_samples_errors(tmp_path):
     with pytest.raises(DataError, match=r"row 1: field 'responses': must be a list of at least two strings"):
         read_samples(str(path))
     path.write_text(json.dumps({"prompt": "p", "responses": ["a", "b"]}) + "\n" + json.dumps({"prompt": "q", "responses": ["a", "b", "c"]}) + "\n")
-    with pytest.raises(DataError, match="same number of responses"):
+    with pytest.raises(DataError, match="row 1: field .responses.: has 3 responses but row 0 has 2"):
         read_samples(str(path))
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Union
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -35,6 +36,21 @@ DEFAULT_CHAT_TEMPLATE = (
 )
 
 
+def missing_model_message(name_or_path: str, hub_error: str = "") -> str:
+    """One line for a model path that is neither a local directory nor a loadable Hub id."""
+    tried = f", and not loadable as a Hub id ({hub_error})" if hub_error else ""
+    return (f"{name_or_path}: no such model directory{tried}. Create it first (the quickstart's tiny model: "
+            f"`varirm make-tiny-model --output {name_or_path}`; a policy: `varirm sft --config ...`), "
+            "or give a Hub id")
+
+
+def is_clearly_local(name_or_path: str) -> bool:
+    """A path meant as a local directory rather than a Hub id ``org/name``: it starts with ``.``,
+    ``/`` or ``~``, or has more than one ``/``, or its first part is an existing directory."""
+    parts = name_or_path.split("/")
+    return name_or_path.startswith((".", "/", "~")) or len(parts) > 2 or os.path.isdir(parts[0])
+
+
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Load a tokenizer and make it safe for reward modelling.
 
@@ -48,10 +64,15 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
     The result is deterministic for a given ``name_or_path``, so the data module and the model
     module, which each call this, agree on every token id.
     """
+    if not os.path.exists(name_or_path) and is_clearly_local(name_or_path):
+        raise ConfigError(missing_model_message(name_or_path))
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:  # missing directory, unknown Hub id offline, no tokenizer files
-        raise ConfigError(f"{name_or_path}: cannot load a tokenizer ({str(e).splitlines()[0]})") from None
+    except (OSError, ValueError) as e:  # unknown Hub id offline, no tokenizer files
+        reason = str(e).splitlines()[0]
+        if not os.path.exists(name_or_path):
+            raise ConfigError(missing_model_message(name_or_path, reason)) from None
+        raise ConfigError(f"{name_or_path}: cannot load a tokenizer ({reason})") from None
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     tokenizer.padding_side = "right"

@@ -22,9 +22,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shlex
 import sys
 import warnings
+from argparse import ArgumentError
 
 # bitsandbytes (imported through transformers -> peft) warns on every start that it cannot download
 # an optional faster CPU 4-bit kernel from the Hub; it changes nothing for GPU runs or correctness.
@@ -36,9 +38,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from varirm.console import VERBOSE_ENV
+from varirm.console import configure as configure_console
 from varirm.data import PreferenceDataModule
 from varirm.errors import VarirmError
 from varirm.module import RewardModelModule
+from varirm.scoring import TRUST_ENV
 
 TOOLS = {"make-tiny-model", "make-synthetic", "sample", "evaluate", "export", "card", "verify"}
 
@@ -136,7 +141,7 @@ def cli_main(args: list[str] | None = None):
     argv = sys.argv[1:] if args is None else args
     if argv and argv[0] in TOOLS:
         extra = ["--command", shlex.join(["varirm", *argv])] if argv[0] == "verify" else []
-        result = CLI(make_tool_parsers()[argv[0]], args=[*argv[1:], *extra], as_positional=False)
+        result = CLI(make_tool_parsers()[argv[0]], args=[*argv[1:], *extra], as_positional=False, exit_on_error=False)
         if result is not None:
             print(json.dumps(result, indent=2) if isinstance(result, dict) else result)
         return result
@@ -166,13 +171,56 @@ def run_lightning(model_class, data_class, args: list[str] | None, cli_class: ty
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
         return cli_class(model_class, data_class, subclass_mode_model=True, subclass_mode_data=True, args=args,
                          save_config_callback=SaveFitConfig, save_config_kwargs={"overwrite": True},
+                         parser_kwargs={"exit_on_error": False},
                          auto_configure_optimizers=False)
 
 
+GLOBAL_FLAGS = {"--verbose": VERBOSE_ENV, "--trust-checkpoints": TRUST_ENV}
+
+
+def argument_error_line(message: str) -> str:
+    r"""One line from jsonargparse's nested error text: the full option and what was wrong.
+
+    >>> argument_error_line('Parser key "model":\n  Errors:\n    - Problem with given class_path \'x.M\':\n'
+    ...                     '        Parser key "lr":\n          Expected a <class \'float\'>. Got value: abc')
+    "--model.init_args.lr: expected float, got 'abc'"
+    """
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    unknown = re.search(r"Option '([^']+)' is not accepted", message)
+    if not keys:
+        return " ".join(message.split())
+    # keys nested under a subclass (class_path/init_args) get their init_args level back
+    option = "--" + keys[0] + "".join(f".init_args.{k}" for k in keys[1:] + ([unknown.group(1)] if unknown else []))
+    if unknown:
+        return f"{option}: no such option (see --help)"
+    got = re.search(r"Expected an? (.+?)\. Got value: (.*)", message)
+    plain = [t for t in re.findall(r"Expected an? <class '([^']+)'>$", message, re.MULTILINE) if t != "NoneType"]
+    given = re.search(r"^\s*Given value: (.*)$", message, re.MULTILINE)
+    if got:
+        kind = re.sub(r"<class '([^']+)'>", r"\1", got.group(1))
+        return f"{option}: expected {kind}, got {got.group(2)!r}"
+    if plain:
+        return f"{option}: expected {plain[0]}" + (f", got {given.group(1)!r}" if given else "")
+    same_line = re.search(r'Parser key "[^"]+":[ \t]*(\S.*)', message)
+    return f"{option}: {same_line.group(1) if same_line else ' '.join(message.split()[3:])}"
+
+
 def main() -> None:
-    """Console entry point: user errors are one line on stderr and exit code 2, no traceback."""
+    """Console entry point: user errors (bad input, bad options) are one line on stderr and exit
+    code 2, no traceback. ``--verbose`` anywhere shows third-party output (:mod:`varirm.console`);
+    ``--trust-checkpoints`` allows checkpoints that need arbitrary unpickling."""
+    argv = []
+    for arg in sys.argv[1:]:
+        if arg in GLOBAL_FLAGS:
+            os.environ[GLOBAL_FLAGS[arg]] = "1"
+        else:
+            argv.append(arg)
+    configure_console()
     try:
-        cli_main()
+        cli_main(argv)
+    except ArgumentError as e:
+        print(f"varirm: error: {argument_error_line(str(e))}", file=sys.stderr)
+        sys.exit(2)
     except VarirmError as e:
         print(f"varirm: error: {e}", file=sys.stderr)
         sys.exit(2)

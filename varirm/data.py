@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from varirm.chat import encode_prompt_response, fit_to_length, load_tokenizer, tokenizer_fingerprint
 from varirm.errors import ConfigError, DataError
 from varirm.files import atomic_write_text
-from varirm.formats import Format, load_preference_rows
+from varirm.formats import LOCAL_SUFFIXES, Format, load_preference_rows
 
 CACHE_VERSION = "2"  # bump when normalization or tokenization changes meaning
 Sources = Union[str, list[str], None]
@@ -52,9 +52,12 @@ def _source_key(source: str, split: str) -> str:
     dataset folder, the fingerprint ``datasets`` gives the loaded split (it changes with the
     revision or the files), so an updated dataset is tokenized again."""
     if os.path.isfile(source):
-        return path_fingerprint(source, content=True)
-    if source.endswith((".json", ".jsonl", ".parquet")):
-        raise DataError(source, None, None, "no such file")
+        try:
+            return path_fingerprint(source, content=True)
+        except OSError as e:
+            raise DataError(source, None, None, f"cannot read the file ({e.strerror or e})") from None
+    if source.endswith(LOCAL_SUFFIXES):
+        raise DataError(source, None, None, "is a directory, not a file" if os.path.isdir(source) else "no such file")
     try:
         return f"datasets:{datasets.load_dataset(source, split=split)._fingerprint}"
     except Exception as e:  # noqa: BLE001 - any loading failure is the user's source, not a bug here

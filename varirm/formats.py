@@ -22,7 +22,7 @@ import json
 import math
 import os
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 from varirm.errors import DataError
 
@@ -45,30 +45,97 @@ def is_local(source: str) -> bool:
     return os.path.exists(source) or source.endswith(LOCAL_SUFFIXES)
 
 
+MAX_ROW_BYTES = 16 * 2**20  # one row of a .jsonl file; longer ones are refused, not tokenized for minutes
+BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16",
+        b"\xfe\xff": "UTF-16"}
+
+
+class DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json`` keeps the last of repeated keys silently; a repeated field is a bad row here."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _parse_json(text: str) -> Any:
+    return json.loads(text, object_pairs_hook=_no_duplicate_keys)
+
+
+def _json_problem(e: Exception, whole_file: bool) -> str:
+    """One line for why a piece of text (a jsonl line, or a whole .json file) is not usable JSON."""
+    if isinstance(e, json.JSONDecodeError):
+        return (f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}" if whole_file
+                else f"malformed JSON: {e.msg} (column {e.colno})")
+    if isinstance(e, DuplicateKey):
+        return f"field {e.args[0]!r} appears twice in one object"
+    return "JSON nested too deeply"  # RecursionError
+
+
+def _read_bytes_checked(source: str) -> bytes:
+    """The file's bytes; a directory, an unreadable file, or a UTF-16/32 file is one clear error."""
+    if os.path.isdir(source):
+        raise DataError(source, None, None, "is a directory, not a file")
+    try:
+        with open(source, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise DataError(source, None, None, f"cannot read the file ({e.strerror or e})") from None
+    for bom, name in BOMS.items():
+        if data.startswith(bom):
+            raise DataError(source, None, None, f"is {name} encoded (starts with bytes {bom.hex(' ')}); "
+                            "save it as UTF-8")
+    return data
+
+
+def _decode(raw: bytes, source: str, row: Optional[int], where: str) -> str:
+    """UTF-8 text (a leading BOM dropped); NUL bytes or invalid UTF-8 are a :class:`DataError`."""
+    if b"\x00" in raw:
+        raise DataError(source, row, None, f"{where}contains NUL bytes (binary data, or not UTF-8 text)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(source, row, None, f"{where}not valid UTF-8 (byte {raw[e.start]:#04x} at offset {e.start}); "
+                        "save the file as UTF-8") from None
+
+
 def read_raw_rows(source: str, split: str = "train") -> Iterator[tuple[int, Any]]:
-    """Yield ``(row_index, raw_row)``; a line that is not JSON is yielded as a :class:`DataError`
-    (so the caller can skip it or raise it). Local json/jsonl are parsed here for exact line
-    numbers; parquet files and Hub dataset ids are read with ``datasets.load_dataset``."""
-    if source.endswith(LOCAL_SUFFIXES) and not os.path.isfile(source):
+    """Yield ``(row_index, raw_row)``; a line that is not usable JSON is yielded as a
+    :class:`DataError` (so the caller can skip it or raise it). Local json/jsonl are parsed here
+    for exact line numbers (UTF-8, with or without a BOM; repeated keys in one object are an
+    error); parquet files and Hub dataset ids are read with ``datasets.load_dataset``. A problem
+    with the whole file (missing, a directory, unreadable, UTF-16) raises a :class:`DataError`."""
+    if source.endswith(LOCAL_SUFFIXES) and not os.path.exists(source):
         raise DataError(source, None, None, "no such file")
     if source.endswith(".jsonl"):
-        with open(source, encoding="utf-8") as f:
-            row = 0
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield row, json.loads(line.rstrip("\r\n"))
-                except json.JSONDecodeError as e:
-                    yield row, DataError(source, row, None, f"line {line_no}: malformed JSON: {e.msg} (column {e.colno})")
-                row += 1
+        data = _read_bytes_checked(source)
+        row = 0
+        for line_no, line in enumerate(data.splitlines(), start=1):
+            if not line.strip():
+                continue
+            where = f"line {line_no}: "
+            try:
+                if len(line) > MAX_ROW_BYTES:
+                    raise DataError(source, row, None, f"{where}is {len(line) / 2**20:.1f} MiB; rows over "
+                                    f"{MAX_ROW_BYTES // 2**20} MiB are refused")
+                yield row, _parse_json(_decode(line, source, row, where))
+            except DataError as e:
+                yield row, e
+            except (json.JSONDecodeError, DuplicateKey, RecursionError) as e:
+                yield row, DataError(source, row, None, f"{where}{_json_problem(e, False)}")
+            row += 1
         return
     if source.endswith(".json"):
-        with open(source, encoding="utf-8") as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise DataError(source, None, None, f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        try:
+            data = _parse_json(_decode(_read_bytes_checked(source), source, None, ""))
+        except (json.JSONDecodeError, DuplicateKey, RecursionError) as e:
+            raise DataError(source, None, None, _json_problem(e, True)) from None
         if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
             data = next(iter(data.values()))  # {"data": [...]}-style wrappers
         if not isinstance(data, list):
@@ -78,7 +145,12 @@ def read_raw_rows(source: str, split: str = "train") -> Iterator[tuple[int, Any]
     import datasets
 
     if source.endswith(".parquet"):
-        ds = datasets.load_dataset("parquet", data_files=source, split="train")
+        _read_bytes_checked(source)
+        try:
+            ds = datasets.load_dataset("parquet", data_files=source, split="train")
+        except Exception as e:  # noqa: BLE001 - pyarrow/datasets raise many kinds for a bad file
+            raise DataError(source, None, None, f"not a readable parquet file ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''})") from None
     elif os.path.exists(source) and not os.path.isdir(source):
         raise DataError(source, None, None, f"unsupported file type; use one of {', '.join(LOCAL_SUFFIXES)}")
     else:
@@ -117,7 +189,7 @@ def _text(value: Any, field: str) -> str:
     return value
 
 
-def _messages(value: Any, field: str, role_key: str = "role", content_key: str = "content",
+def messages(value: Any, field: str, role_key: str = "role", content_key: str = "content",
               role_map: dict[str, str] | None = None) -> list[dict[str, str]]:
     if not isinstance(value, list):
         raise BadRow(field, f"must be a list of messages, got {type(value).__name__}")
@@ -151,7 +223,7 @@ def _response(value: Any, field: str) -> tuple[list[dict[str, str]], str]:
     Returns (messages before the final one, final content)."""
     if isinstance(value, str):
         return [], _text(value, field)
-    msgs = _messages(value, field)
+    msgs = messages(value, field)
     if msgs[-1]["role"] != "assistant":
         raise BadRow(f"{field}[{len(msgs) - 1}].role", "the last message must be from the assistant")
     return msgs[:-1], msgs[-1]["content"]
@@ -205,9 +277,9 @@ def normalize_row(raw: Any, fmt: str, columns: dict[str, str]) -> dict[str, Any]
                 raise BadRow("prompt", "is missing (and chosen has no messages before its final one)")
             prompt = _get(row, "prompt")
             prompt_messages = ([{"role": "user", "content": _text(prompt, "prompt")}] if isinstance(prompt, str)
-                               else _messages(prompt, "prompt"))
+                               else messages(prompt, "prompt"))
     elif fmt == "sharegpt":
-        prompt_messages = _messages(_get(row, "conversations"), "conversations", "from", "value", SHAREGPT_ROLES)
+        prompt_messages = messages(_get(row, "conversations"), "conversations", "from", "value", SHAREGPT_ROLES)
         chosen = _sharegpt_response(_get(row, "chosen"), "chosen")
         rejected = _sharegpt_response(_get(row, "rejected"), "rejected")
     else:

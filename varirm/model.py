@@ -9,6 +9,7 @@ import os
 from typing import Optional, Union
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -99,6 +100,7 @@ def load_reward_model(
     gradient_checkpointing: bool = False,
     dtype: Optional[str] = None,
     trust_remote_code: bool = False,
+    trained_head: bool = False,
 ) -> RewardModel:
     """Load a reward model from a Hub id or a local directory.
 
@@ -106,6 +108,10 @@ def load_reward_model(
     ``adapter_config.json``): its base is loaded and the adapter applied (trainable).
     The vocabulary is resized to ``len(tokenizer)`` (a pad token may have been added) and
     ``config.pad_token_id`` set from the tokenizer.
+
+    A backbone without a ``score`` head in its weights (a pretrained LM, the start of RM
+    training) gets a freshly initialised head, said in one line; with ``trained_head=True``
+    (scoring with a finished RM) a missing head is an error, since its rewards would be random.
     """
     adapter_dir = None
     if os.path.isfile(os.path.join(name_or_path, "adapter_config.json")):
@@ -122,9 +128,19 @@ def load_reward_model(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=DTYPES[dtype or "bfloat16"])
     try:
-        hf_model = AutoModelForSequenceClassification.from_pretrained(name_or_path, **kwargs)
+        hf_model, info = AutoModelForSequenceClassification.from_pretrained(name_or_path, output_loading_info=True,
+                                                                            **kwargs)
     except OSError as e:  # missing directory, unknown Hub id offline, no weights
         raise ConfigError(f"{name_or_path}: cannot load a model ({str(e).splitlines()[0]})") from None
+    except ValueError as e:  # a config transformers cannot turn into a sequence classifier
+        raise ConfigError(f"{name_or_path}: cannot load a reward model ({str(e).splitlines()[0]})") from None
+    new_head = sorted(k for k in info["missing_keys"] if k.split(".")[0] == "score")
+    if new_head and adapter_dir is None:
+        if trained_head:
+            raise ConfigError(f"{name_or_path}: no trained reward head ({', '.join(new_head)} not in its weights); "
+                              "this looks like a plain language model: train a reward model with varirm fit, or "
+                              "give a varirm checkpoint or exported reward-model directory")
+        rank_zero_info(f"score head initialised ({', '.join(new_head)}): expected for a new reward model")
     if hf_model.get_input_embeddings().weight.shape[0] < len(tokenizer):
         hf_model.resize_token_embeddings(len(tokenizer))
     hf_model.config.pad_token_id = tokenizer.pad_token_id

@@ -130,6 +130,25 @@ def generate_responses(policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     return out
 
 
+def _prompt_of(row: Any, path: str, row_index: int, field: str = "prompt") -> Prompt:
+    """The prompt of a raw row: a non-empty string or a non-empty list of messages."""
+    if not isinstance(row, dict):
+        raise DataError(path, row_index, None, f"expected an object, got {type(row).__name__}")
+    if field not in row:
+        raise DataError(path, row_index, field, "is missing")
+    prompt = row[field]
+    if isinstance(prompt, list):
+        from varirm.formats import BadRow, messages
+
+        try:
+            messages(prompt, field)
+        except BadRow as e:
+            raise DataError(path, row_index, e.field, e.message) from None
+    elif not (isinstance(prompt, str) and prompt.strip()):
+        raise DataError(path, row_index, field, "must be a non-empty string or list of messages")
+    return prompt
+
+
 def read_prompts(path: str, field: str = "prompt", limit: Optional[int] = None, split: str = "train") -> list[Prompt]:
     """Prompts from a jsonl/json/parquet file or a Hub dataset split: the ``field`` of each row
     (messages or a string)."""
@@ -139,12 +158,7 @@ def read_prompts(path: str, field: str = "prompt", limit: Optional[int] = None, 
     for row_index, row in read_raw_rows(path, split):
         if isinstance(row, DataError):
             raise row
-        if not isinstance(row, dict) or field not in row:
-            raise DataError(path, row_index, field, "is missing")
-        prompt = row[field]
-        if not (isinstance(prompt, str) and prompt.strip()) and not (isinstance(prompt, list) and prompt):
-            raise DataError(path, row_index, field, "must be a non-empty string or list of messages")
-        prompts.append(prompt)
+        prompts.append(_prompt_of(row, path, row_index, field))
         if limit is not None and len(prompts) >= limit:
             break
     return prompts
@@ -167,16 +181,18 @@ def read_samples(path: str) -> list[dict[str, Any]]:
     for row_index, row in read_raw_rows(path):
         if isinstance(row, DataError):
             raise row
-        if not isinstance(row, dict) or "prompt" not in row:
-            raise DataError(path, row_index, "prompt", "is missing")
+        _prompt_of(row, path, row_index)
         responses = row.get("responses")
         if not isinstance(responses, list) or len(responses) < 2 or not all(isinstance(r, str) for r in responses):
             raise DataError(path, row_index, "responses", "must be a list of at least two strings")
         rows.append(row)
     if not rows:
         raise DataError(path, None, None, "no rows")
-    if len({len(r["responses"]) for r in rows}) != 1:
-        raise DataError(path, None, "responses", "every row must have the same number of responses (k)")
+    k = len(rows[0]["responses"])
+    for row_index, row in enumerate(rows):
+        if len(row["responses"]) != k:
+            raise DataError(path, row_index, "responses", f"has {len(row['responses'])} responses but row 0 has {k}; "
+                            "every row needs the same number (k)")
     return rows
 
 

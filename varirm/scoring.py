@@ -22,35 +22,77 @@ from varirm.model import RewardModel, load_reward_model
 Labeler = Callable[[list[Prompt], list[str]], list[float]]
 
 
-def load_checkpoint_module(path: str, quantized: bool = True):
-    """The :class:`varirm.module.RewardModelModule` of a ``varirm fit`` checkpoint, model built and
-    weights loaded. ``quantized=False`` builds a QLoRA checkpoint's base without 4-bit quantization
-    (its adapters and score head fit either)."""
-    from varirm.module import RewardModelModule
+TRUST_ENV = "VARIRM_TRUST_CHECKPOINTS"
+REWARD_MODULE = "varirm.module.RewardModelModule"
+
+
+def read_checkpoint(path: str) -> dict:
+    """The contents of a ``varirm fit`` checkpoint, read with ``torch.load(weights_only=True)``:
+    tensors and plain values only, so a ``.ckpt`` from someone else cannot run code when it is
+    scored. One that needs arbitrary unpickling is refused unless ``VARIRM_TRUST_CHECKPOINTS=1``
+    (``varirm --trust-checkpoints ...``). Any other unreadable file is a one-line error."""
+    import pickle
 
     if not os.path.isfile(path):
-        raise VarirmError(f"{path}: checkpoint not found")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        raise VarirmError(f"{path}: checkpoint not found" + (" (a directory; pass its checkpoints/last.ckpt)"
+                                                             if os.path.isdir(path) else ""))
+    trusted = os.environ.get(TRUST_ENV) == "1"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=not trusted, mmap=True)
+    except pickle.UnpicklingError as e:
+        detail = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "global" in line),
+                      str(e).splitlines()[0] if str(e) else "")
+        raise VarirmError(f"{path}: refused: loading this checkpoint would run code from the file ({detail}); "
+                          f"if you trust its source, pass --trust-checkpoints (or set {TRUST_ENV}=1)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise VarirmError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise VarirmError(f"{path}: not a Lightning checkpoint of varirm (no state_dict / hyper_parameters)")
+    return ckpt
+
+
+def load_checkpoint_module(path: str, quantized: bool = True):
+    """The :class:`varirm.module.RewardModelModule` of a ``varirm fit`` checkpoint, model built and
+    weights loaded (read by :func:`read_checkpoint`). ``quantized=False`` builds a QLoRA
+    checkpoint's base without 4-bit quantization (its adapters and score head fit either)."""
+    from varirm.module import RewardModelModule
+
+    ckpt = read_checkpoint(path)
+    class_path = ckpt["hyper_parameters"].get("_class_path", REWARD_MODULE)
+    if class_path != REWARD_MODULE:
+        raise VarirmError(f"{path}: a checkpoint of {class_path}, not a reward model; give a `varirm fit` "
+                          f"checkpoint ({REWARD_MODULE}) or an exported reward-model directory")
     # LightningCLI adds private keys (``_class_path``, ``_instantiator``) to the saved hparams
     hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
     if not quantized and hparams.get("load_in_4bit"):
         hparams["load_in_4bit"] = False
-    module = RewardModelModule(**hparams)
+    try:
+        module = RewardModelModule(**hparams)
+    except TypeError as e:
+        raise VarirmError(f"{path}: its hyper_parameters do not fit {REWARD_MODULE} ({e})") from None
     module.configure_model()
-    module.load_state_dict(ckpt["state_dict"], strict=module.strict_loading)
+    try:
+        module.load_state_dict(ckpt["state_dict"], strict=module.strict_loading)
+    except RuntimeError as e:
+        raise VarirmError(f"{path}: its weights do not fit the model it names ({str(e).splitlines()[0]})") from None
     return module
 
 
 def load_scorer(path: str, device: str = "cpu", quantized: bool = True) -> tuple[RewardModel, PreTrainedTokenizerBase]:
     """A reward model in eval mode and its tokenizer, from a Lightning checkpoint (``.ckpt``
-    written by ``varirm fit``) or a Hugging Face directory / Hub id (full weights or a LoRA
-    adapter). ``quantized=False``: see :func:`load_checkpoint_module`."""
-    if path.endswith(".ckpt"):
+    written by ``varirm fit``), a ``varirm fit`` run directory (its ``checkpoints/last.ckpt``), or
+    a Hugging Face directory / Hub id (full weights or a LoRA adapter) with a trained score head.
+    ``quantized=False``: see :func:`load_checkpoint_module`."""
+    run_ckpt = os.path.join(path, "checkpoints", "last.ckpt")
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(run_ckpt):
+        path = run_ckpt
+    if path.endswith(".ckpt") or os.path.isfile(path):
         module = load_checkpoint_module(path, quantized)
         rm, tokenizer = module.model, module.tokenizer
     else:
         tokenizer = load_tokenizer(path)
-        rm = load_reward_model(path, tokenizer)
+        rm = load_reward_model(path, tokenizer, trained_head=True)
     return rm.to(device).eval(), tokenizer
 
 

@@ -1,0 +1,61 @@
+"""What a ``varirm`` command prints: quiet by default, everything with ``--verbose``.
+
+Quiet means: varirm's own lines (data counts, set-up notes, results), progress bars and errors
+stay; third-party noise goes: Lightning's advertising tips and hardware banner, deprecation and
+future warnings, transformers' per-load weight reports (varirm says in one line when a new
+reward model's score head is initialised, which is expected), datasets' info messages.
+``varirm --verbose ...`` or ``VARIRM_VERBOSE=1`` shows everything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+VERBOSE_ENV = "VARIRM_VERBOSE"
+
+# Lightning info lines that say nothing about this run's data or results.
+LIGHTNING_NOISE = ("Tip:", "GPU available:", "TPU available:", "HPU available:", "LOCAL_RANK:", "Seed set to",
+                   "Using bfloat16 Automatic Mixed Precision", "Using 16bit Automatic Mixed Precision",
+                   "Loading `train_dataloader` to estimate", "`Trainer.fit` stopped:")
+
+
+class DropNoise(logging.Filter):
+    """Drops log records whose message contains one of ``fragments``."""
+
+    def __init__(self, fragments: tuple[str, ...]):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(f in message for f in self.fragments)
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV) == "1"
+
+
+def configure() -> None:
+    """Quiet third-party output unless verbose (see the module docstring). Idempotent; call it
+    after Lightning and transformers are imported (their handlers exist then)."""
+    if verbose():
+        return
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    # Lightning's PossibleUserWarning and library UserWarnings (e.g. "modules in eval mode" for a
+    # frozen reference policy); varirm's own warnings stay.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"^(?!varirm)")
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    noise = DropNoise(LIGHTNING_NOISE)
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logger = logging.getLogger(name)
+        for target in (logger, *logger.handlers):
+            if not any(isinstance(f, DropNoise) for f in target.filters):
+                target.addFilter(noise)
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    datasets.utils.logging.set_verbosity_error()

@@ -44,5 +44,16 @@ def test_missing_template_gets_the_default_and_fingerprint_tracks_it(tiny_model_
 
 
 def test_missing_model_directory_is_a_one_line_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="cannot load a tokenizer"):
+    with pytest.raises(ConfigError, match="no-such-model: no such model directory. Create it first .* make-tiny-model"):
         load_tokenizer(str(tmp_path / "no-such-model"))
+
+
+def test_missing_relative_model_directory_is_not_reported_as_a_hub_failure(tmp_path, monkeypatch):
+    # "artifacts/tiny-llama" before make-tiny-model: two parts like a Hub id, but nothing local
+    # exists and the Hub is offline; the message names the directory and what creates it
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_tokenizer("artifacts/tiny-llama")
+    assert str(info.value).startswith("artifacts/tiny-llama: no such model directory, and not loadable as a Hub id")
+    assert "varirm make-tiny-model --output artifacts/tiny-llama" in str(info.value)
+    assert "\n" not in str(info.value)

@@ -410,10 +410,16 @@ class PreferenceDataModule(LightningDataModule):
                                                          if hp.on_policy_bt_temperature > 0 else ""))
 
     def prepare_data(self) -> None:
-        # Runs once per node before setup; fills the tokenization cache so DDP ranks only read it.
-        for sources in self._sources().values():
-            for source, split in sources:
-                self.build(source, split)
+        # Runs once per node before setup (and before loggers write anything into the run
+        # directory); fills the tokenization cache so DDP ranks only read it.
+        for name, sources in self._sources().items():
+            built = [self.build(source, split) for source, split in sources]
+            usable = sum(len(ds) - (sum(ds["overlong"]) if self.hparams.overlong == "drop" else 0) for ds, _ in built)
+            if name == "train" and built and not usable and not self.hparams.on_policy_fraction:
+                read, bad = sum(i["rows_read"] for _, i in built), sum(i["bad_rows"] for _, i in built)
+                raise DataError(", ".join(s for s, _ in sources), None, None,
+                                f"no usable training pairs ({read} rows read, {bad} bad rows skipped, the rest over "
+                                f"max_length={self.hparams.max_length} and dropped)")
         if self.hparams.on_policy_fraction > 0:
             self._build_on_policy()
 

@@ -132,7 +132,6 @@ def evaluate(
     """
     if os.path.exists(os.path.join(output, "metrics.json")) and not overwrite:
         raise VarirmError(f"{output} already holds an evaluation; pass --overwrite true or choose another --output")
-    os.makedirs(output, exist_ok=True)
     device = resolve_device(device)
     if samples is None:
         if not (policy and prompts):

@@ -415,7 +415,8 @@ class PreferenceDataModule(LightningDataModule):
         for name, sources in self._sources().items():
             built = [self.build(source, split) for source, split in sources]
             usable = sum(len(ds) - (sum(ds["overlong"]) if self.hparams.overlong == "drop" else 0) for ds, _ in built)
-            if name == "train" and built and not usable and not self.hparams.on_policy_fraction:
+            fitting = self.trainer is not None and self.trainer.state.fn == "fit"
+            if fitting and name == "train" and built and not usable and not self.hparams.on_policy_fraction:
                 read, bad = sum(i["rows_read"] for _, i in built), sum(i["bad_rows"] for _, i in built)
                 raise DataError(", ".join(s for s, _ in sources), None, None,
                                 f"no usable training pairs ({read} rows read, {bad} bad rows skipped, the rest over "

@@ -69,3 +69,18 @@ class CrashAtEpoch(__import__("lightning").pytorch.Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         if trainer.current_epoch == self.epoch:
             raise SimulatedCrash(f"simulated crash at epoch {self.epoch}")
+
+
+class KillAtStep(__import__("lightning").pytorch.Callback):
+    """SIGKILLs its own process when optimizer step ``step`` is about to run (after the checkpoints
+    of earlier steps were written): a job killed by the scheduler or out of memory, with no
+    chance to clean up."""
+
+    def __init__(self, step: int = 1):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -33,7 +33,10 @@ from argparse import ArgumentError
 # Set before the imports below load it.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
+from typing import Any, Optional  # noqa: E402
+
 from jsonargparse import CLI  # noqa: E402
+from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -55,6 +58,47 @@ class SaveFitConfig(SaveConfigCallback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage == "fit":
             super().setup(trainer, pl_module, stage)
+
+
+class RandomState(Callback):
+    """Saves the random number generators' states (torch CPU and CUDA, numpy, Python) in every
+    checkpoint and puts them back when a resumed run starts training, so sampling, dropout and
+    draws continue as in an uninterrupted run. Stored as tensors and plain values, so checkpoints
+    still load with ``torch.load(weights_only=True)``."""
+
+    def __init__(self):
+        self.pending: Optional[dict[str, Any]] = None
+
+    def state_dict(self) -> dict[str, Any]:
+        import random
+
+        import numpy as np
+        import torch
+
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "numpy": [kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss],
+                "python": list(random.getstate())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pending = state
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import random
+
+        import numpy as np
+        import torch
+
+        if self.pending is None:
+            return
+        state, self.pending = self.pending, None
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        kind, keys, pos, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, gauss))
+        version, internal, gauss_next = state["python"]
+        random.setstate((version, tuple(internal), gauss_next))
 
 
 def cpu_bf16_is_native() -> bool:
@@ -106,6 +150,8 @@ class VarirmCLI(LightningCLI):
                                            *(configured if isinstance(configured, list) else [configured])]
         if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             callbacks.append(ModelCheckpoint(dirpath=os.path.join(root, "checkpoints"), save_last=True))
+        if not any(isinstance(c, RandomState) for c in callbacks):
+            callbacks.append(RandomState())
         precision, note = cpu_precision(kwargs.get("precision", config.get("precision")), config.get("accelerator"))
         if note:
             print(note, file=sys.stderr)

@@ -119,6 +119,7 @@ class LengthGroupedSampler(DistributedSampler):
                  shuffle: bool = True, seed: int = 0, bucket_batches: int = 64):
         super().__init__(lengths, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
         self.lengths, self.batch_size, self.bucket_batches = lengths, batch_size, bucket_batches
+        self.skip_batches = 0  # global batches to leave out of the next iteration (resuming mid-epoch)
         self.num_samples = math.ceil(len(lengths) / num_replicas)
         self.total_size = self.num_samples * num_replicas
 
@@ -139,11 +140,84 @@ class LengthGroupedSampler(DistributedSampler):
         return batches
 
     def __iter__(self):
-        for batch in self.global_batches():
+        skip, self.skip_batches = self.skip_batches, 0
+        for batch in self.global_batches()[skip:]:
             yield from batch[self.rank::self.num_replicas]
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class EpochShuffleSampler(DistributedSampler):
+    """The order of ``DataLoader(shuffle=True, generator=torch.Generator().manual_seed(seed))``,
+    epoch by epoch, computed from the epoch number alone, so a resumed run can start an epoch in
+    its middle (``skip_batches``). Per epoch that loader draws from its generator one int64 (the
+    iterator's worker seed), then ``randperm(n)`` (the order) and ``randperm(n)[:0]`` (``RandomSampler``'s
+    remainder); replaying those draws gives the same orders as before this sampler existed (a
+    test checks it). One process only (SFT and RLOO data)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0):
+        super().__init__(range(n), num_replicas=1, rank=0, shuffle=True, seed=seed)
+        self.n, self.batch_size, self.skip_batches = n, batch_size, 0
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed)
+        for _ in range(self.epoch):
+            torch.empty((), dtype=torch.int64).random_(generator=g)
+            torch.randperm(self.n, generator=g)
+            torch.randperm(self.n, generator=g)
+        torch.empty((), dtype=torch.int64).random_(generator=g)
+        order = torch.randperm(self.n, generator=g).tolist()
+        skip, self.skip_batches = self.skip_batches, 0
+        yield from order[skip * self.batch_size:]
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class LoaderPosition:
+    """Where the training loader is in its epoch: saved in checkpoints through the data module's
+    and the loader's ``state_dict`` (Lightning calls both), restored before training resumes."""
+
+    def __init__(self):
+        self.epoch, self.batches, self.resume = 0, 0, None
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches": self.batches}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
+
+
+class ResumableLoader(DataLoader):
+    """A ``DataLoader`` over a sampler with ``epoch`` and ``skip_batches`` (the samplers above)
+    that counts the batches it hands out in each epoch, so a run resumed from a mid-epoch
+    checkpoint continues with the next unseen batch instead of replaying the epoch. Lightning
+    fetches from sized loaders without prefetching, so the count is the number of batches trained
+    on when a checkpoint is written."""
+
+    def __init__(self, *args, position: Optional[LoaderPosition] = None, **kwargs):
+        # Its own generator for the per-epoch worker seed that DataLoader draws when an iteration
+        # starts: drawn from the global RNG, it would shift every later draw of a resumed run.
+        kwargs.setdefault("generator", torch.Generator().manual_seed(0))
+        super().__init__(*args, **kwargs)
+        self.position = position or LoaderPosition()
+
+    def __iter__(self):
+        position, sampler = self.position, self.sampler
+        resume, position.resume = position.resume, None
+        position.epoch, position.batches = sampler.epoch, 0
+        if resume is not None and resume["epoch"] == sampler.epoch:
+            sampler.skip_batches = position.batches = resume["batches"]
+        for batch in super().__iter__():
+            position.batches += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return self.position.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.position.load_state_dict(state)
 
 
 def pad_right(seqs: list[list[int]], pad_token_id: int, pad_to_multiple_of: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -339,6 +413,7 @@ class PreferenceDataModule(LightningDataModule):
         self.stats: dict[str, dict[str, Any]] = {}
         self.group_source: Optional[GroupSource] = None
         self.val_groups: Optional[list[dict[str, Any]]] = None
+        self.train_position = LoaderPosition()
 
     # --- building -------------------------------------------------------------------------
 
@@ -544,11 +619,19 @@ class PreferenceDataModule(LightningDataModule):
                                       hp.seed, rank)
         else:
             collate = partial(collate_pairs, pad_token_id=pad_id, pad_to_multiple_of=hp.pad_to_multiple_of)
-        return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=hp.num_workers,
-                          collate_fn=collate, persistent_workers=hp.num_workers > 0)
+        return ResumableLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=hp.num_workers,
+                               collate_fn=collate, persistent_workers=hp.num_workers > 0,
+                               position=self.train_position if split == "train" else None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.hparams.batch_size, shuffle=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_position": self.train_position.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "train_position" in state:  # checkpoints from before exact resume have none
+            self.train_position.load_state_dict(state["train_position"])
 
     def val_dataloader(self):
         """Preference pairs (``dataloader_idx`` 0) and, with ``val_policy_samples``, policy-sample

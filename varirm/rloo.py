@@ -22,6 +22,7 @@ from lightning.pytorch import Callback, LightningDataModule, LightningModule, Tr
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
+from varirm.data import EpochShuffleSampler, LoaderPosition, ResumableLoader
 from varirm.errors import ConfigError
 from varirm.files import atomic_write_text
 from varirm.sampling import (SamplingConfig, clean_response, generate_ids, generate_responses, load_policy, read_prompts,
@@ -110,6 +111,7 @@ class PromptDataModule(LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.prompts: list = []
+        self.train_position = LoaderPosition()
 
     def setup(self, stage: Optional[str] = None) -> None:
         if not self.prompts:
@@ -117,8 +119,17 @@ class PromptDataModule(LightningDataModule):
             self.prompts = read_prompts(hp.prompts, hp.prompt_field, hp.num_prompts, hp.split)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.prompts, batch_size=self.hparams.batch_size, shuffle=True, collate_fn=list,
-                          generator=torch.Generator().manual_seed(self.hparams.seed))
+        hp = self.hparams
+        return ResumableLoader(self.prompts, batch_size=hp.batch_size, collate_fn=list,
+                               sampler=EpochShuffleSampler(len(self.prompts), hp.batch_size, hp.seed),
+                               position=self.train_position)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_position": self.train_position.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "train_position" in state:
+            self.train_position.load_state_dict(state["train_position"])
 
 
 class RLOOModule(LightningModule):

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
 from varirm.chat import encode_prompt_response, fit_to_length, load_tokenizer
-from varirm.data import pad_right
+from varirm.data import EpochShuffleSampler, LoaderPosition, ResumableLoader, pad_right
 from varirm.errors import DataError
 from varirm.formats import read_raw_rows
 from varirm.sampling import load_policy
@@ -71,6 +71,7 @@ class SFTDataModule(LightningDataModule):
         self.save_hyperparameters()
         self.tokenizer = None
         self.splits: dict[str, datasets.Dataset] = {}
+        self.train_position = LoaderPosition()
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.splits:
@@ -90,16 +91,25 @@ class SFTDataModule(LightningDataModule):
                 rows.append({"input_ids": ids, "prompt_len": max(0, len(ids) - len(r_ids))})
             self.splits[name] = datasets.Dataset.from_list(rows)
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.splits[name], batch_size=self.hparams.batch_size, shuffle=shuffle,
-                          collate_fn=partial(collate_sft, pad_token_id=self.tokenizer.pad_token_id),
-                          generator=torch.Generator().manual_seed(self.hparams.seed))
-
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
+        hp = self.hparams
+        return ResumableLoader(self.splits["train"], batch_size=hp.batch_size,
+                               sampler=EpochShuffleSampler(len(self.splits["train"]), hp.batch_size, hp.seed),
+                               collate_fn=partial(collate_sft, pad_token_id=self.tokenizer.pad_token_id),
+                               position=self.train_position)
 
     def val_dataloader(self):
-        return self._loader("val", False) if "val" in self.splits else []
+        if "val" not in self.splits:
+            return []
+        return DataLoader(self.splits["val"], batch_size=self.hparams.batch_size,
+                          collate_fn=partial(collate_sft, pad_token_id=self.tokenizer.pad_token_id))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_position": self.train_position.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "train_position" in state:
+            self.train_position.load_state_dict(state["train_position"])
 
 
 class SFTModule(LightningModule):

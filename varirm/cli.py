@@ -148,6 +148,9 @@ class VarirmCLI(LightningCLI):
         configured = config.get("callbacks") or []
         callbacks = kwargs["callbacks"] = [*kwargs.get("callbacks", []),
                                            *(configured if isinstance(configured, list) else [configured])]
+        for c in callbacks:  # recipes' checkpoint callbacks write where the run directory expects them
+            if isinstance(c, ModelCheckpoint) and c.dirpath is None:
+                c.dirpath = os.path.join(os.path.realpath(root), "checkpoints")
         if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             callbacks.append(ModelCheckpoint(dirpath=os.path.join(root, "checkpoints"), save_last=True))
         if not any(isinstance(c, RandomState) for c in callbacks):

@@ -1,4 +1,5 @@
 import json
+import os
 import math
 
 import pytest
@@ -128,3 +129,93 @@ def test_verify_end_to_end_tiny(tmp_path, tiny_model_dir, synthetic_dir):
     assert exported == str(tmp_path / "exported")
     with pytest.raises(VarirmError, match="none of its RLOO runs used"):
         verification_summary(str(out), str(samples))
+
+
+def _verify_config(tmp_path, tiny_model_dir, synthetic_dir) -> str:
+    """A tiny `varirm verify` recipe whose prepare steps train pi0 (SFT) and sample it, as the demo's do."""
+    import yaml
+
+    from conftest import REPO
+
+    demos = tmp_path / "demos.jsonl"
+    from varirm.synthetic import make_demos
+
+    demos.write_text("".join(json.dumps(r) + "\n" for r in make_demos(640, seed=0)))
+    pi0, samples = tmp_path / "pi0", tmp_path / "eval_k4.jsonl"
+    callback = [{"class_path": "varirm.rloo.PolicyEvaluation",
+                 "init_args": {"prompts": str(synthetic_dir / "eval_prompts.jsonl"), "num_prompts": 8, "k": 2,
+                               "every_n_steps": 2}}]
+    config = {
+        "output_dir": str(tmp_path / "verify"), "policy": str(pi0), "gold": "varirm.synthetic.gold_reward",
+        "eval_samples": str(samples), "test_pairs": str(synthetic_dir / "test.jsonl"), "max_length": 64, "device": "cpu",
+        "rloo_recipe": str(REPO / "recipes" / "rloo" / "verify_synthetic.yaml"),
+        "rloo_overrides": {"trainer.max_steps": 12, "trainer.callbacks": callback, "model.init_args.max_new_tokens": 8,
+                           "data.init_args.prompts": str(synthetic_dir / "prompts.jsonl"), "data.init_args.batch_size": 4},
+        "reward_models": [
+            {"name": "bt", "recipe": str(REPO / "recipes" / "onpolicy_synthetic.yaml"), "overrides": {
+                "model.init_args.model_name_or_path": tiny_model_dir, "data.init_args.train": str(synthetic_dir / "train.jsonl"),
+                "data.init_args.val": str(synthetic_dir / "val.jsonl"), "data.init_args.on_policy_fraction": 0.0,
+                "trainer.max_epochs": 1, "trainer.limit_train_batches": 6, "trainer.limit_val_batches": 1}},
+            {"name": "gold", "reward": "varirm.synthetic.gold_reward"}],
+        "prepare": [
+            {"creates": str(pi0 / "config.json"),
+             "run": ["sft", "--config", str(REPO / "recipes" / "sft_synthetic.yaml"), "--trainer.max_epochs", "3",
+                     "--trainer.default_root_dir", str(tmp_path / "sft"), "--trainer.enable_progress_bar", "false",
+                     "--model.init_args.model_name_or_path", tiny_model_dir, "--model.init_args.save_dir", str(pi0),
+                     "--data.init_args.train", str(demos)]},
+            {"creates": str(samples),
+             "run": ["sample", "--policy", str(pi0), "--prompts", str(synthetic_dir / "eval_prompts.jsonl"), "--output",
+                     str(samples), "--k", "4", "--num_prompts", "12", "--max_new_tokens", "8"]}]}
+    path = tmp_path / "verify.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def _comparable(report: dict) -> dict:
+    """A report without what differs between attempts by nature (wall times, the command line)."""
+    return {k: v for k, v in report.items() if k not in ("timings", "seconds", "command")}
+
+
+@pytest.mark.slow
+def test_verify_killed_at_two_points_and_resumed_writes_the_uninterrupted_report(tmp_path, tiny_model_dir, synthetic_dir):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def start(root, *extra):
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+        return subprocess.Popen([sys.executable, "-m", "varirm", "verify", "--config", str(root / "verify.yaml"), *extra],
+                                cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def kill_when(proc, exists, timeout=600):
+        t0 = time.time()
+        while not exists():
+            assert proc.poll() is None, f"finished before the kill point: {proc.stderr.read()[-2000:]}"
+            assert time.time() - t0 < timeout
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    for root in (reference, interrupted):
+        root.mkdir()
+        _verify_config(root, tiny_model_dir, synthetic_dir)
+    proc = start(reference)
+    assert proc.wait() == 0, proc.stderr.read()[-3000:]
+
+    # 1: during the prepare step that trains pi0, after its first checkpoint
+    proc = start(interrupted)
+    kill_when(proc, lambda: any((interrupted / "sft" / "checkpoints").glob("*.ckpt")))
+    assert not (interrupted / "pi0" / "config.json").exists()
+    # 2: resumed, then killed again in the RLOO run against the trained RM
+    proc = start(interrupted, "--resume", "true")
+    kill_when(proc, lambda: (interrupted / "verify" / "rloo" / "bt" / "seed0" / "csv").exists())
+    assert not (interrupted / "verify" / "report.json").exists()
+    proc = start(interrupted, "--resume", "true")
+    assert proc.wait() == 0, proc.stderr.read()[-3000:]
+
+    a = json.loads((reference / "verify" / "report.json").read_text())
+    b = json.loads((interrupted / "verify" / "report.json").read_text())
+    text = lambda r: json.dumps(_comparable(r), sort_keys=True).replace(str(interrupted), str(reference))  # noqa: E731
+    assert text(a) == text(b)

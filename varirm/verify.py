@@ -17,7 +17,9 @@ curve; Spearman correlations of the gold gain with variance and with each accura
 the paper's claims. Data flow per (RM, seed): ``rms/<name>/seed<s>`` (checkpoint) ->
 ``eval/<name>/seed<s>/metrics.json`` -> ``rloo/<name>/seed<s>/policy_eval.json`` -> report.
 
-Each finished stage leaves its output; ``--resume true`` reuses them after an interruption.
+Each finished stage leaves its output (``done.json`` written last); ``--resume true`` reuses them
+after an interruption at any point: a half-done training prepare step resumes from its last
+checkpoint, a half-done RM, evaluation or RLOO run is redone from its start with the same seed.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from varirm.errors import ConfigError, VarirmError
 from varirm.files import atomic_write_text
 
 METRICS = ["whitened_variance_mean", "on_policy_acc", "off_policy_acc", "gold_gain", "proxy_gain", "gold_auc"]
+LIGHTNING_COMMANDS = ("fit", "sft", "rloo")  # training commands with a run directory and checkpoints
 ACCURACIES = {"whitened_variance_mean": "whitened variance", "on_policy_acc": "on-policy accuracy",
               "off_policy_acc": "off-policy accuracy"}
 
@@ -56,7 +59,7 @@ class RewardModelSpec:
 
     name: str
     recipe: Optional[str] = None
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: dict = field(default_factory=dict)  # plain dict: jsonargparse would instantiate class_path values
     reward: Optional[str] = None
     description: str = ""
 
@@ -254,7 +257,7 @@ def verify(
     test_pairs: Optional[str] = None,
     test_split: str = "test",
     seeds: Optional[list[int]] = None,
-    rloo_overrides: Optional[dict[str, Any]] = None,
+    rloo_overrides: Optional[dict] = None,  # plain dict: class_path values stay recipe text
     prepare: Optional[list[PrepareStep]] = None,
     compare: Optional[list[str]] = None,
     low_variance: Optional[str] = None,
@@ -315,7 +318,10 @@ def verify(
     start = time.time()
     for step in prepare:
         if not os.path.exists(step.creates):
-            cli_main(list(step.run))
+            run = list(step.run)
+            if run and run[0] in LIGHTNING_COMMANDS and "--ckpt_path" not in run:
+                run += ["--ckpt_path", "last"]  # an attempt killed earlier resumes from its last checkpoint
+            cli_main(run)
     eval_rows = read_samples(eval_samples)
     device = resolve_device(device)
     quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]

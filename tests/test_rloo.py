@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from varirm.rloo import clipped_policy_loss, kl_estimate, rloo_advantages
+from varirm.rloo import RLOOModule, clipped_policy_loss, group_std_advantages, kl_estimate, rloo_advantages
 
 
 def test_rloo_advantages_by_hand():
@@ -14,6 +14,29 @@ def test_rloo_advantages_by_hand():
     assert_close(rloo_advantages(torch.tensor([[3.0, 1.0]])), torch.tensor([[2.0, -2.0]]))  # k = 2: r1 - r2
     with pytest.raises(ValueError, match="k >= 2"):
         rloo_advantages(torch.tensor([[1.0]]))
+
+
+def test_group_std_advantages_by_hand():
+    rewards = torch.tensor([[1.0, 2.0, 6.0], [0.0, 4.0, 4.0]])
+    # row 0: unbiased std of (1, 2, 6) = sqrt(((-2)^2 + (-1)^2 + 3^2) / 2) = sqrt(7); row 1: sqrt((8/3)^2/2 + 2(4/3)^2/2) = sqrt(16/3)
+    adv = rloo_advantages(rewards)  # [[-3, -1.5, 4.5], 1.5 x [-8/3, 4/3, 4/3] = [-4, 2, 2]]
+    expected = torch.tensor([[-3.0, -1.5, 4.5]]) / (7 ** 0.5 + 0.5)
+    expected = torch.cat([expected, torch.tensor([[-4.0, 2.0, 2.0]]) / ((16 / 3) ** 0.5 + 0.5)])
+    assert_close(group_std_advantages(adv, rewards, eps=0.5), expected)
+    # scale invariance: rewards x 10 give the same normalized advantages (up to eps)
+    assert_close(group_std_advantages(rloo_advantages(10 * rewards), 10 * rewards, eps=0.0),
+                 group_std_advantages(adv, rewards, eps=0.0))
+    # a prompt whose samples all score the same keeps zero advantages (no division by zero)
+    flat = torch.tensor([[2.0, 2.0]])
+    assert_close(group_std_advantages(rloo_advantages(flat), flat), torch.zeros(1, 2))
+
+
+@pytest.mark.parametrize("name, cls", [("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)])
+def test_rloo_optimizer_choice(name, cls):
+    module = RLOOModule("unused", "unused", optimizer=name, lr=0.5)
+    module.policy = torch.nn.Linear(2, 1)
+    optimizer = module.configure_optimizers()
+    assert type(optimizer) is cls and optimizer.param_groups[0]["lr"] == 0.5
 
 
 def test_kl_estimators_by_hand():
@@ -119,8 +142,13 @@ def test_policy_and_rm_with_different_tokenizers(tmp_path, tiny_model_dir, synth
     from varirm.scoring import load_scorer, score
     from varirm.tiny import make_tiny_model
 
-    rm, rm_tokenizer = load_scorer(make_tiny_model(str(tmp_path / "gpt2"), arch="gpt2", vocab_size=300, seed=3))
-    rm.save_pretrained(str(tmp_path / "gpt2-rm"), rm_tokenizer)  # a GPT-2 RM with its score head saved
+    from varirm.chat import load_tokenizer
+    from varirm.model import load_reward_model
+
+    base = make_tiny_model(str(tmp_path / "gpt2"), arch="gpt2", vocab_size=300, seed=3)
+    rm_tokenizer = load_tokenizer(base)
+    load_reward_model(base, rm_tokenizer).save_pretrained(str(tmp_path / "gpt2-rm"), rm_tokenizer)  # score head saved
+    rm, rm_tokenizer = load_scorer(str(tmp_path / "gpt2-rm"))
     module = RLOOModule(tiny_model_dir, str(tmp_path / "gpt2-rm"), k=2, max_new_tokens=6)
     module.configure_model()
     assert len(rm_tokenizer) != len(module.tokenizer)

@@ -29,6 +29,8 @@ from varirm.sampling import (SamplingConfig, clean_response, generate_ids, gener
                              response_suffix, stop_ids)
 
 KLEstimator = Literal["k1", "k3"]
+Optimizer = Literal["adamw", "sgd"]
+AdvantageNormalization = Literal["none", "group_std"]
 
 
 def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
@@ -42,6 +44,19 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     if k < 2:
         raise ValueError("RLOO needs k >= 2 samples per prompt")
     return k / (k - 1) * (rewards - rewards.mean(dim=1, keepdim=True))
+
+
+def group_std_advantages(advantages: torch.Tensor, rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO's advantage scaling (Shao et al. 2024; TRL's ``scale_rewards``): each prompt's
+    advantages divided by the standard deviation of that prompt's rewards plus ``eps``
+    (unbiased std over the ``k`` samples, as TRL computes it). ``(b, k), (b, k) -> (b, k)``.
+    It makes the update blind to the reward's scale within a prompt: a low-variance RM's
+    advantages are scaled up to the same size as a high-variance RM's.
+
+    >>> group_std_advantages(torch.tensor([[-3.0, -1.5, 4.5]]), torch.tensor([[1.0, 2.0, 6.0]]), eps=0.0)
+    tensor([[-1.1339, -0.5669,  1.7008]])
+    """
+    return advantages / (rewards.std(dim=1, keepdim=True) + eps)
 
 
 def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, estimator: KLEstimator = "k1") -> torch.Tensor:
@@ -157,7 +172,14 @@ class RLOOModule(LightningModule):
         max_new_tokens: Longest response.
         reward_shift: RM normalization shift (``None``: measured on the first batch's samples).
         reward_scale: RM normalization scale (``None``: measured on the first batch's samples).
-        lr: AdamW learning rate.
+        lr: Learning rate of the optimizer.
+        optimizer: ``adamw`` (the default; its per-parameter scaling makes updates nearly blind to
+            the reward's overall scale) or ``sgd`` (plain gradient steps: the update grows with
+            the advantages, as in the gradient-flow analysis of Razin et al.).
+        advantage_normalization: ``none``: RLOO leave-one-out advantages of the KL-penalized
+            reward; ``group_std``: those divided by each prompt's reward std plus
+            ``advantage_eps``, as GRPO does (:func:`group_std_advantages`).
+        advantage_eps: ``eps`` of ``group_std``.
         lora_r: LoRA rank of the policy's adapters; 0 trains all weights.
         lora_alpha: LoRA scaling numerator (scale = alpha / r).
         lora_dropout: Dropout on the LoRA path.
@@ -169,7 +191,8 @@ class RLOOModule(LightningModule):
                  beta: float = 0.05, kl_estimator: KLEstimator = "k3", ppo_epochs: int = 1,
                  clip_eps: Optional[float] = 0.2, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 32,
                  reward_shift: Optional[float] = None, reward_scale: Optional[float] = None, lr: float = 1e-5,
-                 lora_r: int = 0, lora_alpha: int = 16, lora_dropout: float = 0.0,
+                 optimizer: Optimizer = "adamw", advantage_normalization: AdvantageNormalization = "none",
+                 advantage_eps: float = 1e-4, lora_r: int = 0, lora_alpha: int = 16, lora_dropout: float = 0.0,
                  lora_target_modules: Union[str, list[str]] = "all-linear", seed: int = 0):
         super().__init__()
         if k < 2:
@@ -252,7 +275,10 @@ class RLOOModule(LightningModule):
                 old_logp_tok, entropy = logp_tok.detach(), ent
                 kl = kl_estimate(old_logp_tok, ref_logp_tok, resp_mask, hp.kl_estimator)  # (n,)
                 penalized = (reward - hp.beta * kl).view(-1, hp.k)  # (b, k)
-                advantages = rloo_advantages(penalized).reshape(-1)  # (n,)
+                advantages = rloo_advantages(penalized)  # (b, k)
+                if hp.advantage_normalization == "group_std":
+                    advantages = group_std_advantages(advantages, penalized, hp.advantage_eps)
+                advantages = advantages.reshape(-1)  # (n,)
                 old_logp = (old_logp_tok * resp_mask).sum(-1)
             logp = (logp_tok * resp_mask).sum(-1)
             loss = clipped_policy_loss(logp, old_logp, advantages, hp.clip_eps).mean()
@@ -269,7 +295,10 @@ class RLOOModule(LightningModule):
         self.log_dict(logs, prog_bar=True, batch_size=n // hp.k)
 
     def configure_optimizers(self):
-        return torch.optim.AdamW([p for p in self.policy.parameters() if p.requires_grad], lr=self.hparams.lr)
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        if self.hparams.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.hparams.lr)
+        return torch.optim.AdamW(params, lr=self.hparams.lr)
 
     def _reference_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int = 0) -> torch.Tensor:
         if self.reference is not None:

@@ -47,7 +47,11 @@ def test_evaluate_numbers_by_hand(tmp_path, samples_file, fixed_rm):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == metrics
     report = (out / "report.md").read_text()
-    assert "| whitened per-prompt variance, mean | 1.6000 |" in report
+    # bootstrap over the 2 prompts: a resample of one prompt twice whitens it by its own mean and
+    # std, so its two rewards become -1, +1 (unbiased variance 2.0); mixed resamples give 1.6
+    ci = metrics["whitened_variance_mean_ci"]
+    assert (ci["estimate"], ci["lower"], ci["upper"], ci["n"]) == (1.6, 1.6, 2.0, 2)
+    assert "| whitened per-prompt variance, mean [95% CI] | 1.6000 [1.6000, 2.0000] |" in report
     assert (out / "variance_hist.png").stat().st_size > 1000 and (out / "rewards_per_prompt.png").stat().st_size > 1000
 
 

@@ -42,19 +42,38 @@ def _rows():
              "gold_gain": g + 0.01 * s, "proxy_gain": 1.0, "gold_auc": g / 2} for s in (0, 1) for n, (v, on, off, g) in table.items()]
 
 
-def test_summary_and_checks():
+def test_summary_and_checks_pass_and_miss_by_their_intervals():
     names = ["a", "b", "c", "reg", "flat"]
-    summary = summarize(_rows(), names, [0, 1])
-    assert summary["per_rm"]["c"]["gold_gain"]["mean"] == pytest.approx(0.305)
-    assert summary["per_rm"]["c"]["gold_gain"]["std"] == pytest.approx(0.01 / math.sqrt(2))
+    rows = _rows()
+    summary = summarize(rows, names, [0, 1])
+    gain = summary["per_rm"]["c"]["gold_gain"]
+    assert gain["mean"] == pytest.approx(0.305)
+    assert gain["std"] == pytest.approx(0.01 / math.sqrt(2))
+    # t interval over 2 seeds: 0.305 ± t_{0.975,1} (12.706) x 0.00707 / sqrt(2)
+    assert (gain["lower"], gain["upper"]) == pytest.approx((0.305 - 12.706 * 0.005, 0.305 + 12.706 * 0.005))
     corr = summary["spearman_with_gold_gain"]
     assert corr["whitened_variance_mean"]["per_seed"] == pytest.approx([1.0, 1.0])
+    assert corr["whitened_variance_mean"]["on_means_ci"]["lower"] == pytest.approx(1.0)  # ranks never change
     assert corr["off_policy_acc"]["on_means"] < 0
-    result = checks(summary, "flat", ["a", "reg"], ["a", "b", "c", "reg"])
-    assert [c["passed"] for c in result] == [True, True, True]
-    assert "7.36x" in result[2]["measured"]  # 0.405 / 0.055 (means over the two seeds)
-    # a regularized RM that gains less than 1.2x plain BT is a MISS, said so
-    assert not checks(summary, "flat", ["reg", "c"], ["a"])[2]["passed"]  # 0.305 / 0.405
+    result = checks(summary, "flat", ["a", "reg"], ["a", "b", "c", "reg"], rows, [0, 1])
+    assert [c["verdict"] for c in result] == ["PASS", "PASS", "PASS"]
+    # ratio of means over the resampled seed pairs: 0.41/0.06 = 6.83 .. 0.40/0.05 = 8.00, estimate 0.405/0.055
+    ratio = result[2]["intervals"]["ratio"]
+    assert (ratio["estimate"], ratio["lower"], ratio["upper"]) == pytest.approx((0.405 / 0.055, 0.41 / 0.06, 8.0))
+    # a regularized RM whose whole interval lies below 1.2x plain BT is a MISS
+    assert checks(summary, "flat", ["reg", "c"], ["a"], rows, [0, 1])[2]["verdict"] == "MISS"  # ~0.75x
+
+
+def test_a_check_whose_interval_straddles_the_threshold_is_inconclusive_with_seeds_needed():
+    plain, reg = [0.2, 0.2, 0.2, 0.2, 0.2], [0.1, 0.5, 0.2, 0.6, 0.3]  # ratio 1.7, but seed noise is large
+    rows = [{"name": n, "seed": s, "whitened_variance_mean": v, "on_policy_acc": 0.8, "off_policy_acc": 0.8,
+             "gold_gain": g, "proxy_gain": 1.0, "gold_auc": g} for n, v, gains in (("plain", 0.5, plain), ("reg", 0.9, reg))
+            for s, g in enumerate(gains)]
+    summary = summarize(rows, ["plain", "reg"], list(range(5)))
+    check = checks(summary, None, ["plain", "reg"], ["plain", "reg"], rows, list(range(5)))[-1]
+    ratio = check["intervals"]["ratio"]
+    assert ratio["lower"] < 1.2 < ratio["upper"] and ratio["estimate"] == pytest.approx(1.7)
+    assert check["verdict"] == "INCONCLUSIVE" and check["seeds_needed"] > 5
 
 
 def test_verify_rejects_bad_sets_before_any_work(tmp_path):

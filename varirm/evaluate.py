@@ -21,7 +21,22 @@ from varirm.formats import load_preference_rows
 from varirm.data import path_fingerprint
 from varirm.sampling import read_samples, resolve_device, sample
 from varirm.scoring import label_samples, resolve_labeler
-from varirm.variance import variance_report, whiten, within_prompt_variance
+from varirm.stats import bootstrap_interval, fmt
+from varirm.variance import on_policy_accuracy, variance_report, whiten, within_prompt_variance
+
+
+def prompt_intervals(rewards: torch.Tensor, gold: Optional[torch.Tensor] = None) -> dict[str, Any]:
+    """95% bootstrap intervals over prompts (the unit the policy samples for) of the whitened
+    variance mean (shift and scale re-measured on each resample, as on the full set) and of the
+    on-policy accuracy. ``(p, k)`` rewards and gold."""
+    r = rewards.double()
+    out: dict[str, Any] = {"whitened_variance_mean_ci": bootstrap_interval(
+        lambda i: within_prompt_variance(whiten(r[i])).mean().item(), r.shape[0], method="bootstrap over prompts")}
+    if gold is not None:
+        g = gold.double()
+        out["on_policy_acc_ci"] = bootstrap_interval(lambda i: on_policy_accuracy(r[i], g[i]).item(), r.shape[0],
+                                                     method="bootstrap over prompts")
+    return out
 
 
 def render_markdown(metrics: dict[str, Any]) -> str:
@@ -35,19 +50,25 @@ def render_markdown(metrics: dict[str, Any]) -> str:
         f"| normalization shift (mean reward) | {metrics['shift']:.4f} |",
         f"| normalization scale (std of rewards) | {metrics['scale']:.4f} |",
         f"| raw per-prompt variance, mean | {metrics['raw_variance_mean']:.4f} |",
-        f"| whitened per-prompt variance, mean | {metrics['whitened_variance_mean']:.4f} |",
+        f"| whitened per-prompt variance, mean [95% CI] | {_with_ci(metrics, 'whitened_variance_mean')} |",
         "| whitened per-prompt variance, quantiles " + ", ".join(q) + " | "
         + ", ".join(f"{v:.3f}" for v in q.values()) + " |",
     ]
     if "on_policy_acc" in metrics:
-        lines += [f"| on-policy accuracy vs gold (`{metrics['gold']}`) | {metrics['on_policy_acc']:.4f} |",
+        lines += [f"| on-policy accuracy vs gold (`{metrics['gold']}`) [95% CI] | {_with_ci(metrics, 'on_policy_acc')} |",
                   f"| gold reward: whitened per-prompt variance | {metrics['gold_whitened_variance_mean']:.4f} |"]
     if "off_policy_acc" in metrics:
         lines.append(f"| off-policy accuracy (`{metrics['pairs_file']}`, {metrics['off_policy_pairs']} pairs) "
-                     f"| {metrics['off_policy_acc']:.4f} |")
+                     f"[95% CI] | {_with_ci(metrics, 'off_policy_acc')} |")
     lines += ["", "Whitened: rewards minus the shift, divided by the scale, both measured on these samples, so "
-              "rescaling the RM does not change the whitened variance. Variances are unbiased (k - 1).", ""]
+              "rescaling the RM does not change the whitened variance. Variances are unbiased (k - 1). "
+              "Intervals: 95% percentile bootstrap over prompts (off-policy accuracy: over pairs).", ""]
     return "\n".join(lines)
+
+
+def _with_ci(metrics: dict[str, Any], key: str) -> str:
+    ci = metrics.get(f"{key}_ci")
+    return fmt(ci, 4) if ci else f"{metrics[key]:.4f}"
 
 
 def plot(rewards: torch.Tensor, gold: Optional[torch.Tensor], output: str, title: str, prompts_shown: int = 8) -> list[str]:
@@ -151,13 +172,16 @@ def evaluate(
                                "policy": rows[0].get("policy", "unknown"), "samples_file": samples,
                                "gold": gold or ("samples file" if gold_rewards is not None else None)}
     metrics.update(variance_report(rewards, gold_rewards))
+    metrics.update(prompt_intervals(rewards, gold_rewards))
     if pairs is not None:
         pair_rows, _ = load_preference_rows(pairs, pairs_split, "auto", {}, skip_bad=False)
         prompts_p = [r["prompt_messages"] or r["prompt_text"] for r in pair_rows]
         chosen = torch.tensor(scorer(prompts_p, [r["chosen"] for r in pair_rows]))
         rejected = torch.tensor(scorer(prompts_p, [r["rejected"] for r in pair_rows]))
-        metrics.update({"pairs_file": pairs, "off_policy_pairs": len(pair_rows),
-                        "off_policy_acc": (chosen > rejected).float().mean().item()})
+        right = (chosen > rejected).double()
+        metrics.update({"pairs_file": pairs, "off_policy_pairs": len(pair_rows), "off_policy_acc": right.mean().item(),
+                        "off_policy_acc_ci": bootstrap_interval(lambda i: right[i].mean().item(), len(right),
+                                                                method="bootstrap over pairs")})
     atomic_write_text(os.path.join(output, "metrics.json"), json.dumps(metrics, indent=2))
     atomic_write_text(os.path.join(output, "report.md"), render_markdown(metrics))
     if plots:

@@ -27,6 +27,7 @@ from varirm.data import path_fingerprint
 from varirm.errors import VarirmError
 from varirm.files import atomic_write_text
 from varirm.model import RewardModel
+from varirm.stats import fmt, fmt_over_seeds
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model_cards", "variance_card.md")
 CARD_DATA = "varirm_card.json"
@@ -151,17 +152,18 @@ def verification_summary(report_path: str, checkpoint: str) -> str:
                     f"AUC {r['gold_auc']:.3f}), proxy gain {r['proxy_gain']:.3f}" for r in mine)
     lines = [f"RLOO from `{report['policy']}` against this checkpoint (`{name}` in `{path}`), {report['rloo_steps']} RLOO "
              f"steps; gold reward `{report['gold']}` measured on held-out prompts. This checkpoint: {own}.", "",
-             f"Every RM of that report, mean ± std over seeds {report['seeds']} (one checkpoint per seed and recipe):", "",
+             f"Every RM of that report, mean over seeds {report['seeds']} "
+             f"{'[95% t interval]' if 'lower' in per_rm[name]['gold_gain'] else '± std'} (one checkpoint per seed and recipe):", "",
              "| RM | whitened variance | on-policy acc | off-policy acc | gold gain | gold AUC |", "|---|---|---|---|---|---|"]
     for n in ranked:
         m = per_rm[n]
-        cells = " | ".join(f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}" for k in
+        cells = " | ".join(fmt_over_seeds(m[k]) if "lower" in m[k] else f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}" for k in
                            ("whitened_variance_mean", "on_policy_acc", "off_policy_acc", "gold_gain", "gold_auc"))
         lines.append(f"| {'**' + n + '** (this RM)' if n == name else n} | {cells} |")
-    v = corr["whitened_variance_mean"]["on_means"]
+    v, off = corr["whitened_variance_mean"], corr["off_policy_acc"]
+    show = lambda c: fmt(c["on_means_ci"], 2) if "on_means_ci" in c else f"{c['on_means']:.2f}"  # noqa: E731
     lines += ["", f"`{name}`'s mean gold gain ranks {ranked.index(name) + 1} of {len(ranked)}. Across these RMs, Spearman "
-              f"correlation of gold gain with whitened variance: {v:.2f}; with off-policy accuracy: "
-              f"{corr['off_policy_acc']['on_means']:.2f}."]
+              f"correlation of gold gain with whitened variance: {show(v)}; with off-policy accuracy: {show(off)}."]
     return "\n".join(lines)
 
 

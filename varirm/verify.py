@@ -25,6 +25,7 @@ checkpoint, a half-done RM, evaluation or RLOO run is redone from its start with
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import statistics
@@ -36,6 +37,7 @@ import torch
 
 from varirm.errors import ConfigError, VarirmError
 from varirm.files import atomic_write_text
+from varirm.stats import RESAMPLES, fmt, fmt_over_seeds, interval, judge, paired, t_interval
 
 METRICS = ["whitened_variance_mean", "on_policy_acc", "off_policy_acc", "gold_gain", "proxy_gain", "gold_auc"]
 LIGHTNING_COMMANDS = ("fit", "sft", "rloo")  # training commands with a run directory and checkpoints
@@ -116,49 +118,136 @@ def _mean_std(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
+def _over_seeds(values: list[float]) -> dict[str, Any]:
+    """Mean, std and the 95% t interval over seeds (``lower``/``upper``)."""
+    ci = t_interval(values)
+    return {**_mean_std(values), "lower": ci["lower"], "upper": ci["upper"], "n": ci["n"], "method": ci["method"]}
+
+
+def _spearman_draws(rows: list[dict[str, Any]], names: list[str], metric: str, resamples: int = RESAMPLES,
+                    seed: int = 0) -> tuple[float, list[float]]:
+    """Spearman(per-RM mean of ``metric``, per-RM mean gold gain) across RMs, and its values on
+    ``resamples`` bootstrap draws that resample seeds within each RM. The draws depend only on
+    ``seed`` and the number of runs per RM, so two metrics' draws pair up."""
+    by_rm = {n: [(r[metric], r["gold_gain"]) for r in rows if r["name"] == n] for n in names}
+    g = torch.Generator().manual_seed(seed)
+
+    def on_means(pick: dict[str, list[int]]) -> float:
+        xs = [statistics.mean(by_rm[n][i][0] for i in pick[n]) for n in names]
+        ys = [statistics.mean(by_rm[n][i][1] for i in pick[n]) for n in names]
+        return spearman(xs, ys)
+
+    estimate = on_means({n: list(range(len(by_rm[n]))) for n in names})
+    if max(len(v) for v in by_rm.values()) < 2:
+        return estimate, []
+    return estimate, [on_means({n: torch.randint(len(by_rm[n]), (len(by_rm[n]),), generator=g).tolist() for n in names})
+                      for _ in range(resamples)]
+
+
+def _percentile(estimate: float, draws: list[float], n: int) -> dict[str, Any]:
+    kept = torch.tensor([d for d in draws if d == d], dtype=torch.float64)
+    if kept.numel() == 0:
+        return interval(estimate, float("nan"), float("nan"), "bootstrap over seeds within each RM", n)
+    lo, hi = torch.quantile(kept, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return interval(estimate, lo, hi, "bootstrap over seeds within each RM", n)
+
+
+def spearman_interval(rows: list[dict[str, Any]], names: list[str], seeds: list[int], metric: str) -> dict[str, Any]:
+    """Spearman(per-RM mean of ``metric``, per-RM mean gold gain) with a 95% bootstrap interval
+    that resamples seeds within each RM."""
+    return _percentile(*_spearman_draws(rows, names, metric), len(seeds))
+
+
 def summarize(rows: list[dict[str, Any]], names: list[str], seeds: list[int]) -> dict[str, Any]:
-    """Per-RM mean/std over seeds; Spearman correlations of gold gain with variance and each
-    accuracy, per seed (then mean/std) and on the per-RM means."""
-    per_rm = {n: {m: _mean_std([r[m] for r in rows if r["name"] == n]) for m in METRICS} for n in names}
+    """Per-RM mean, std and 95% t interval over seeds; Spearman correlations of gold gain with
+    variance and each accuracy, per seed (then mean/std) and on the per-RM means with a bootstrap
+    interval (:func:`spearman_interval`)."""
+    per_rm = {n: {m: _over_seeds([r[m] for r in rows if r["name"] == n]) for m in METRICS} for n in names}
     correlations: dict[str, Any] = {}
     for metric, label in ACCURACIES.items():
         per_seed = []
         for seed in seeds:
             chosen = [r for r in rows if r["seed"] == seed]
             per_seed.append(spearman([r[metric] for r in chosen], [r["gold_gain"] for r in chosen]))
-        on_means = spearman([per_rm[n][metric]["mean"] for n in names], [per_rm[n]["gold_gain"]["mean"] for n in names])
-        correlations[metric] = {"label": label, "per_seed": per_seed, **_mean_std(per_seed), "on_means": on_means}
+        ci = spearman_interval(rows, names, seeds, metric)
+        correlations[metric] = {"label": label, "per_seed": per_seed, **_mean_std(per_seed), "on_means": ci["estimate"],
+                                "on_means_ci": ci}
     return {"per_rm": per_rm, "spearman_with_gold_gain": correlations}
 
 
+def _gains(rows: list[dict[str, Any]], name: str, seeds: list[int]) -> list[float]:
+    by_seed = {r["seed"]: r["gold_gain"] for r in rows if r["name"] == name}
+    return [by_seed[s] for s in seeds]
+
+
 def checks(summary: dict[str, Any], low_variance: Optional[str], compare: Optional[list[str]],
-           trained: list[str]) -> list[dict[str, Any]]:
-    """The paper's claims, as measured here (each with ``passed`` and the numbers)."""
+           trained: list[str], rows: list[dict[str, Any]], seeds: list[int]) -> list[dict[str, Any]]:
+    """The paper's claims as measured here, each PASS / MISS / INCONCLUSIVE by its 95% interval
+    (:func:`varirm.stats.judge`), with the intervals and, when inconclusive, the seeds that would
+    resolve it at the observed spread."""
     out = []
     corr = summary["spearman_with_gold_gain"]
-    var_c, off_c = corr["whitened_variance_mean"]["on_means"], corr["off_policy_acc"]["on_means"]
+    var_ci, off_ci = corr["whitened_variance_mean"]["on_means_ci"], corr["off_policy_acc"]["on_means_ci"]
+    level, above = judge(var_ci, 0.8), judge(_difference_ci(summary, rows, seeds), 0.0)
+    verdict = _all_of([level, above])
     out.append({"claim": "Spearman(whitened variance, gold gain) >= 0.8 and above Spearman(off-policy accuracy, gold gain)",
-                "measured": f"{var_c:.3f} vs {off_c:.3f} (on per-RM means); per seed "
-                            f"{corr['whitened_variance_mean']['mean']:.3f} ± {corr['whitened_variance_mean']['std']:.3f}",
-                "passed": bool(var_c >= 0.8 and var_c > off_c)})
+                "measured": f"variance {fmt(var_ci)} vs off-policy accuracy {fmt(off_ci)} (on per-RM means, 95% "
+                            "bootstrap over seeds within each RM)",
+                "intervals": {"variance": var_ci, "off_policy_accuracy": off_ci}, **verdict})
     per_rm = summary["per_rm"]
     if low_variance and low_variance in per_rm:
         low = per_rm[low_variance]
         others = [n for n in trained if n in per_rm]
-        below = [n for n in others if low["gold_gain"]["mean"] < per_rm[n]["gold_gain"]["mean"]]
+        diffs = {n: paired(_gains(rows, low_variance, seeds), _gains(rows, n, seeds))["difference"] for n in others}
+        verdict = _all_of([judge(ci, 0.0) for ci in diffs.values()]) if others else {"verdict": "MISS"}
         out.append({"claim": f"the perfectly accurate, low-variance RM `{low_variance}` gains less gold reward than "
                              "the less accurate, higher-variance trained RMs",
                     "measured": f"gain {low['gold_gain']['mean']:.3f} (on-policy acc {low['on_policy_acc']['mean']:.3f}, "
-                                f"variance {low['whitened_variance_mean']['mean']:.3f}); below {len(below)} of "
-                                f"{len(others)} trained RMs",
-                    "passed": bool(others) and len(below) == len(others)})
+                                f"variance {low['whitened_variance_mean']['mean']:.3f}); paired gain difference (trained - "
+                                f"{low_variance}, t over seeds): " + ", ".join(f"{n} {fmt(ci)}" for n, ci in diffs.items()),
+                    "intervals": diffs, **verdict})
     if compare:
-        plain, reg = (per_rm[n]["gold_gain"]["mean"] for n in compare)
-        ratio = reg / plain if plain > 0 else float("inf") if reg > 0 else float("nan")
-        out.append({"claim": f"the variance-regularized RM `{compare[1]}` gains >= 1.2x the gold reward of plain BT "
-                             f"`{compare[0]}` at equal data",
-                    "measured": f"{reg:.3f} vs {plain:.3f}: {ratio:.2f}x", "passed": bool(ratio >= 1.2)})
+        plain, reg = compare
+        comparison = paired(_gains(rows, plain, seeds), _gains(rows, reg, seeds))
+        out.append({"claim": f"the variance-regularized RM `{reg}` gains >= 1.2x the gold reward of plain BT "
+                             f"`{plain}` at equal data",
+                    "measured": f"ratio {fmt(comparison['ratio'], 2)} (paired bootstrap over seeds), difference "
+                                f"{fmt(comparison['difference'])} (t over seeds)",
+                    "intervals": comparison, **judge(comparison["ratio"], 1.2)})
     return out
+
+
+def _difference_ci(summary: dict[str, Any], rows: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """Spearman(variance, gain) - Spearman(off-policy accuracy, gain) with a 95% interval from the
+    same (paired) bootstrap draws."""
+    names = list(summary["per_rm"])
+    a, draws_a = _spearman_draws(rows, names, "whitened_variance_mean")
+    b, draws_b = _spearman_draws(rows, names, "off_policy_acc")
+    return _percentile(a - b, [x - y for x, y in zip(draws_a, draws_b)], len(seeds))
+
+
+def _all_of(verdicts: list[dict[str, Any]]) -> dict[str, Any]:
+    """A claim made of several parts: MISS if any part misses, PASS if all pass, else INCONCLUSIVE
+    (seeds needed: the most any part needs)."""
+    kinds = [v["verdict"] for v in verdicts]
+    if "MISS" in kinds:
+        return {"verdict": "MISS"}
+    if all(k == "PASS" for k in kinds):
+        return {"verdict": "PASS"}
+    needed = [v.get("seeds_needed") for v in verdicts if v["verdict"] == "INCONCLUSIVE"]
+    return {"verdict": "INCONCLUSIVE", "seeds_needed": None if None in needed else max(needed)}
+
+
+ONE_SEED = ("One seed decides nothing: with one seed every interval over seeds is unbounded and every check is "
+            "INCONCLUSIVE. Run several, e.g. --seeds '[0, 1, 2, 3, 4]'.")
+
+
+def _verdict(check: dict[str, Any]) -> str:
+    verdict = check.get("verdict") or ("PASS" if check.get("passed") else "MISS")
+    if verdict == "INCONCLUSIVE":
+        needed = check.get("seeds_needed")
+        return f"INCONCLUSIVE ({f'about {needed} seeds would resolve it at this spread' if needed else 'no estimate of the seeds needed'})"
+    return verdict
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -166,36 +255,50 @@ def render_markdown(report: dict[str, Any]) -> str:
     s, specs = report["summary"], {r["name"]: r for r in report["reward_models"]}
     seeds = report["seeds"]
     lines = [f"# RLOO verification: {len(specs)} reward models under `{report['policy']}`", "",
-             f"Command: `{report['command']}`. Seeds: {seeds} (mean ± std over seeds). RLOO: `{report['rloo_recipe']}`, "
+             f"Command: `{report['command']}`. Seeds: {seeds}: per-RM numbers are the mean over seeds with a 95% "
+             f"Student-t interval over seeds. RLOO: `{report['rloo_recipe']}`, "
              f"{report['rloo_steps']} RLOO steps per run, same seed and budget for every RM.", "",
              f"Variance and on-policy accuracy: `{report['eval_samples']}` "
              f"({report['eval_prompts']} prompts x {report['eval_k']} samples of the initial policy), gold "
              f"`{report['gold']}`. Off-policy accuracy: `{report['test_pairs']}`. Gold gain: gold reward of the "
-             "policy on held-out prompts after RLOO minus before; AUC: average gold gain over the run.", "",
-             "| RM | whitened variance | on-policy acc | off-policy acc | gold gain | proxy gain | gold AUC | what it is |",
-             "|---|---|---|---|---|---|---|---|"]
+             "policy on held-out prompts after RLOO minus before; AUC: average gold gain over the run.", ""]
+    if len(seeds) < 2:
+        lines += [f"**{ONE_SEED}**", ""]
+    lines += ["| RM | whitened variance | on-policy acc | off-policy acc | gold gain | proxy gain | gold AUC | what it is |",
+              "|---|---|---|---|---|---|---|---|"]
     for name in specs:
         m = s["per_rm"][name]
-        cells = [f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}" for k in METRICS]
-        lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {specs[name]['description']} |")
-    lines += ["", "Spearman correlation with the gold gain, across RMs:", "", "| quantity | per seed | mean ± std over seeds | on per-RM means |",
-              "|---|---|---|---|"]
+        lines.append(f"| `{name}` | " + " | ".join(fmt_over_seeds(m[k]) for k in METRICS) + f" | {specs[name]['description']} |")
+    lines += ["", "Spearman correlation with the gold gain, across RMs (on per-RM means, 95% bootstrap interval "
+              "resampling seeds within each RM):", "", "| quantity | on per-RM means [95% CI] | per seed |", "|---|---|---|"]
     for c in s["spearman_with_gold_gain"].values():
-        lines.append(f"| {c['label']} | " + ", ".join(f"{v:.3f}" for v in c["per_seed"])
-                     + f" | {c['mean']:.3f} ± {c['std']:.3f} | {c['on_means']:.3f} |")
-    lines += ["", "Checks (the paper's claims, measured here):", ""]
+        ci = c.get("on_means_ci")
+        lines.append(f"| {c['label']} | {fmt(ci) if ci else format(c['on_means'], '.3f')} | "
+                     + ", ".join(f"{v:.3f}" for v in c["per_seed"]) + " |")
+    lines += ["", "Checks (the paper's claims, measured here; PASS only when the 95% interval clears the threshold, "
+              "MISS when it lies wholly on the wrong side):", ""]
     for c in report["checks"]:
-        lines.append(f"- {'PASS' if c['passed'] else 'MISS'}: {c['claim']}. Measured: {c['measured']}.")
-    lines += ["", "Plots: `gold_curves.png` (gold reward vs RLOO step, mean over seeds), `variance_vs_gain.png`, "
-              "`accuracy_vs_gain.png`.", "", "Per run:", "",
+        lines.append(f"- {_verdict(c)}: {c['claim']}. Measured: {c['measured']}.")
+    lines += ["", "Plots: `gold_curves.png` (gold reward vs RLOO step, mean over seeds with a 95% t band), "
+              "`variance_vs_gain.png`, `accuracy_vs_gain.png` (error bars: 95% intervals over seeds).", "", "Per run "
+              "(whitened variance and on-policy accuracy with 95% bootstrap intervals over evaluation prompts):", "",
               "| RM | seed | whitened var | on-policy acc | off-policy acc | gold start | gold end | gold gain | proxy gain | gold AUC |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
-        lines.append(f"| `{r['name']}` | {r['seed']} | " + " | ".join(
-            f"{r[k]:.3f}" for k in ["whitened_variance_mean", "on_policy_acc", "off_policy_acc", "gold_start", "gold_end",
-                                    "gold_gain", "proxy_gain", "gold_auc"]) + " |")
+        cells = [fmt(r[f"{k}_ci"]) if r.get(f"{k}_ci") else f"{r[k]:.3f}"
+                 for k in ("whitened_variance_mean", "on_policy_acc", "off_policy_acc")]
+        cells += [f"{r[k]:.3f}" for k in ("gold_start", "gold_end", "gold_gain", "proxy_gain", "gold_auc")]
+        lines.append(f"| `{r['name']}` | {r['seed']} | " + " | ".join(cells) + " |")
     lines += ["", f"Wall time: {report['seconds']:.0f} s ({report['device']}).", ""]
     return "\n".join(lines)
+
+
+def _half_widths(m: dict[str, Any]) -> Optional[list[list[float]]]:
+    """Asymmetric error bar ``[[mean - lower], [upper - mean]]`` of a 95% interval (None if unbounded)."""
+    lo, hi = m.get("lower", float("nan")), m.get("upper", float("nan"))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return None
+    return [[m["mean"] - lo], [hi - m["mean"]]]
 
 
 def plot(report: dict[str, Any], output_dir: str) -> list[str]:
@@ -212,8 +315,11 @@ def plot(report: dict[str, Any], output_dir: str) -> list[str]:
     for name in names:
         curves = [r["curve"] for r in report["runs"] if r["name"] == name]
         steps = [p["step"] for p in curves[0]]
-        mean = [statistics.mean(c[i]["gold_reward"] for c in curves) for i in range(min(map(len, curves)))]
-        ax.plot(steps[:len(mean)], mean, marker="o", markersize=3, label=name)
+        bands = [t_interval([c[i]["gold_reward"] for c in curves]) for i in range(min(map(len, curves)))]
+        xs = steps[:len(bands)]
+        line, = ax.plot(xs, [b["estimate"] for b in bands], marker="o", markersize=3, label=name)
+        if len(curves) > 1:  # 95% t band over seeds
+            ax.fill_between(xs, [b["lower"] for b in bands], [b["upper"] for b in bands], color=line.get_color(), alpha=0.15)
     ax.set_xlabel("RLOO step")
     ax.set_ylabel("gold reward (held-out prompts)")
     ax.legend(fontsize=7)
@@ -225,8 +331,8 @@ def plot(report: dict[str, Any], output_dir: str) -> list[str]:
         for ax, metric in zip(axes[0], metrics):
             for name in names:
                 m = per_rm[name]
-                ax.errorbar(m[metric]["mean"], m["gold_gain"]["mean"], xerr=m[metric]["std"], yerr=m["gold_gain"]["std"],
-                            fmt="o", capsize=2)
+                ax.errorbar(m[metric]["mean"], m["gold_gain"]["mean"], xerr=_half_widths(m[metric]),
+                            yerr=_half_widths(m["gold_gain"]), fmt="o", capsize=2)
                 ax.annotate(name, (m[metric]["mean"], m["gold_gain"]["mean"]), fontsize=7, xytext=(3, 3),
                             textcoords="offset points")
             rho = report["summary"]["spearman_with_gold_gain"][metric]["on_means"]
@@ -367,7 +473,8 @@ def verify(
             timings[key] = {"train_rm_s": round(t1 - t0, 1), "evaluate_s": round(t2 - t1, 1),
                             "rloo_s": round(time.time() - t2, 1)}
             runs.append({"name": spec.name, "seed": seed, "rm": rm, "shift": metrics["shift"], "scale": metrics["scale"],
-                         **{k: metrics.get(k, float("nan")) for k in METRICS[:3]}, **curve_summary(curve),
+                         **{k: metrics.get(k, float("nan")) for k in METRICS[:3]},
+                         **{f"{k}_ci": metrics.get(f"{k}_ci") for k in METRICS[:3]}, **curve_summary(curve),
                          "curve": curve})
     summary = summarize(runs, names, seeds)
     trained = [s.name for s in reward_models if s.recipe is not None]
@@ -377,7 +484,7 @@ def verify(
         "test_pairs": test_pairs, "rloo_recipe": rloo_recipe, "rloo_overrides": rloo_overrides,
         "rloo_steps": runs[0]["steps"], "seeds": seeds, "reward_models": [asdict(s) for s in reward_models],
         "compare": compare, "low_variance": low_variance, "runs": runs, "summary": summary,
-        "checks": checks(summary, low_variance, compare, trained), "timings": timings,
+        "checks": checks(summary, low_variance, compare, trained, runs, seeds), "timings": timings,
         "seconds": time.time() - start, "device": device}
     atomic_write_text(os.path.join(output_dir, "report.json"), json.dumps(report, indent=2))
     atomic_write_text(os.path.join(output_dir, "report.md"), render_markdown(report))

@@ -1,0 +1,135 @@
+"""Uncertainty for every number varirm reports: intervals, paired comparisons, and checks.
+
+- :func:`bootstrap_interval`: percentile bootstrap over units (prompts, pairs, seeds) of any statistic.
+- :func:`t_interval`: mean over seeds with a Student-t interval (few seeds: the t quantile, not 1.96).
+- :func:`paired`: the same seeds under two conditions: difference (t interval) and ratio of means
+  (paired bootstrap over seeds).
+- :func:`judge`: PASS only when the interval clears a threshold, MISS when it lies wholly on the
+  wrong side, otherwise INCONCLUSIVE, with the number of seeds that would resolve it at the
+  observed spread (half-width shrinks as ``1 / sqrt(n)``).
+
+An interval is a dict ``{"estimate", "lower", "upper", "level", "method", "n"}``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+
+LEVEL = 0.95
+RESAMPLES = 2000
+
+# Two-sided 95% Student-t quantiles t_{0.975, df}, df = 1..30 (standard table values); the
+# normal 1.960 beyond.
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+def interval(estimate: float, lower: float, upper: float, method: str, n: int) -> dict[str, object]:
+    return {"estimate": estimate, "lower": lower, "upper": upper, "level": LEVEL, "method": method, "n": n}
+
+
+def nan_interval(method: str, n: int) -> dict[str, object]:
+    return interval(float("nan"), float("nan"), float("nan"), method, n)
+
+
+def t_interval(values: list[float]) -> dict[str, object]:
+    """Mean of ``values`` (e.g. one per seed) with a 95% Student-t interval ``mean ± t * sd / sqrt(n)``.
+    One value gives an unbounded interval (one seed decides nothing).
+
+    >>> r = t_interval([1.0, 2.0, 3.0])  # sd 1, t_{0.975, 2} = 4.303
+    >>> round(r["lower"], 3), round(r["upper"], 3)
+    (-0.484, 4.484)
+    """
+    values = [v for v in values if v == v]
+    n = len(values)
+    if n == 0:
+        return nan_interval("t over seeds", 0)
+    mean = sum(values) / n
+    if n == 1:
+        return interval(mean, -math.inf, math.inf, "t over seeds", 1)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = (T975[n - 2] if n - 1 <= len(T975) else 1.960) * sd / math.sqrt(n)
+    return interval(mean, mean - half, mean + half, "t over seeds", n)
+
+
+def bootstrap_interval(statistic: Callable[[torch.Tensor], float], n: int, resamples: int = RESAMPLES, seed: int = 0,
+                       method: str = "bootstrap") -> dict[str, object]:
+    """Percentile bootstrap: ``statistic(idx)`` on the full index ``arange(n)`` (the estimate) and
+    on ``resamples`` draws of ``n`` indices with replacement; the 2.5% and 97.5% quantiles of the
+    resampled statistics (NaN resamples left out) are the interval."""
+    estimate = statistic(torch.arange(n))
+    if n < 2:
+        return interval(estimate, float("nan"), float("nan"), method, n)
+    g = torch.Generator().manual_seed(seed)
+    draws = torch.tensor([statistic(torch.randint(n, (n,), generator=g)) for _ in range(resamples)], dtype=torch.float64)
+    draws = draws[~torch.isnan(draws)]
+    if draws.numel() == 0:
+        return interval(estimate, float("nan"), float("nan"), method, n)
+    lo, hi = torch.quantile(draws, torch.tensor([(1 - LEVEL) / 2, (1 + LEVEL) / 2], dtype=torch.float64)).tolist()
+    return interval(estimate, lo, hi, method, n)
+
+
+def paired(a: list[float], b: list[float], seed: int = 0) -> dict[str, object]:
+    """``b`` vs ``a`` on the same seeds (``a[i]``, ``b[i]`` from seed ``i``): the difference
+    ``b - a`` (mean with a t interval over seeds) and the ratio ``mean(b) / mean(a)`` (paired
+    bootstrap over seeds; NaN when ``mean(a) <= 0`` makes a ratio meaningless)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired values need the same seeds: {len(a)} vs {len(b)}")
+    ta, tb = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+
+    def ratio(idx: torch.Tensor) -> float:
+        den = ta[idx].mean().item()
+        return tb[idx].mean().item() / den if den > 0 else float("nan")
+
+    return {"difference": t_interval([y - x for x, y in zip(a, b)]),
+            "ratio": bootstrap_interval(ratio, len(a), seed=seed, method="paired bootstrap over seeds")}
+
+
+def seeds_to_resolve(ci: dict[str, object], threshold: float) -> Optional[int]:
+    """Seeds at which the interval, shrinking as ``1 / sqrt(n)`` at the observed spread, would
+    no longer contain ``threshold``; None when the estimate sits on the threshold or there is no spread."""
+    est, lo, hi, n = ci["estimate"], ci["lower"], ci["upper"], ci["n"]
+    gap, half = abs(est - threshold), (hi - lo) / 2
+    if not (gap > 0 and math.isfinite(half) and half > 0):
+        return None
+    return max(int(n) + 1, math.ceil(n * (half / gap) ** 2 - 1e-9))  # (1e-9: 16.0000000001 is 16)
+
+
+def judge(ci: dict[str, object], threshold: float, above: bool = True) -> dict[str, object]:
+    """PASS when the interval lies wholly on the claimed side of ``threshold`` (``above``: the
+    lower end above it; else the upper end below it), MISS when wholly on the other side,
+    INCONCLUSIVE otherwise (with ``seeds_needed`` from :func:`seeds_to_resolve`).
+
+    >>> judge({"estimate": 1.5, "lower": 1.3, "upper": 1.7, "n": 5}, 1.2)["verdict"]
+    'PASS'
+    >>> judge({"estimate": 1.0, "lower": 0.8, "upper": 1.1, "n": 5}, 1.2)["verdict"]
+    'MISS'
+    >>> judge({"estimate": 1.25, "lower": 0.9, "upper": 1.6, "n": 5}, 1.2)
+    {'verdict': 'INCONCLUSIVE', 'seeds_needed': 245}
+    """
+    lo, hi = ci["lower"], ci["upper"]
+    if not (lo == lo and hi == hi):
+        return {"verdict": "INCONCLUSIVE", "seeds_needed": None}
+    passed = lo > threshold if above else hi < threshold
+    missed = hi < threshold if above else lo > threshold
+    if passed or missed:
+        return {"verdict": "PASS" if passed else "MISS"}
+    return {"verdict": "INCONCLUSIVE", "seeds_needed": seeds_to_resolve(ci, threshold)}
+
+
+def fmt(ci: dict[str, object], digits: int = 3) -> str:
+    """``0.512 [0.401, 0.623]``."""
+    return f"{ci['estimate']:.{digits}f} [{ci['lower']:.{digits}f}, {ci['upper']:.{digits}f}]"
+
+
+def fmt_over_seeds(m: dict[str, object], digits: int = 3) -> str:
+    """A per-RM summary over seeds (``mean`` and, when bounded, ``lower``/``upper``) as text."""
+    lo, hi = m.get("lower", float("nan")), m.get("upper", float("nan"))
+    if lo == -math.inf:
+        return f"{m['mean']:.{digits}f} (1 seed)"
+    if not (lo == lo and hi == hi):
+        return f"{m['mean']:.{digits}f}"
+    return f"{m['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"

@@ -80,7 +80,7 @@ def worker(spec: dict) -> None:
     from lightning.pytorch import Callback, Trainer
     from torch.utils.data import DataLoader
 
-    from varirm.cli import cpu_precision
+    from varirm.commands import cpu_precision
     from varirm.module import RewardModelModule
 
     torch.set_num_threads(spec["threads"])

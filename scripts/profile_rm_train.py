@@ -96,7 +96,7 @@ def main() -> None:
                                     seed=args.seed)
         os.environ["VARIRM_CACHE"] = os.path.join(work, "cache")
         simple = SimpleProfiler(dirpath=work, filename="simple")
-        from varirm.cli import VarirmCLI, run_lightning
+        from varirm.commands import VarirmCLI, run_lightning
         from varirm.data import PreferenceDataModule
         from varirm.module import RewardModelModule
 

@@ -185,7 +185,7 @@ def test_policy_samples_are_regenerated_every_n_steps(tmp_path, tiny_model_dir, 
                       "--trainer.callbacks.policy", str(tiny_model_dir), "--trainer.callbacks.prompts", str(prompts),
                       "--trainer.callbacks.every_n_steps", "5", "--trainer.callbacks.k", "3",
                       "--trainer.callbacks.max_new_tokens", "4"))
-    from varirm.data import tokenize_groups
+    from varirm.sampling import tokenize_groups
     from varirm.sampling import RegenerateSamples
 
     callback = next(c for c in cli.trainer.callbacks if isinstance(c, RegenerateSamples))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from varirm.cli import VarirmCLI
+from varirm.commands import VarirmCLI
 from varirm.data import PreferenceDataModule
 from varirm.module import RewardModelModule
 
@@ -74,7 +74,7 @@ def test_sft_recipe_parses(recipe):
 
 @pytest.mark.parametrize("recipe", RLOO_RECIPES, ids=[p.stem for p in RLOO_RECIPES])
 def test_rloo_recipe_parses(recipe):
-    from varirm.cli import PolicyCLI
+    from varirm.commands import PolicyCLI
     from varirm.rloo import PromptDataModule, RLOOModule
 
     class ParseOnlyPolicy(PolicyCLI):
@@ -91,7 +91,7 @@ def test_verify_recipe_parses_with_every_recipe_it_names(recipe, monkeypatch):
     overrides it applies (no weights loaded)."""
     from jsonargparse import ArgumentParser
 
-    from varirm.cli import PolicyCLI
+    from varirm.commands import PolicyCLI
     from varirm.rloo import PolicyEvaluation, PromptDataModule, RLOOModule
     from varirm.verify import _flags, verify
 

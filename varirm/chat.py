@@ -19,6 +19,7 @@ import json
 import os
 from typing import Union
 
+import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from varirm.errors import ConfigError
@@ -139,3 +140,16 @@ def fit_to_length(prompt_ids: list[int], response_ids: list[int], max_length: in
     """
     ids = prompt_ids + response_ids
     return ids[len(ids) - max_length:] if len(ids) > max_length else ids
+
+
+def pad_right(seqs: list[list[int]], pad_token_id: int, pad_to_multiple_of: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)``, both ``(n, t)``: the sequences right-padded with
+    ``pad_token_id`` to the longest (rounded up to a multiple of ``pad_to_multiple_of``)."""
+    t = max(len(s) for s in seqs)
+    t = -(-t // pad_to_multiple_of) * pad_to_multiple_of
+    input_ids = torch.full((len(seqs), t), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(seqs), t), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        input_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        attention_mask[i, : len(s)] = 1
+    return input_ids, attention_mask

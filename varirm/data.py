@@ -23,10 +23,12 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, DistributedSampler
 
-from varirm.chat import encode_prompt_response, fit_to_length, load_tokenizer, tokenizer_fingerprint
+from varirm.chat import encode_prompt_response, fit_to_length, load_tokenizer, pad_right, tokenizer_fingerprint
 from varirm.errors import ConfigError, DataError
-from varirm.files import atomic_write_text
+from varirm.files import atomic_write_text, labeler_fingerprint, path_fingerprint
 from varirm.formats import LOCAL_SUFFIXES, Format, load_preference_rows
+from varirm.sampling import read_samples, tokenize_groups
+from varirm.scoring import label_samples
 
 CACHE_VERSION = "2"  # bump when normalization or tokenization changes meaning
 Sources = Union[str, list[str], None]
@@ -62,38 +64,6 @@ def _source_key(source: str, split: str) -> str:
         return f"datasets:{datasets.load_dataset(source, split=split)._fingerprint}"
     except Exception as e:  # noqa: BLE001 - any loading failure is the user's source, not a bug here
         raise DataError(source, None, None, f"cannot load split {split!r}: {type(e).__name__}: {e}") from None
-
-
-def path_fingerprint(path: str, content: bool = False) -> str:
-    """sha256 of a file's bytes (``content=True``), or of the names, sizes and modification times
-    of a file or of every file in a directory (cheap, for model checkpoints)."""
-    h = hashlib.sha256()
-    if content:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
-    files = [path] if os.path.isfile(path) else sorted(
-        os.path.join(d, f) for d, _, names in os.walk(path) for f in names)
-    for file in files:
-        st = os.stat(file)
-        h.update(f"{os.path.relpath(file, path)}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()
-
-
-def labeler_fingerprint(spec: str) -> str:
-    """Identity of a labeler for cache keys: its files (an RM directory or checkpoint) or the
-    source code of a callable, so retraining or editing it invalidates labelled data."""
-    if os.path.exists(spec):
-        return path_fingerprint(spec)
-    import importlib
-    import inspect
-
-    module_name, _, attr = spec.replace(":", ".").rpartition(".")
-    try:
-        return hashlib.sha256(inspect.getsource(getattr(importlib.import_module(module_name), attr)).encode()).hexdigest()
-    except (ImportError, AttributeError, ValueError, OSError, TypeError):
-        return spec  # a Hub id: its revision is not known offline
 
 
 def padding_fraction(lengths: list[int], batches: list[list[int]]) -> float:
@@ -220,19 +190,6 @@ class ResumableLoader(DataLoader):
         self.position.load_state_dict(state)
 
 
-def pad_right(seqs: list[list[int]], pad_token_id: int, pad_to_multiple_of: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(input_ids, attention_mask)``, both ``(n, t)``: the sequences right-padded with
-    ``pad_token_id`` to the longest (rounded up to a multiple of ``pad_to_multiple_of``)."""
-    t = max(len(s) for s in seqs)
-    t = -(-t // pad_to_multiple_of) * pad_to_multiple_of
-    input_ids = torch.full((len(seqs), t), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(seqs), t), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        input_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        attention_mask[i, : len(s)] = 1
-    return input_ids, attention_mask
-
-
 def collate_pairs(examples: list[dict[str, Any]], pad_token_id: int, pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
     """``input_ids``/``attention_mask`` of shape ``(2b, t)``: rows ``[:b]`` chosen, ``[b:]``
     rejected, right-padded with ``pad_token_id``; ``margin`` of shape ``(b,)``."""
@@ -240,17 +197,6 @@ def collate_pairs(examples: list[dict[str, Any]], pad_token_id: int, pad_to_mult
     input_ids, attention_mask = pad_right(seqs, pad_token_id, pad_to_multiple_of)
     margin = torch.tensor([float(e["margin"]) for e in examples], dtype=torch.float32)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "margin": margin}
-
-
-def tokenize_groups(tokenizer, prompts: list, responses: list[list[str]], max_length: int,
-                    gold: Optional[list[list[float]]] = None) -> list[dict[str, Any]]:
-    """Token ids of each prompt's ``k`` samples (via :func:`encode_prompt_response`), cut to
-    ``max_length`` like training pairs; ``gold`` labels carried along when known."""
-    groups = []
-    for i, (prompt, group) in enumerate(zip(prompts, responses)):
-        ids = [fit_to_length(*encode_prompt_response(tokenizer, prompt, r), max_length) for r in group]
-        groups.append({"ids": ids, "gold": None if gold is None else [float(g) for g in gold[i]]})
-    return groups
 
 
 def collate_groups(groups: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -439,13 +385,9 @@ class PreferenceDataModule(LightningDataModule):
 
     def labels(self, samples: list[dict[str, Any]]) -> list[list[float]]:
         """Labels of every sample (see :func:`varirm.scoring.label_samples`)."""
-        from varirm.scoring import label_samples
-
         return label_samples(samples, self.hparams.labeler)
 
     def _on_policy_rows(self, path: str):
-        from varirm.sampling import read_samples
-
         samples = read_samples(path)
         hp = self.hparams
         return on_policy_pair_rows(samples, self.labels(samples), hp.seed, hp.on_policy_bt_temperature), []
@@ -529,14 +471,10 @@ class PreferenceDataModule(LightningDataModule):
         if hp.on_policy_fraction > 0 and "train" in self.splits:
             self._mix_on_policy()
         if hp.policy_samples:
-            from varirm.sampling import read_samples
-
             samples = read_samples(hp.policy_samples)
             self.group_source = GroupSource(tokenize_groups(
                 self._tokenizer(), [r["prompt"] for r in samples], [r["responses"] for r in samples], hp.max_length))
         if hp.val_policy_samples:
-            from varirm.sampling import read_samples
-
             samples = read_samples(hp.val_policy_samples)
             gold = self.labels(samples) if (hp.labeler or all("gold" in r for r in samples)) else None  # gold for on-policy acc
             self.val_groups = tokenize_groups(self._tokenizer(), [r["prompt"] for r in samples],

@@ -16,9 +16,8 @@ from typing import Any, Optional
 import torch
 
 from varirm.errors import VarirmError
-from varirm.files import atomic_write_text
+from varirm.files import atomic_write_text, path_fingerprint
 from varirm.formats import load_preference_rows
-from varirm.data import path_fingerprint
 from varirm.sampling import read_samples, resolve_device, sample
 from varirm.scoring import label_samples, resolve_labeler
 from varirm.stats import bootstrap_interval, fmt

@@ -23,9 +23,8 @@ from typing import Any, Optional
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from varirm.data import path_fingerprint
 from varirm.errors import VarirmError
-from varirm.files import atomic_write_text
+from varirm.files import atomic_write_text, path_fingerprint
 from varirm.model import RewardModel
 from varirm.stats import fmt, fmt_over_seeds
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -31,3 +32,35 @@ def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8") -> I
 def atomic_write_text(path: str, text: str) -> None:
     with atomic_open(path) as f:
         f.write(text)
+
+
+def path_fingerprint(path: str, content: bool = False) -> str:
+    """sha256 of a file's bytes (``content=True``), or of the names, sizes and modification times
+    of a file or of every file in a directory (cheap, for model checkpoints)."""
+    h = hashlib.sha256()
+    if content:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    files = [path] if os.path.isfile(path) else sorted(
+        os.path.join(d, f) for d, _, names in os.walk(path) for f in names)
+    for file in files:
+        st = os.stat(file)
+        h.update(f"{os.path.relpath(file, path)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def labeler_fingerprint(spec: str) -> str:
+    """Identity of a labeler for cache keys: its files (an RM directory or checkpoint) or the
+    source code of a callable, so retraining or editing it invalidates labelled data."""
+    if os.path.exists(spec):
+        return path_fingerprint(spec)
+    import importlib
+    import inspect
+
+    module_name, _, attr = spec.replace(":", ".").rpartition(".")
+    try:
+        return hashlib.sha256(inspect.getsource(getattr(importlib.import_module(module_name), attr)).encode()).hexdigest()
+    except (ImportError, AttributeError, ValueError, OSError, TypeError):
+        return spec  # a Hub id: its revision is not known offline

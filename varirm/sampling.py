@@ -20,7 +20,7 @@ from lightning.pytorch import Callback
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from varirm.chat import Prompt, load_tokenizer, render_prompt_response
+from varirm.chat import Prompt, encode_prompt_response, fit_to_length, load_tokenizer, render_prompt_response
 from varirm.errors import ConfigError, DataError
 from varirm.files import atomic_open
 
@@ -173,6 +173,17 @@ def write_samples(path: str, prompts: list[Prompt], responses: list[list[str]], 
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def tokenize_groups(tokenizer, prompts: list, responses: list[list[str]], max_length: int,
+                    gold: Optional[list[list[float]]] = None) -> list[dict[str, Any]]:
+    """Token ids of each prompt's ``k`` samples (via :func:`encode_prompt_response`), cut to
+    ``max_length`` like training pairs; ``gold`` labels carried along when known."""
+    groups = []
+    for i, (prompt, group) in enumerate(zip(prompts, responses)):
+        ids = [fit_to_length(*encode_prompt_response(tokenizer, prompt, r), max_length) for r in group]
+        groups.append({"ids": ids, "gold": None if gold is None else [float(g) for g in gold[i]]})
+    return groups
+
+
 def read_samples(path: str) -> list[dict[str, Any]]:
     """Rows of a samples file, validated: prompt, and a list of at least two response strings."""
     from varirm.formats import read_raw_rows
@@ -273,8 +284,6 @@ class RegenerateSamples(Callback):
             self.regenerate(trainer, pl_module, step)
 
     def regenerate(self, trainer, pl_module, step: int) -> None:
-        from varirm.data import tokenize_groups
-
         dm = trainer.datamodule
         policy, tokenizer = load_policy(self.policy)
         prompts = read_prompts(self.prompts, limit=self.num_prompts)

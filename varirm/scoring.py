@@ -14,8 +14,7 @@ from typing import Callable, Optional
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from varirm.chat import Prompt, encode_prompt_response, fit_to_length, load_tokenizer
-from varirm.data import pad_right
+from varirm.chat import Prompt, encode_prompt_response, fit_to_length, load_tokenizer, pad_right
 from varirm.errors import VarirmError
 from varirm.model import RewardModel, load_reward_model
 

@@ -20,8 +20,8 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
-from varirm.chat import encode_prompt_response, fit_to_length, load_tokenizer
-from varirm.data import EpochShuffleSampler, LoaderPosition, ResumableLoader, pad_right
+from varirm.chat import encode_prompt_response, fit_to_length, load_tokenizer, pad_right
+from varirm.data import EpochShuffleSampler, LoaderPosition, ResumableLoader
 from varirm.errors import DataError
 from varirm.formats import read_raw_rows
 from varirm.sampling import load_policy

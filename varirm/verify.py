@@ -35,8 +35,11 @@ from typing import Any, Optional
 
 import torch
 
+from varirm.commands import run as run_command
 from varirm.errors import ConfigError, VarirmError
+from varirm.evaluate import evaluate
 from varirm.files import atomic_write_text
+from varirm.sampling import read_samples, resolve_device
 from varirm.stats import RESAMPLES, fmt, fmt_over_seeds, interval, judge, paired, t_interval
 
 METRICS = ["whitened_variance_mean", "on_policy_acc", "off_policy_acc", "gold_gain", "proxy_gain", "gold_auc"]
@@ -399,10 +402,6 @@ def verify(
         overwrite: Delete an existing output directory first.
         command: How this verification was run, for the report (the CLI sets it).
     """
-    from varirm.cli import cli_main
-    from varirm.evaluate import evaluate
-    from varirm.sampling import read_samples, resolve_device
-
     seeds, rloo_overrides, prepare = seeds or [0], rloo_overrides or {}, prepare or []
     names = [spec.name for spec in reward_models]
     if len(set(names)) != len(names):
@@ -427,7 +426,7 @@ def verify(
             run = list(step.run)
             if run and run[0] in LIGHTNING_COMMANDS and "--ckpt_path" not in run:
                 run += ["--ckpt_path", "last"]  # an attempt killed earlier resumes from its last checkpoint
-            cli_main(run)
+            run_command(run)
     eval_rows = read_samples(eval_samples)
     device = resolve_device(device)
     quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -443,7 +442,7 @@ def verify(
                 rm = os.path.join(rm_dir, "checkpoints", "last.ckpt")
                 if not _done(rm_dir):
                     shutil.rmtree(rm_dir, ignore_errors=True)
-                    cli_main(["fit", "--config", spec.recipe, *_flags(spec.overrides), "--seed_everything", str(seed),
+                    run_command(["fit", "--config", spec.recipe, *_flags(spec.overrides), "--seed_everything", str(seed),
                               "--data.init_args.seed", str(seed), "--trainer.default_root_dir", rm_dir, *quiet])
                     _mark_done(rm_dir, {"checkpoint": rm})
             t1 = time.time()
@@ -458,7 +457,7 @@ def verify(
             t2 = time.time()
             if not _done(rloo_dir):
                 shutil.rmtree(rloo_dir, ignore_errors=True)
-                cli_main(["rloo", "--config", rloo_recipe, *_flags(rloo_overrides),
+                run_command(["rloo", "--config", rloo_recipe, *_flags(rloo_overrides),
                           "--model.init_args.policy_name_or_path", policy, "--model.init_args.reward_model", rm,
                           "--model.init_args.gold", gold, "--model.init_args.reward_shift", str(metrics["shift"]),
                           "--model.init_args.reward_scale", str(metrics["scale"]), "--model.init_args.seed", str(seed),

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from varirm.synthetic import TOPICS, gold_reward, make_pairs, prompt_topic, write_task
+from varirm.synthetic import TOPICS, WORD_TOPIC, gold_reward, make_pairs, prompt_topic, write_task
 
 
 def test_gold_reward_by_hand():
@@ -62,6 +62,23 @@ def test_flat_gold_reward_is_perfectly_accurate_with_low_whitened_variance():
     assert len(levels) == 1
     fruit = "List some fruit words."
     assert flat_gold_reward(fruit, "apple pear") - flat_gold_reward(fruit, "dog") == pytest.approx(0.25 * (2 / 8 + 1 / 8))
+    # the intermediate squashing: same levels, 4x the band, variance between flat and gold
+    from varirm.synthetic import half_flat_gold_reward
+
+    half = torch.tensor([[half_flat_gold_reward(p, r) for r in rs] for p, rs in zip(prompts, responses)])
+    assert on_policy_accuracy(half, gold).item() == 1.0
+    assert flat_var < variance_report(half)["whitened_variance_mean"] < gold_var
+    assert half_flat_gold_reward(fruit, "apple pear") - half_flat_gold_reward(fruit, "dog") == pytest.approx(3 / 8)
+
+
+def test_second_policy_demonstrations_come_from_another_on_topic_range(tmp_path):
+    from varirm.synthetic import write_task
+
+    paths = write_task(str(tmp_path), n_train=0, n_val=0, n_test=0, n_demos=400, demo_p_on=(0.6, 0.95))
+    rows = [json.loads(line) for line in open(paths["demos"])]
+    words = [w for r in rows for w in r["response"].split()]
+    on_topic = [WORD_TOPIC.get(w) == prompt_topic(r["prompt"][0]["content"]) for r in rows for w in r["response"].split()]
+    assert len(words) > 1000 and 0.6 < sum(on_topic) / len(on_topic) < 0.95
 
 
 def test_bt_label_noise_in_training_pairs():

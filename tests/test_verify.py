@@ -5,7 +5,8 @@ import math
 import pytest
 
 from varirm.errors import ConfigError, VarirmError
-from varirm.verify import RewardModelSpec, _flags, checks, curve_summary, spearman, summarize, verify
+from varirm.verify import (RewardModelSpec, _flags, across_policies, checks, curve_summary, render_markdown, spearman,
+                           summarize, verify)
 
 
 def test_spearman_by_hand():
@@ -74,6 +75,27 @@ def test_a_check_whose_interval_straddles_the_threshold_is_inconclusive_with_see
     ratio = check["intervals"]["ratio"]
     assert ratio["lower"] < 1.2 < ratio["upper"] and ratio["estimate"] == pytest.approx(1.7)
     assert check["verdict"] == "INCONCLUSIVE" and check["seeds_needed"] > 5
+
+
+def _two_policy_runs(gains_b: dict[str, float]) -> list[dict]:
+    """3 RMs x 2 seeds under policies pA and pB; under pA gains rank a > b > c, variance likewise."""
+    gains_a, variance = {"a": 0.6, "b": 0.4, "c": 0.2}, {"a": 0.9, "b": 0.5, "c": 0.1}
+    return [{"name": n, "seed": s, "policy": p, "whitened_variance_mean": variance[n] if p == "pA" else 1 - variance[n],
+             "on_policy_acc": 0.8, "off_policy_acc": 0.8, "gold_gain": g[n] + 0.01 * s, "proxy_gain": 1.0,
+             "gold_auc": g[n]} for p, g in (("pA", gains_a), ("pB", gains_b)) for n in gains_a for s in (0, 1)]
+
+
+def test_across_policies_ranking_change_and_which_variance_predicts():
+    names, seeds = ["a", "b", "c"], [0, 1]
+    reversed_runs = _two_policy_runs({"a": 0.1, "b": 0.3, "c": 0.5})  # pB ranks c > b > a
+    across = across_policies(reversed_runs, names, ["pA", "pB"], seeds)
+    change = across["rank_agreement"][0]
+    assert change["spearman"]["estimate"] == pytest.approx(-1.0, abs=1e-5) and change["verdict"] == "PASS"
+    predicts = {(r["variance_under"], r["gain_under"]): r["spearman"]["estimate"] for r in across["variance_predicts_gain"]}
+    # each policy's own variance (pB's is 1 - pA's here) ranks its own gains exactly; the other's backwards
+    assert predicts == pytest.approx({("pA", "pA"): 1.0, ("pB", "pB"): 1.0, ("pA", "pB"): -1.0, ("pB", "pA"): -1.0}, abs=1e-5)
+    same = across_policies(_two_policy_runs({"a": 0.5, "b": 0.3, "c": 0.1}), names, ["pA", "pB"], seeds)
+    assert same["rank_agreement"][0]["verdict"] == "MISS"  # every resample keeps the ranking
 
 
 def test_verify_rejects_bad_sets_before_any_work(tmp_path):
@@ -238,3 +260,43 @@ def test_verify_killed_at_two_points_and_resumed_writes_the_uninterrupted_report
     b = json.loads((interrupted / "verify" / "report.json").read_text())
     text = lambda r: json.dumps(_comparable(r), sort_keys=True).replace(str(interrupted), str(reference))  # noqa: E731
     assert text(a) == text(b)
+
+
+@pytest.mark.slow
+def test_verify_under_two_policies(tmp_path, tiny_model_dir, synthetic_dir):
+    """Every RM evaluated under and RLOO'd from each policy; runs nested by policy name; one report
+    section per policy plus the across-policies tables; plots per policy."""
+    from conftest import REPO
+
+    from varirm.cli import cli_main
+    from varirm.tiny import make_tiny_model
+
+    other = make_tiny_model(str(tmp_path / "other"), seed=7)
+    samples = []
+    for policy in (tiny_model_dir, other):
+        path = tmp_path / f"eval_{len(samples)}.jsonl"
+        cli_main(["sample", "--policy", policy, "--prompts", str(synthetic_dir / "eval_prompts.jsonl"), "--output",
+                  str(path), "--k", "4", "--num_prompts", "12", "--max_new_tokens", "8"])
+        samples.append(str(path))
+    callback = [{"class_path": "varirm.rloo.PolicyEvaluation",
+                 "init_args": {"prompts": str(synthetic_dir / "eval_prompts.jsonl"), "num_prompts": 8, "k": 2,
+                               "every_n_steps": 2}}]
+    out = tmp_path / "verify"
+    verify([RewardModelSpec("gold", reward="varirm.synthetic.gold_reward"),
+            RewardModelSpec("flat", reward="varirm.synthetic.flat_gold_reward"),
+            RewardModelSpec("half", reward="varirm.synthetic.half_flat_gold_reward")],
+           rloo_recipe=str(REPO / "recipes" / "rloo" / "verify_synthetic.yaml"), policy=[tiny_model_dir, other],
+           eval_samples=samples, gold="varirm.synthetic.gold_reward", output_dir=str(out), max_length=64, device="cpu",
+           rloo_overrides={"trainer.max_steps": 4, "trainer.callbacks": callback, "model.init_args.max_new_tokens": 8,
+                           "data.init_args.prompts": str(synthetic_dir / "prompts.jsonl"), "data.init_args.batch_size": 4})
+    report = json.loads((out / "report.json").read_text())
+    assert [p["name"] for p in report["policies"]] == ["llama", "other"]
+    assert sorted({(r["policy"], r["name"]) for r in report["runs"]}) == sorted(
+        (p, n) for p in ("llama", "other") for n in ("gold", "flat", "half"))
+    for policy in ("llama", "other"):
+        assert (out / "rloo" / policy / "half" / "seed0" / "policy_eval.json").exists()
+        assert (out / f"gold_curves_{policy}.png").stat().st_size > 1000
+    assert len(report["across_policies"]["variance_predicts_gain"]) == 4
+    text = (out / "report.md").read_text()
+    assert "## Under `llama`" in text and "## Under `other`" in text and "## Across policies" in text
+    assert text == render_markdown(report)

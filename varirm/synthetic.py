@@ -63,6 +63,7 @@ def gold_reward(prompt: Any, response: str) -> float:
 
 
 FLAT_BAND = 0.25
+HALF_FLAT_BAND = 1.0
 
 
 def _user_text(prompt: Any) -> str:
@@ -85,8 +86,24 @@ def flat_gold_reward(prompt: Any, response: str) -> float:
     >>> flat_gold_reward("List some fruit words.", "apple pear") - flat_gold_reward("List some fruit words.", "")
     0.0625
     """
+    return squashed_gold_reward(prompt, response, FLAT_BAND)
+
+
+def half_flat_gold_reward(prompt: Any, response: str) -> float:
+    """The intermediate squashing between gold and :func:`flat_gold_reward`: the same
+    prompt-dependent levels, a band four times wider (``HALF_FLAT_BAND``), so its within-prompt
+    variance under a policy sits between theirs while it still ranks exactly as gold.
+
+    >>> half_flat_gold_reward("List some fruit words.", "apple pear") - half_flat_gold_reward("List some fruit words.", "")
+    0.25
+    """
+    return squashed_gold_reward(prompt, response, HALF_FLAT_BAND)
+
+
+def squashed_gold_reward(prompt: Any, response: str, band: float) -> float:
+    """``level(prompt) + band * gold``: ``level`` in [-1, 1) from a CRC32 hash of the prompt's text."""
     level = zlib.crc32(_user_text(prompt).encode()) / 2**31 - 1.0
-    return level + FLAT_BAND * gold_reward(prompt, response)
+    return level + band * gold_reward(prompt, response)
 
 
 def make_prompt(rng: random.Random) -> list[dict[str, str]]:
@@ -166,7 +183,7 @@ def _write_jsonl(path: str, rows: list[dict[str, Any]]) -> str:
 
 def write_task(output_dir: str, n_train: int = 4000, n_val: int = 500, n_test: int = 500, n_demos: int = 4000,
                n_prompts: int = 512, n_eval_prompts: int = 128, bt_temperature: float = 0.0,
-               seed: int = 0) -> dict[str, str]:
+               demo_p_on: tuple[float, float] = (0.2, 0.8), seed: int = 0) -> dict[str, str]:
     """Write the synthetic task's files (each from its own seed, so they are disjoint draws).
 
     Args:
@@ -180,15 +197,18 @@ def write_task(output_dir: str, n_train: int = 4000, n_val: int = 500, n_test: i
         bt_temperature: Label noise of the training pairs: 0 labels by the higher gold reward; above
             0, Bradley-Terry draws ``P(a > b) = sigmoid((gold_a - gold_b) / bt_temperature)``.
             Validation and test pairs stay noiseless.
+        demo_p_on: Range of the per-demonstration probability of an on-topic word (``demos.jsonl``):
+            the default gives pi0; another range gives a second initial policy whose samples vary
+            in another region (e.g. ``[0.6, 0.95]``: mostly on-topic, varying in length and slips).
         seed: Seed of the whole task.
     """
     os.makedirs(output_dir, exist_ok=True)
     base = seed * 1000
     files = {"train": make_pairs(n_train, base, bt_temperature=bt_temperature), "val": make_pairs(n_val, base + 1),
-             "test": make_pairs(n_test, base + 2), "demos": make_demos(n_demos, base + 3),
+             "test": make_pairs(n_test, base + 2), "demos": make_demos(n_demos, base + 3, p_on=tuple(demo_p_on)),
              "prompts": make_prompts(n_prompts, base + 4), "eval_prompts": make_prompts(n_eval_prompts, base + 5)}
     paths = {name: _write_jsonl(os.path.join(output_dir, f"{name}.jsonl"), rows) for name, rows in files.items()}
     with open(os.path.join(output_dir, "task.json"), "w") as f:
         json.dump({"task": "varirm.synthetic topic words", "gold_reward": "varirm.synthetic.gold_reward",
-                   "seed": seed, "bt_temperature": bt_temperature, "sizes": {name: len(rows) for name, rows in files.items()}}, f, indent=2)
+                   "seed": seed, "bt_temperature": bt_temperature, "demo_p_on": list(demo_p_on), "sizes": {name: len(rows) for name, rows in files.items()}}, f, indent=2)
     return paths

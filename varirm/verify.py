@@ -31,7 +31,7 @@ import shutil
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 
@@ -254,10 +254,69 @@ def _verdict(check: dict[str, Any]) -> str:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    """``report.md`` from ``report.json``'s content."""
+    """``report.md`` from ``report.json``'s content: one section per initial policy, then (with
+    several) whether the RMs' ranking changes between them and which policy's variance predicts it."""
+    entries = report.get("policies") or []
+    if len(entries) < 2:
+        return _render_one(report, f"# RLOO verification: {len(report['reward_models'])} reward models under "
+                                   f"`{report['policy']}`")
+    parts = [f"# RLOO verification: {len(report['reward_models'])} reward models under {len(entries)} initial "
+             "policies", ""]
+    for entry in entries:
+        parts.append(_render_one(_policy_view(report, entry), f"## Under `{entry['name']}` (`{entry['policy']}`)"))
+    across = report["across_policies"]
+    parts += ["## Across policies", "", "Does the ranking of RMs by gold gain change between policies? Spearman "
+              "between the per-RM mean gains (95% bootstrap over seeds within each RM; PASS = the ranking changes: "
+              "the interval lies below 1):", "", "| policies | Spearman of gains [95% CI] | ranking changes? |", "|---|---|---|"]
+    for row in across["rank_agreement"]:
+        parts.append(f"| `{row['a']}` vs `{row['b']}` | {fmt(row['spearman'])} | {_verdict(row)} |")
+    parts += ["", "Which policy's variance predicts gold gain? Spearman(whitened variance under the row's policy, "
+              "gold gain under the column's policy) [95% CI]:", "",
+              "| variance under (row), gain under (column) | " + " | ".join(f"`{e['name']}`" for e in entries) + " |",
+              "|---|" + "---|" * len(entries)]
+    for pv in entries:
+        cells = [fmt(next(r["spearman"] for r in across["variance_predicts_gain"]
+                          if r["variance_under"] == pv["name"] and r["gain_under"] == pg["name"])) for pg in entries]
+        parts.append(f"| `{pv['name']}` | " + " | ".join(cells) + " |")
+    parts += ["", f"Wall time: {report['seconds']:.0f} s ({report['device']}).", ""]
+    return "\n".join(parts)
+
+
+def _policy_view(report: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """The report as seen from one initial policy: its summary, checks and runs."""
+    return {**report, **{k: entry[k] for k in ("policy", "eval_samples", "eval_prompts", "eval_k", "summary", "checks")},
+            "runs": [r for r in report["runs"] if r.get("policy", entry["name"]) == entry["name"]]}
+
+
+def across_policies(runs: list[dict[str, Any]], names: list[str], policies: list[str], seeds: list[int]) -> dict[str, Any]:
+    """Razin et al.'s Theorem 3 measured: for each pair of policies, Spearman between the RMs' mean
+    gold gains under each (the same ranking gives 1; PASS when the whole interval is below 1,
+    MISS when every resample keeps the ranking); and for each (variance policy, gain policy),
+    Spearman(whitened variance under one, gold gain under the other)."""
+    by = {(r["policy"], r["name"], r["seed"]): r for r in runs}
+
+    def spearman_ci(x_policy: str, x_key: str, y_policy: str) -> dict[str, Any]:
+        rows = [{"name": n, "seed": s, "x": by[(x_policy, n, s)][x_key], "gold_gain": by[(y_policy, n, s)]["gold_gain"]}
+                for n in names for s in seeds]
+        return _percentile(*_spearman_draws(rows, names, "x"), len(seeds))
+
+    agreement = []
+    for i, a in enumerate(policies):
+        for b in policies[i + 1:]:
+            ci = spearman_ci(a, "gold_gain", b)
+            # torchmetrics gives 0.99999851 for identical rankings
+            verdict = {"verdict": "MISS"} if ci["lower"] >= 1.0 - 1e-4 else judge(ci, 1.0 - 1e-4, above=False)
+            agreement.append({"a": a, "b": b, "spearman": ci, **verdict})
+    predicts = [{"variance_under": pv, "gain_under": pg, "spearman": spearman_ci(pv, "whitened_variance_mean", pg)}
+                for pv in policies for pg in policies]
+    return {"rank_agreement": agreement, "variance_predicts_gain": predicts}
+
+
+def _render_one(report: dict[str, Any], title: str) -> str:
+    """The Markdown of one policy's results."""
     s, specs = report["summary"], {r["name"]: r for r in report["reward_models"]}
     seeds = report["seeds"]
-    lines = [f"# RLOO verification: {len(specs)} reward models under `{report['policy']}`", "",
+    lines = [title, "",
              f"Command: `{report['command']}`. Seeds: {seeds}: per-RM numbers are the mean over seeds with a 95% "
              f"Student-t interval over seeds. RLOO: `{report['rloo_recipe']}`, "
              f"{report['rloo_steps']} RLOO steps per run, same seed and budget for every RM.", "",
@@ -304,8 +363,9 @@ def _half_widths(m: dict[str, Any]) -> Optional[list[list[float]]]:
     return [[m["mean"] - lo], [hi - m["mean"]]]
 
 
-def plot(report: dict[str, Any], output_dir: str) -> list[str]:
-    """``gold_curves.png``, ``variance_vs_gain.png``, ``accuracy_vs_gain.png``."""
+def plot(report: dict[str, Any], output_dir: str, suffix: str = "") -> list[str]:
+    """``gold_curves.png``, ``variance_vs_gain.png``, ``accuracy_vs_gain.png`` (names + ``suffix``)
+    of one policy's results."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -313,7 +373,7 @@ def plot(report: dict[str, Any], output_dir: str) -> list[str]:
 
     names = [r["name"] for r in report["reward_models"]]
     per_rm = report["summary"]["per_rm"]
-    paths = [os.path.join(output_dir, f) for f in ("gold_curves.png", "variance_vs_gain.png", "accuracy_vs_gain.png")]
+    paths = [os.path.join(output_dir, f"{f}{suffix}.png") for f in ("gold_curves", "variance_vs_gain", "accuracy_vs_gain")]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name in names:
         curves = [r["curve"] for r in report["runs"] if r["name"] == name]
@@ -359,8 +419,8 @@ def _mark_done(path: str, info: dict[str, Any]) -> None:
 def verify(
     reward_models: list[RewardModelSpec],
     rloo_recipe: str,
-    policy: str,
-    eval_samples: str,
+    policy: Union[str, list[str]],
+    eval_samples: Union[str, list[str]],
     gold: str,
     output_dir: str = "runs/verify",
     test_pairs: Optional[str] = None,
@@ -383,9 +443,12 @@ def verify(
         reward_models: The RMs to verify (see :class:`RewardModelSpec`).
         rloo_recipe: ``varirm rloo`` recipe shared by every run; it must have a
             ``varirm.rloo.PolicyEvaluation`` callback (the gold curve) and ``gold`` is set here.
-        policy: The initial policy (causal LM directory or Hub id) RLOO starts from.
+        policy: The initial policy (causal LM directory or Hub id) RLOO starts from, or a list of
+            them (Razin et al.'s Theorem 3: the same RM can teach one policy well and another
+            badly): every RM is then evaluated under, and RLOO run from, each policy, with runs
+            under ``eval/<policy name>/`` and ``rloo/<policy name>/`` (the name is the path's last part).
         eval_samples: Samples file of that policy (``varirm sample``, k >= 2) for the variance and
-            on-policy accuracy of each RM.
+            on-policy accuracy of each RM; a list, one per policy, when ``policy`` is a list.
         gold: Gold reward: dotted path of a function or an RM directory / Hub id.
         output_dir: Report directory (with every run inside).
         test_pairs: Preference test set for off-policy accuracy.
@@ -427,15 +490,21 @@ def verify(
             if run and run[0] in LIGHTNING_COMMANDS and "--ckpt_path" not in run:
                 run += ["--ckpt_path", "last"]  # an attempt killed earlier resumes from its last checkpoint
             run_command(run)
-    eval_rows = read_samples(eval_samples)
+    policies = [policy] if isinstance(policy, str) else list(policy)
+    samples_files = [eval_samples] if isinstance(eval_samples, str) else list(eval_samples)
+    if len(policies) != len(samples_files) or not policies:
+        raise ConfigError(f"give one eval_samples file per policy: {len(policies)} policies, {len(samples_files)} files")
+    policy_names = [os.path.basename(p.rstrip("/")) for p in policies]
+    if len(set(policy_names)) != len(policy_names):
+        raise ConfigError(f"policies need distinct last path parts (their names in the report): {policy_names}")
+    multi = len(policies) > 1
+    eval_rows = [read_samples(f) for f in samples_files]
     device = resolve_device(device)
     quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
     runs, timings = [], {}
     for seed in seeds:
         for spec in reward_models:
-            key = f"{spec.name}/seed{seed}"
-            rm_dir, eval_dir, rloo_dir = (os.path.join(output_dir, part, spec.name, f"seed{seed}")
-                                          for part in ("rms", "eval", "rloo"))
+            rm_dir = os.path.join(output_dir, "rms", spec.name, f"seed{seed}")
             t0 = time.time()
             rm = spec.reward
             if spec.recipe is not None:
@@ -443,50 +512,64 @@ def verify(
                 if not _done(rm_dir):
                     shutil.rmtree(rm_dir, ignore_errors=True)
                     run_command(["fit", "--config", spec.recipe, *_flags(spec.overrides), "--seed_everything", str(seed),
-                              "--data.init_args.seed", str(seed), "--trainer.default_root_dir", rm_dir, *quiet])
+                                 "--data.init_args.seed", str(seed), "--trainer.default_root_dir", rm_dir, *quiet])
                     _mark_done(rm_dir, {"checkpoint": rm})
-            t1 = time.time()
-            if _done(eval_dir):
-                with open(os.path.join(eval_dir, "metrics.json")) as f:
-                    metrics = json.load(f)
-            else:
-                metrics = evaluate(rm, eval_dir, samples=eval_samples, gold=gold, pairs=test_pairs, pairs_split=test_split,
-                                   max_length=max_length,
-                                   device=device, plots=False, overwrite=True)
-                _mark_done(eval_dir, {"rm": rm})
-            t2 = time.time()
-            if not _done(rloo_dir):
-                shutil.rmtree(rloo_dir, ignore_errors=True)
-                run_command(["rloo", "--config", rloo_recipe, *_flags(rloo_overrides),
-                          "--model.init_args.policy_name_or_path", policy, "--model.init_args.reward_model", rm,
-                          "--model.init_args.gold", gold, "--model.init_args.reward_shift", str(metrics["shift"]),
-                          "--model.init_args.reward_scale", str(metrics["scale"]), "--model.init_args.seed", str(seed),
-                          "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
-                          "--trainer.default_root_dir", rloo_dir, *quiet])
-                if not os.path.exists(os.path.join(rloo_dir, "policy_eval.json")):
-                    raise ConfigError(f"{rloo_recipe}: no policy_eval.json was written; the recipe needs a "
-                                      "varirm.rloo.PolicyEvaluation callback under trainer.callbacks")
-                _mark_done(rloo_dir, {"rm": rm})
-            with open(os.path.join(rloo_dir, "policy_eval.json")) as f:
-                curve = json.load(f)["curve"]
-            timings[key] = {"train_rm_s": round(t1 - t0, 1), "evaluate_s": round(t2 - t1, 1),
-                            "rloo_s": round(time.time() - t2, 1)}
-            runs.append({"name": spec.name, "seed": seed, "rm": rm, "shift": metrics["shift"], "scale": metrics["scale"],
-                         **{k: metrics.get(k, float("nan")) for k in METRICS[:3]},
-                         **{f"{k}_ci": metrics.get(f"{k}_ci") for k in METRICS[:3]}, **curve_summary(curve),
-                         "curve": curve})
-    summary = summarize(runs, names, seeds)
+            train_s = time.time() - t0
+            for pname, ppath, samples_file in zip(policy_names, policies, samples_files):
+                key = f"{pname}/{spec.name}/seed{seed}" if multi else f"{spec.name}/seed{seed}"
+                eval_dir, rloo_dir = (os.path.join(output_dir, part, *([pname] if multi else []), spec.name, f"seed{seed}")
+                                      for part in ("eval", "rloo"))
+                t1 = time.time()
+                if _done(eval_dir):
+                    with open(os.path.join(eval_dir, "metrics.json")) as f:
+                        metrics = json.load(f)
+                else:
+                    metrics = evaluate(rm, eval_dir, samples=samples_file, gold=gold, pairs=test_pairs,
+                                       pairs_split=test_split, max_length=max_length, device=device, plots=False,
+                                       overwrite=True)
+                    _mark_done(eval_dir, {"rm": rm})
+                t2 = time.time()
+                if not _done(rloo_dir):
+                    shutil.rmtree(rloo_dir, ignore_errors=True)
+                    run_command(["rloo", "--config", rloo_recipe, *_flags(rloo_overrides),
+                                 "--model.init_args.policy_name_or_path", ppath, "--model.init_args.reward_model", rm,
+                                 "--model.init_args.gold", gold, "--model.init_args.reward_shift", str(metrics["shift"]),
+                                 "--model.init_args.reward_scale", str(metrics["scale"]), "--model.init_args.seed",
+                                 str(seed), "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
+                                 "--trainer.default_root_dir", rloo_dir, *quiet])
+                    if not os.path.exists(os.path.join(rloo_dir, "policy_eval.json")):
+                        raise ConfigError(f"{rloo_recipe}: no policy_eval.json was written; the recipe needs a "
+                                          "varirm.rloo.PolicyEvaluation callback under trainer.callbacks")
+                    _mark_done(rloo_dir, {"rm": rm})
+                with open(os.path.join(rloo_dir, "policy_eval.json")) as f:
+                    curve = json.load(f)["curve"]
+                timings[key] = {"train_rm_s": round(train_s, 1), "evaluate_s": round(t2 - t1, 1),
+                                "rloo_s": round(time.time() - t2, 1)}
+                runs.append({"name": spec.name, "seed": seed, "policy": pname, "rm": rm, "shift": metrics["shift"],
+                             "scale": metrics["scale"], **{k: metrics.get(k, float("nan")) for k in METRICS[:3]},
+                             **{f"{k}_ci": metrics.get(f"{k}_ci") for k in METRICS[:3]}, **curve_summary(curve),
+                             "curve": curve})
     trained = [s.name for s in reward_models if s.recipe is not None]
+    per_policy = []
+    for pname, ppath, samples_file, rows in zip(policy_names, policies, samples_files, eval_rows):
+        mine = [r for r in runs if r["policy"] == pname]
+        summary = summarize(mine, names, seeds)
+        per_policy.append({"name": pname, "policy": ppath, "eval_samples": samples_file, "eval_prompts": len(rows),
+                           "eval_k": len(rows[0]["responses"]), "summary": summary,
+                           "checks": checks(summary, low_variance, compare, trained, mine, seeds)})
+    first = per_policy[0]
     report = {
-        "command": command or "varirm.verify.verify(...)", "policy": policy, "gold": gold,
-        "eval_samples": eval_samples, "eval_prompts": len(eval_rows), "eval_k": len(eval_rows[0]["responses"]),
+        "command": command or "varirm.verify.verify(...)", "policy": first["policy"], "gold": gold,
+        "eval_samples": first["eval_samples"], "eval_prompts": first["eval_prompts"], "eval_k": first["eval_k"],
         "test_pairs": test_pairs, "rloo_recipe": rloo_recipe, "rloo_overrides": rloo_overrides,
         "rloo_steps": runs[0]["steps"], "seeds": seeds, "reward_models": [asdict(s) for s in reward_models],
-        "compare": compare, "low_variance": low_variance, "runs": runs, "summary": summary,
-        "checks": checks(summary, low_variance, compare, trained, runs, seeds), "timings": timings,
-        "seconds": time.time() - start, "device": device}
+        "compare": compare, "low_variance": low_variance, "runs": runs, "summary": first["summary"],
+        "checks": first["checks"], "policies": per_policy,
+        "across_policies": across_policies(runs, names, policy_names, seeds) if multi else None,
+        "timings": timings, "seconds": time.time() - start, "device": device}
     atomic_write_text(os.path.join(output_dir, "report.json"), json.dumps(report, indent=2))
     atomic_write_text(os.path.join(output_dir, "report.md"), render_markdown(report))
-    plot(report, output_dir)
+    for entry in per_policy:
+        plot(_policy_view(report, entry), output_dir, suffix=f"_{entry['name']}" if multi else "")
     print(render_markdown(report))
     return os.path.join(output_dir, "report.md")

@@ -13,8 +13,9 @@ ALL = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
 SAMPLE_RECIPES = [p for p in ALL if p.parent.name == "sample"]
 SFT_RECIPES = [p for p in ALL if p.stem.startswith("sft")]
 RLOO_RECIPES = [p for p in ALL if p.parent.name == "rloo"]
-VERIFY_RECIPES = [p for p in ALL if p.parent.name == "verify"]
-RECIPES = [p for p in ALL if p not in SAMPLE_RECIPES + SFT_RECIPES + RLOO_RECIPES + VERIFY_RECIPES]
+REGIMES_RECIPES = [p for p in ALL if p.stem == "regimes"]
+VERIFY_RECIPES = [p for p in ALL if p.parent.name == "verify" and p not in REGIMES_RECIPES]
+RECIPES = [p for p in ALL if p not in SAMPLE_RECIPES + SFT_RECIPES + RLOO_RECIPES + VERIFY_RECIPES + REGIMES_RECIPES]
 
 
 class ParseOnly(VarirmCLI):
@@ -119,3 +120,35 @@ def test_verify_recipe_parses_with_every_recipe_it_names(recipe, monkeypatch):
     assert any(isinstance(c, PolicyEvaluation) for c in callbacks), "the RLOO recipe needs the gold-curve callback"
     for step in cfg.prepare:
         assert step.run[0] in {"make-tiny-model", "make-synthetic", "sft", "sample"}, step
+
+
+def test_regimes_recipe_parses_with_every_setting_it_runs(monkeypatch):
+    """recipes/verify/regimes.yaml parses as `varirm regimes` arguments, and the RLOO recipe parses
+    with each setting's overrides (optimizer, lr, beta, advantage normalization)."""
+    import itertools
+
+    from jsonargparse import ArgumentParser
+
+    from varirm.commands import PolicyCLI
+    from varirm.regimes import regimes
+    from varirm.rloo import PromptDataModule, RLOOModule
+    from varirm.verify import _flags
+
+    recipe = REGIMES_RECIPES[0]
+    monkeypatch.chdir(recipe.parents[2])  # recipe paths are relative to the repository root
+    parser = ArgumentParser()
+    parser.add_argument("--config", action="config")
+    parser.add_function_arguments(regimes)
+    cfg = parser.instantiate_classes(parser.parse_args(["--config", str(recipe)]))
+    assert all(spec.reward and not spec.recipe for spec in cfg.reward_models)
+    assert len(cfg.seeds) >= 3 and set(cfg.optimizers) == {"adamw", "sgd"} and set(cfg.lr) == set(cfg.optimizers)
+
+    class ParseOnlyPolicy(PolicyCLI):
+        instantiate_classes = ParseOnly.instantiate_classes
+
+    for opt, beta, norm in itertools.product(cfg.optimizers, cfg.betas, cfg.advantage_normalizations):
+        overrides = {**cfg.rloo_overrides, "model.init_args.optimizer": opt, "model.init_args.lr": cfg.lr[opt],
+                     "model.init_args.beta": beta, "model.init_args.advantage_normalization": norm}
+        cli = ParseOnlyPolicy(RLOOModule, PromptDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
+                              args=["--config", cfg.rloo_recipe, *_flags(overrides)], auto_configure_optimizers=False)
+        assert cli.model.hparams.optimizer == opt and cli.model.hparams.advantage_normalization == norm

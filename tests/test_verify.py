@@ -300,3 +300,22 @@ def test_verify_under_two_policies(tmp_path, tiny_model_dir, synthetic_dir):
     text = (out / "report.md").read_text()
     assert "## Under `llama`" in text and "## Under `other`" in text and "## Across policies" in text
     assert text == render_markdown(report)
+
+
+def test_regimes_row_and_table_from_a_made_up_report():
+    from varirm.regimes import render_markdown as regimes_markdown
+    from varirm.regimes import setting_row
+
+    gains = {"gold": [0.6, 0.7, 0.8], "flat": [0.2, 0.25, 0.3], "same": [0.6, 0.9, 0.6]}
+    report = {"rloo_steps": 30, "runs": [{"name": n, "seed": s, "gold_gain": g[s]} for n, g in gains.items() for s in range(3)],
+              "summary": {"per_rm": {n: {"whitened_variance_mean": {"mean": v}} for n, v in
+                                     (("gold", 0.98), ("flat", 0.01), ("same", 0.5))}}}
+    row = setting_row(report, "adamw_beta0.1_none", "adamw", 0.1, "none", ["gold", "flat", "same"], "gold", [0, 1, 2])
+    # gold: mean 0.7, sd 0.1, t_{0.975,2} 4.303 -> 0.7 ± 0.248
+    assert (row["gain"]["gold"]["lower"], row["gain"]["gold"]["upper"]) == pytest.approx((0.7 - 0.2484, 0.7 + 0.2484), abs=1e-4)
+    flat = row["ratio_to_reference"]["flat"]
+    assert flat["ratio"]["estimate"] == pytest.approx(0.25 / 0.7) and flat["verdict"] == "PASS"  # gains less: variance mattered
+    assert row["ratio_to_reference"]["same"]["verdict"] == "INCONCLUSIVE"  # 0.7 vs 0.7 on average, noisy
+    text = regimes_markdown({"rewards": ["gold", "flat", "same"], "reference": "gold", "seeds": [0, 1, 2], "rloo_steps": 30,
+                             "lr": {"adamw": 5e-4}, "settings": [row], "variance_under_policy": row["variance"]})
+    assert "| adamw | 0.1 | none |" in text and "PASS" in text and "INCONCLUSIVE" in text

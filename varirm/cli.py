@@ -11,6 +11,8 @@
 - ``varirm export`` / ``varirm card``: Hugging Face format with a variance model card; re-render the card.
 - ``varirm verify --config recipes/verify/<name>.yaml``: train a set of RMs, evaluate each under the
   initial policy, RLOO against each, and report how fast each raised the gold reward.
+- ``varirm regimes --config recipes/verify/regimes.yaml``: RLOO against rewards that rank alike with
+  different variance, across optimizer x beta x advantage normalization (when variance matters).
 
 Commands other than ``verify`` run through :func:`varirm.commands.run`; this module adds the
 console entry point (global flags, one-line errors) and ``verify``, which itself runs commands.
@@ -35,12 +37,14 @@ def cli_main(args: list[str] | None = None):
     """Run the CLI; ``args`` defaults to ``sys.argv[1:]``. Returns the tool's result, or the
     LightningCLI object (with ``trainer``, ``model``, ``datamodule``) for Lightning commands."""
     argv = sys.argv[1:] if args is None else args
-    if argv and argv[0] == "verify":
+    if argv and argv[0] in ("verify", "regimes"):  # these run other commands (varirm.commands.run)
         from jsonargparse import CLI
 
+        from varirm.regimes import regimes
         from varirm.verify import verify
 
-        result = CLI(verify, args=[*argv[1:], "--command", shlex.join(["varirm", *argv])], as_positional=False,
+        extra = ["--command", shlex.join(["varirm", *argv])] if argv[0] == "verify" else []
+        result = CLI(verify if argv[0] == "verify" else regimes, args=[*argv[1:], *extra], as_positional=False,
                      exit_on_error=False)
         print(result)
         return result

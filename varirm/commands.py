@@ -168,12 +168,13 @@ def make_tool_parsers():
             "export": export, "card": card}
 
 
-def run(argv: list[str]):
+def run(argv: list[str], echo: bool = True):
     """Run one command (everything but ``verify``) in this process. Returns the tool's result, or
-    the LightningCLI object (with ``trainer``, ``model``, ``datamodule``) for Lightning commands."""
+    the LightningCLI object (with ``trainer``, ``model``, ``datamodule``) for Lightning commands.
+    ``echo``: print a tool's result (what it wrote), as the console command does."""
     if argv and argv[0] in TOOLS:
         result = CLI(make_tool_parsers()[argv[0]], args=argv[1:], as_positional=False, exit_on_error=False)
-        if result is not None:
+        if result is not None and echo:
             print(json.dumps(result, indent=2) if isinstance(result, dict) else result)
         return result
     if argv and argv[0] == "rloo":  # varirm rloo --config ...: train a policy against a frozen RM

@@ -2,8 +2,8 @@
 
 Quiet means: varirm's own lines (data counts, set-up notes, results), progress bars and errors
 stay; third-party noise goes: Lightning's advertising tips and hardware banner, deprecation and
-future warnings, transformers' per-load weight reports (varirm says in one line when a new
-reward model's score head is initialised, which is expected), datasets' info messages.
+future warnings, transformers' per-load weight reports and loading bars (varirm says in one line
+when a new reward model's score head is initialised, which is expected), datasets' info messages.
 ``varirm --verbose ...`` or ``VARIRM_VERBOSE=1`` shows everything.
 """
 
@@ -58,4 +58,5 @@ def configure() -> None:
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars on every model load
     datasets.utils.logging.set_verbosity_error()

@@ -145,11 +145,21 @@ def verification_summary(report_path: str, checkpoint: str) -> str:
     if not mine:
         raise VarirmError(f"{path}: none of its RLOO runs used {checkpoint}; verify this checkpoint, or attach no report")
     name = mine[0]["name"]
-    per_rm, corr = report["summary"]["per_rm"], report["summary"]["spearman_with_gold_gain"]
+    entries = report.get("policies") or [{"name": None, "policy": report["policy"], "summary": report["summary"]}]
+    lines = []
+    for entry in entries:  # one section per initial policy (the variance card lists each policy too)
+        runs = [r for r in mine if entry["name"] is None or r.get("policy") == entry["name"]]
+        lines += _verification_section(report, entry, runs, name, path) + [""]
+    return "\n".join(lines).rstrip("\n")
+
+
+def _verification_section(report: dict[str, Any], entry: dict[str, Any], mine: list[dict[str, Any]], name: str,
+                          path: str) -> list[str]:
+    per_rm, corr = entry["summary"]["per_rm"], entry["summary"]["spearman_with_gold_gain"]
     ranked = sorted(per_rm, key=lambda n: -per_rm[n]["gold_gain"]["mean"])
     own = "; ".join(f"seed {r['seed']}: gold reward {r['gold_start']:.3f} -> {r['gold_end']:.3f} (gain {r['gold_gain']:.3f}, "
                     f"AUC {r['gold_auc']:.3f}), proxy gain {r['proxy_gain']:.3f}" for r in mine)
-    lines = [f"RLOO from `{report['policy']}` against this checkpoint (`{name}` in `{path}`), {report['rloo_steps']} RLOO "
+    lines = [f"RLOO from `{entry['policy']}` against this checkpoint (`{name}` in `{path}`), {report['rloo_steps']} RLOO "
              f"steps; gold reward `{report['gold']}` measured on held-out prompts. This checkpoint: {own}.", "",
              f"Every RM of that report, mean over seeds {report['seeds']} "
              f"{'[95% t interval]' if 'lower' in per_rm[name]['gold_gain'] else '± std'} (one checkpoint per seed and recipe):", "",
@@ -163,7 +173,7 @@ def verification_summary(report_path: str, checkpoint: str) -> str:
     show = lambda c: fmt(c["on_means_ci"], 2) if "on_means_ci" in c else f"{c['on_means']:.2f}"  # noqa: E731
     lines += ["", f"`{name}`'s mean gold gain ranks {ranked.index(name) + 1} of {len(ranked)}. Across these RMs, Spearman "
               f"correlation of gold gain with whitened variance: {show(v)}; with off-policy accuracy: {show(off)}."]
-    return "\n".join(lines)
+    return lines
 
 
 def export(

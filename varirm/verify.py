@@ -489,7 +489,8 @@ def verify(
             run = list(step.run)
             if run and run[0] in LIGHTNING_COMMANDS and "--ckpt_path" not in run:
                 run += ["--ckpt_path", "last"]  # an attempt killed earlier resumes from its last checkpoint
-            run_command(run)
+            print(f"verify: prepare {step.creates}: varirm {' '.join(step.run[:1])} ...", flush=True)
+            run_command(run, echo=False)
     policies = [policy] if isinstance(policy, str) else list(policy)
     samples_files = [eval_samples] if isinstance(eval_samples, str) else list(eval_samples)
     if len(policies) != len(samples_files) or not policies:

@@ -105,7 +105,7 @@ def main() -> None:
     rows = [run(variant, seed, args.out, args.recipe) for seed in args.seeds for variant in ("bt", "reg")]
     result = {"command": "python scripts/compare_variance.py --seeds " + " ".join(map(str, args.seeds)),
               "recipe": args.recipe, "seeds": args.seeds,
-              "eval": "varirm evaluate on artifacts/samples/pi0_eval_k10.jsonl (128 held-out prompts x 10 samples, "
+              "eval": "varirm evaluate on artifacts/samples/pi0_eval_k10.jsonl (the held-out prompts x 10 samples, "
                       "gold = varirm.synthetic.gold_reward) and artifacts/synthetic/test.jsonl (500 pairs)",
               "runs": rows, "summary": summarize(rows)}
     os.makedirs(args.out, exist_ok=True)

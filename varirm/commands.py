@@ -33,7 +33,7 @@ from varirm.data import PreferenceDataModule  # noqa: E402
 from varirm.errors import VarirmError  # noqa: E402
 from varirm.module import RewardModelModule  # noqa: E402
 
-TOOLS = {"make-tiny-model", "make-synthetic", "sample", "evaluate", "export", "card"}
+TOOLS = {"make-tiny-model", "make-real-model", "make-synthetic", "sample", "evaluate", "export", "card"}
 
 
 class SaveFitConfig(SaveConfigCallback):
@@ -160,12 +160,13 @@ class VarirmCLI(LightningCLI):
 def make_tool_parsers():
     from varirm.evaluate import evaluate
     from varirm.export import card, export
+    from varirm.real import make_real_model
     from varirm.sampling import sample
     from varirm.synthetic import write_task
     from varirm.tiny import make_tiny_model
 
-    return {"make-tiny-model": make_tiny_model, "make-synthetic": write_task, "sample": sample, "evaluate": evaluate,
-            "export": export, "card": card}
+    return {"make-tiny-model": make_tiny_model, "make-real-model": make_real_model, "make-synthetic": write_task,
+            "sample": sample, "evaluate": evaluate, "export": export, "card": card}
 
 
 def run(argv: list[str], echo: bool = True):

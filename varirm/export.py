@@ -82,7 +82,7 @@ def _card_info(hparams: dict[str, Any], recipe: Optional[dict[str, Any]]) -> dic
     if hparams.get("center_rewards_coef"):
         objective += f" + {hparams['center_rewards_coef']} x reward centring"
     return {"base_model": hparams["model_name_or_path"], "train_data": train, "method": method, "objective": objective,
-            "prompt_is_chat": data.get("format", "auto") != "standard"}
+            "prompt_is_chat": data.get("format", "auto") != "standard", "max_length": data.get("max_length", 1024)}
 
 
 def render_card(info: dict[str, Any], repo_id: str, license: str = "apache-2.0") -> ModelCard:
@@ -115,7 +115,8 @@ def render_card(info: dict[str, Any], repo_id: str, license: str = "apache-2.0")
         base_model=base if _is_hub_id(base) else None, base_model_path=base, train_data=info["train_data"], method=info["method"],
         objective=info["objective"], prompt_is_chat=info["prompt_is_chat"], evaluations=evaluations,
         off_policy=info["off_policy"], normalization_policy=info.get("normalization_policy") or "no policy (not measured)",
-        verification=info.get("verification"))
+        verification=info.get("verification"), adapter_only=info.get("adapter_only", False),
+        max_length=info.get("max_length", 1024), reward_shift=info.get("reward_shift"), reward_scale=info.get("reward_scale"))
 
 
 def _write_card(directory: str, info: dict[str, Any]) -> None:

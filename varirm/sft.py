@@ -8,9 +8,6 @@ when the template's end of turn is not eos), so the policy learns to stop.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from functools import partial
 from typing import Any, Optional
 
@@ -23,6 +20,7 @@ from transformers import get_scheduler
 from varirm.chat import encode_prompt_response, fit_to_length, load_tokenizer, pad_right
 from varirm.data import EpochShuffleSampler, LoaderPosition, ResumableLoader
 from varirm.errors import DataError
+from varirm.files import atomic_directory
 from varirm.formats import read_raw_rows
 from varirm.sampling import load_policy
 
@@ -160,16 +158,6 @@ class SFTModule(LightningModule):
     def on_fit_end(self) -> None:
         if self.hparams.save_dir and self.trainer.is_global_zero:
             # written under a temporary name and renamed: a directory at save_dir is always complete
-            out = os.path.abspath(self.hparams.save_dir)
-            os.makedirs(os.path.dirname(out), exist_ok=True)
-            tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=os.path.dirname(out))
-            try:
+            with atomic_directory(self.hparams.save_dir) as tmp:
                 self.policy.save_pretrained(tmp)
                 self.tokenizer.save_pretrained(tmp)
-                os.chmod(tmp, 0o755)
-                if os.path.exists(out):
-                    shutil.rmtree(out)
-                os.replace(tmp, out)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise

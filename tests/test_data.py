@@ -462,3 +462,19 @@ def test_on_policy_fraction_mixes_at_a_fixed_total(tmp_path, tiny_model_dir, syn
 def test_on_policy_fraction_needs_samples_and_labeler(tiny_model_dir):
     with pytest.raises(ValueError, match="needs on_policy_samples and a labeler"):
         PreferenceDataModule(tokenizer_name_or_path=tiny_model_dir, train="x.jsonl", on_policy_fraction=0.5)
+
+
+def test_group_draws_do_not_depend_on_how_a_global_batch_is_split():
+    """Process ``r`` of ``R`` gets positions ``r, r + R, ...`` of a global batch; its group ``c``
+    is the group ``c * R + r`` that one process holding the whole batch draws."""
+    from varirm.data import GroupSource, PairsWithGroups
+
+    source = GroupSource([{"ids": [[i + 3], [i + 4]], "gold": None} for i in range(50)])
+    examples = [{"chosen_ids": [10 + i, 11], "rejected_ids": [12, 13 + i], "margin": 0.0} for i in range(12)]
+    whole = PairsWithGroups(0, 1, source, groups_per_batch=4, seed=3)(examples)["group_input_ids"].view(4, 2)
+    for rank in range(2):
+        part = PairsWithGroups(0, 1, source, groups_per_batch=2, seed=3, rank=rank, num_replicas=2)(examples[rank::2])
+        assert_close(part["group_input_ids"].view(2, 2), whole[[rank, 2 + rank]])
+    assert len(set(whole[:, 0].tolist())) > 1  # different groups, not one drawn four times
+    other = PairsWithGroups(0, 1, source, groups_per_batch=4, seed=3)(examples[1:] + examples[:1])["group_input_ids"]
+    assert not torch.equal(other.view(4, 2), whole)  # the draw follows the examples

@@ -74,3 +74,25 @@ def test_variance_report_by_hand():
     scaled = variance_report(5 * rewards + 1)
     assert scaled["whitened_variance_mean"] == pytest.approx(out["whitened_variance_mean"], rel=1e-5)
     assert scaled["raw_variance_mean"] == pytest.approx(50.0)
+
+
+def test_regularizer_with_gather_is_the_whole_batch_split_over_processes():
+    """Two processes holding ``[[0, 2]]`` and ``[[1, 3]]``, each whitening by the gathered batch:
+    each gets the worked example's ``-1.6``; the average of their terms, and its gradient, equal
+    one process holding both prompts."""
+    r = torch.tensor([[0.0, 2.0], [1.0, 3.0]], requires_grad=True)
+    terms = [variance_regularizer(r[i:i + 1], gather=lambda local, i=i: torch.cat([r[:i], local, r[i + 1:]]))
+             for i in range(2)]
+    assert_close(torch.cat(terms), torch.tensor([-1.6, -1.6]), atol=1e-5, rtol=1e-5)
+    split_grad, = torch.autograd.grad(sum(t.mean() for t in terms) / 2, r)
+    whole_grad, = torch.autograd.grad(variance_regularizer(r).mean(), r)
+    assert_close(split_grad, whole_grad)
+    assert split_grad.abs().sum() > 0.1
+    # without the gather each process whitens its single prompt by itself: no batch to compare to
+    with pytest.raises(ValueError, match="at least 2 prompts"):
+        variance_regularizer(r[:1])
+    # a larger batch split 3 ways, with a target: still the whole batch's term
+    big = torch.randn(6, 4, requires_grad=True)
+    parts = [variance_regularizer(big[2 * i:2 * i + 2], target=1.2, gather=lambda local, i=i: torch.cat(
+        [big[:2 * i], local, big[2 * i + 2:]])) for i in range(3)]
+    assert_close(torch.cat(parts), variance_regularizer(big, target=1.2))

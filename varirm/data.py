@@ -222,21 +222,34 @@ class GroupSource:
 
 class PairsWithGroups:
     """Collator: a batch of pairs plus ``groups_per_batch`` policy-sample groups drawn at random.
-    The draw is seeded by ``seed``, the rank, and a hash of the batch's token ids, so it does not
-    depend on process history (a resumed run draws the same groups); ranks draw different groups,
-    so with the regularizer a DDP run is not step-for-step a single-process run. Needs
-    ``num_workers=0`` when samples are regenerated during training (workers hold copies)."""
+
+    Group ``c`` is drawn by a generator seeded by ``seed``, its global index ``c * R + rank`` and a
+    hash of the token ids of the batch's examples ``c, c + groups_per_batch, ...``, so the draw does
+    not depend on process history (a resumed run draws the same groups), and it does not depend on
+    how a global batch is split over ``R`` processes: :class:`LengthGroupedSampler` gives process
+    ``r`` the global positions ``r, r + R, ...``, so its examples ``c, c + G, ...`` are the global
+    batch's positions ``c * R + r, c * R + r + G * R, ...``, exactly what one process with ``R``
+    times the batch and the groups hashes for its group ``c * R + r``. With the regularizer's
+    statistics taken over all processes (:meth:`varirm.module.RewardModelModule._all_groups`), a
+    DDP run is step for step a single-process run with ``R`` times ``batch_size`` and
+    ``groups_per_batch``. Needs ``num_workers=0`` when samples are regenerated during training
+    (workers hold copies)."""
 
     def __init__(self, pad_token_id: int, pad_to_multiple_of: int, source: GroupSource, groups_per_batch: int,
-                 seed: int, rank: int = 0):
+                 seed: int, rank: int = 0, num_replicas: int = 1):
         self.pad_token_id, self.pad_to_multiple_of = pad_token_id, pad_to_multiple_of
-        self.source, self.groups_per_batch, self.seed, self.rank = source, groups_per_batch, seed, rank
+        self.source, self.groups_per_batch, self.seed = source, groups_per_batch, seed
+        self.rank, self.num_replicas = rank, num_replicas
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = collate_pairs(examples, self.pad_token_id, self.pad_to_multiple_of)
-        key = zlib.crc32(b"".join(torch.tensor(e["chosen_ids"] + e["rejected_ids"]).numpy().tobytes() for e in examples))
-        g = torch.Generator().manual_seed(self.seed * 7919 + self.rank * 104729 + key)
-        batch.update(collate_groups(self.source.draw(self.groups_per_batch, g), self.pad_token_id))
+        groups = []
+        for c in range(self.groups_per_batch):
+            chunk = examples[c::self.groups_per_batch]
+            key = zlib.crc32(b"".join(torch.tensor(e["chosen_ids"] + e["rejected_ids"]).numpy().tobytes() for e in chunk))
+            index = c * self.num_replicas + self.rank  # the group's index in the global batch
+            groups += self.source.draw(1, torch.Generator().manual_seed(self.seed * 7919 + index * 104729 + key))
+        batch.update(collate_groups(groups, self.pad_token_id))
         return batch
 
 
@@ -298,7 +311,7 @@ class PreferenceDataModule(LightningDataModule):
         trust_remote_code: Allow custom tokenizer code from the Hub.
         policy_samples: Samples file (``varirm sample``) whose groups of ``k`` responses feed the
             variance regularizer: ``groups_per_batch`` groups ride along with every training batch.
-        groups_per_batch: Prompts (each with its ``k`` samples) per training step.
+        groups_per_batch: Prompts (each with its ``k`` samples) per training step and process.
         val_policy_samples: Samples file for on-policy validation: whitened reward variance and,
             with gold labels (``gold`` in the file or a ``labeler``), on-policy accuracy.
         labeler: Labels policy samples: a reward-model directory / ``.ckpt`` or the dotted path of a
@@ -554,7 +567,7 @@ class PreferenceDataModule(LightningDataModule):
         pad_id = self._tokenizer().pad_token_id
         if split == "train" and self.group_source is not None:
             collate = PairsWithGroups(pad_id, hp.pad_to_multiple_of, self.group_source, hp.groups_per_batch,
-                                      hp.seed, rank)
+                                      hp.seed, rank, world)
         else:
             collate = partial(collate_pairs, pad_token_id=pad_id, pad_to_multiple_of=hp.pad_to_multiple_of)
         return ResumableLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=hp.num_workers,

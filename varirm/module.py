@@ -48,8 +48,9 @@ class RewardModelModule(LightningModule):
         variance_coef: Weight of the variance regularizer (0: plain Bradley-Terry).
         variance_target: Floor on a prompt's whitened variance above which the term stops
             pushing (``None``: always push).
-        variance_normalization: ``batch``: whiten by the group batch's mean/std, gradients
-            through them (scale invariant); ``none``: raw rewards (ablation only).
+        variance_normalization: ``batch``: whiten by the group batch's mean/std (over all
+            processes' groups under DDP), gradients through them (scale invariant); ``none``: raw
+            rewards (ablation only).
         variance_warmup_ratio: Ramp ``variance_coef`` linearly from 0 over this fraction of all
             steps. The term is scale invariant, so its gradient grows as ``1 / std(r)``: at
             initialisation rewards are nearly constant and, at full weight, the term would drown
@@ -119,7 +120,7 @@ class RewardModelModule(LightningModule):
             coef = self.variance_coef_now() if regularize else 0.0
             if coef > 0:
                 term = variance_regularizer(groups, self.hparams.variance_normalization,
-                                            self.hparams.variance_target).mean()
+                                            self.hparams.variance_target, gather=self._all_groups).mean()
                 loss = loss + coef * term
         return loss, groups
 
@@ -175,6 +176,12 @@ class RewardModelModule(LightningModule):
         # comes from model_name_or_path when loading. Derived from the model actually built (a saved
         # LoRA RM given as model_name_or_path is peft even with lora_r = 0).
         self.strict_loading = not self.model.is_peft
+
+    def _all_groups(self, groups: torch.Tensor) -> torch.Tensor:
+        """Every process's policy-sample group rewards, ``(g, k) -> (R * g, k)``, gradients flowing
+        back to each process (one process: ``groups`` itself), so the regularizer whitens by the
+        statistics of the whole data-parallel batch."""
+        return self.all_gather(groups, sync_grads=True).reshape(-1, groups.shape[1])
 
     def variance_coef_now(self) -> float:
         """``variance_coef`` after the linear warm-up over ``variance_warmup_ratio`` of all steps."""

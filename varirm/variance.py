@@ -12,7 +12,7 @@ Variances are unbiased (``k - 1`` in the denominator): each row estimates ``Var_
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 import torch
 
@@ -33,7 +33,8 @@ def within_prompt_variance(rewards: torch.Tensor) -> torch.Tensor:
 
 
 def variance_regularizer(rewards: torch.Tensor, normalization: Normalization = "batch",
-                         target: Optional[float] = None) -> torch.Tensor:
+                         target: Optional[float] = None,
+                         gather: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
     """Per-prompt variance term, to be *minimised* alongside the Bradley-Terry loss.
 
     ``rewards``: ``(b, k)``, the RM's rewards for ``k`` policy samples of each of ``b`` prompts.
@@ -54,13 +55,22 @@ def variance_regularizer(rewards: torch.Tensor, normalization: Normalization = "
 
     Worked example: ``r = [[0, 2], [1, 3]]``: mean 1.5, population std ``sqrt(1.25)``; each row's
     raw variance is 2, so ``v = 2 / 1.25 = 1.6`` and the loss is ``[-1.6, -1.6]``.
+
+    ``gather`` (data parallel): maps this process's ``(b, k)`` rewards to every process's,
+    ``(R * b, k)``, with gradients flowing back to each process (e.g. the system's
+    ``all_gather(r, sync_grads=True)``); the whitening mean and std are then taken over all ``R * b``
+    prompts while ``v_i`` is returned for this process's ``b``. With equal ``b`` per process, the
+    average of the processes' ``mean_i`` terms (what data-parallel gradients average) is the term of
+    one process holding all ``R * b`` prompts. E.g. ``r = [[0, 2]]`` here and ``[[1, 3]]`` in the
+    other process: ``[-1.6]`` in each, as in the worked example.
     """
     if rewards.dim() != 2 or rewards.shape[1] < 2:
         raise ValueError(f"rewards must be (prompts, k >= 2), got {tuple(rewards.shape)}")
-    if normalization == "batch" and rewards.shape[0] < 2:
+    everyone = rewards if gather is None or normalization != "batch" else gather(rewards)  # (R * b, k)
+    if normalization == "batch" and everyone.shape[0] < 2:
         # one prompt whitened by its own statistics has variance k/(k-1) whatever r is: no gradient
         raise ValueError("batch normalization needs at least 2 prompts per batch")
-    z = whiten(rewards) if normalization == "batch" else rewards
+    z = whiten(rewards, everyone.mean(), everyone.std(correction=0)) if normalization == "batch" else rewards
     v = within_prompt_variance(z)  # (b,)
     return -v if target is None else torch.relu(target - v)
 

@@ -101,3 +101,33 @@ class KillAtStep(__import__("lightning").pytorch.Callback):
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class CrashAtStep(__import__("lightning").pytorch.Callback):
+    """Raises when optimizer step ``step`` is about to run, in every process (after the
+    checkpoints of earlier steps were written): a failed multi-process job."""
+
+    def __init__(self, step: int = 1):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise SimulatedCrash(f"simulated crash at step {self.step}")
+
+
+class RankSnapshot(__import__("lightning").pytorch.Callback):
+    """Each process writes ``<run dir>/rank<r>.pt``: its epoch's prompt indices, its ``reward_norm``
+    right after that batch (before DDP broadcasts buffers again), and at the end its weights and
+    step metrics, so a test can check that the processes agree."""
+
+    def __init__(self):
+        self.first: dict = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if not self.first:
+            self.first = {"indices": list(trainer.train_dataloader.sampler), "reward_norm": pl_module.reward_norm.clone()}
+
+    def on_train_end(self, trainer, pl_module):
+        torch.save({**self.first, "state_dict": {k: v.clone() for k, v in pl_module.policy.state_dict().items()},
+                    "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}},
+                   os.path.join(trainer.default_root_dir, f"rank{trainer.global_rank}.pt"))

@@ -160,3 +160,43 @@ def test_rloo_killed_mid_epoch_resumes_exactly(tmp_path, tiny_model_dir):
             "--trainer.log_every_n_steps", "1", "--model.init_args.policy_name_or_path", tiny_model_dir,
             "--data.init_args.prompts", str(prompts)]
     assert_killed_then_resumed_matches(tmp_path, args, 4, 6, ["rloo/gold_reward", "rloo/proxy_reward"])
+
+
+def test_random_state_gives_each_process_its_own_generators_back():
+    """A DDP checkpoint holds every process's RNG states (``{"ranks": [...]}``): process ``r`` of
+    the same number of processes gets state ``r`` back, of another number rank 0's."""
+    from types import SimpleNamespace
+
+    from varirm.commands import RandomState
+
+    states = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        states.append(RandomState().state_dict())  # one process: the plain states
+    for world, rank, expected in [(2, 1, 1), (2, 0, 0), (4, 3, 0)]:
+        callback = RandomState()
+        callback.load_state_dict({"ranks": states})
+        torch.manual_seed(99)
+        callback.on_train_start(SimpleNamespace(global_rank=rank, world_size=world), None)
+        assert torch.equal(torch.get_rng_state(), states[expected]["torch"]), (world, rank)
+
+
+def test_epoch_shuffle_sampler_splits_each_global_batch_over_processes():
+    """23 prompts, 2 processes x batch 3: process r's i-th batch is positions r, r + 2, ... of the
+    i-th batch of 6 one process draws; the order is padded by its start to 24 (like
+    DistributedSampler), and a resumed process skips its own batches."""
+    one = EpochShuffleSampler(23, 6, seed=4)
+    one.set_epoch(1)
+    order = list(one)
+    padded = order + order[:1]
+    parts = []
+    for rank in range(2):
+        sampler = EpochShuffleSampler(23, 3, seed=4, num_replicas=2, rank=rank)
+        sampler.set_epoch(1)
+        parts.append(list(sampler))
+        assert len(sampler) == len(parts[-1]) == 12
+        for i in range(4):
+            assert parts[-1][3 * i:3 * i + 3] == padded[6 * i:6 * i + 6][rank::2]
+        sampler.skip_batches = 2
+        assert list(sampler) == parts[-1][6:]
+    assert sorted(parts[0] + parts[1]) == sorted(padded) and set(parts[0]).isdisjoint(parts[1][:-1])

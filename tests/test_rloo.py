@@ -1,3 +1,4 @@
+import csv
 import math
 
 import pytest
@@ -120,7 +121,11 @@ def test_lora_policy_uses_its_adapter_disabled_base_as_reference(tmp_path, tiny_
     callback = PolicyEvaluation(str(synthetic_dir / "eval_prompts.jsonl"), num_prompts=3, k=2, every_n_steps=2)
     torch.manual_seed(7)
     state = torch.random.get_rng_state()
-    callback._evaluate(type("T", (), {"global_step": 0, "loggers": [], "default_root_dir": str(tmp_path / "e")})(), module)
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    trainer = type("T", (), {"global_step": 0, "loggers": [], "default_root_dir": str(tmp_path / "e"), "world_size": 1,
+                             "global_rank": 0, "strategy": SingleDeviceStrategy("cpu")})()
+    callback._evaluate(trainer, module)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert json.loads((tmp_path / "e" / "policy_eval.json").read_text())["curve"][0]["step"] == 0
 
@@ -176,3 +181,85 @@ def test_token_logprobs_from_a_start_position_match_the_full_computation(tiny_mo
     assert logp.shape == (3, 6) and no_ent is None
     assert_close(logp, full_logp[:, 5:], atol=1e-5, rtol=1e-5)
     assert_close(ent, full_ent[:, 5:], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_rloo_under_ddp_ranks_agree_and_resume(tmp_path, tiny_model_dir, synthetic_dir):
+    """RLOO in 2 CPU processes (gloo): the processes sample different prompts, measure one reward
+    normalization, end with the same weights and the same (synced) step metrics; the evaluation
+    callback splits its prompts over the processes and its curve is what one process computes
+    for those weights, written once; a run that fails at step 4 and resumes from its checkpoint
+    ends like the uninterrupted 8-step run."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    from varirm.rloo import PolicyEvaluation
+
+    from conftest import REPO
+
+    def run(run_dir, *extra):
+        evaluation = {"prompts": str(synthetic_dir / "eval_prompts.jsonl"), "num_prompts": 6, "k": 2,
+                      "every_n_steps": 2, "batch_size": 2}  # 3 generation batches: 2 in rank 0, 1 in rank 1
+        callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                      "init_args": {"dirpath": str(run_dir / "checkpoints"), "every_n_train_steps": 4, "save_last": True,
+                                    "save_top_k": -1}},
+                     {"class_path": "varirm.rloo.PolicyEvaluation", "init_args": evaluation},
+                     {"class_path": "conftest.RankSnapshot"}, *extra]
+        config = tmp_path / f"callbacks_{run_dir.name}.yaml"
+        config.write_text(json.dumps({"trainer": {"callbacks": callbacks}}))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)])}
+        return subprocess.run([sys.executable, "-m", "varirm", "rloo", "--config",
+                               str(REPO / "recipes" / "rloo" / "synthetic_gold.yaml"), "--config", str(config),
+                               "--trainer.default_root_dir", str(run_dir), "--trainer.max_steps", "8",
+                               "--trainer.log_every_n_steps", "1", "--trainer.precision", "32-true",
+                               "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+                               "--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.devices", "2",
+                               "--model.init_args.policy_name_or_path", tiny_model_dir,
+                               "--model.init_args.max_new_tokens", "8", "--data.init_args.batch_size", "4",
+                               "--data.init_args.prompts", str(synthetic_dir / "prompts.jsonl"),
+                               *(["--ckpt_path", "last"] if (run_dir / "checkpoints").is_dir() else [])],
+                              capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=900)
+
+    full, split = tmp_path / "full", tmp_path / "split"
+    proc = run(full)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(full / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert sorted(r0["indices"] + r1["indices"]) == list(range(512))  # each process its own half of the prompts
+    assert not torch.isnan(r0["reward_norm"]).any()
+    assert_close(r0["reward_norm"], r1["reward_norm"], atol=0, rtol=0)  # measured on both first batches
+    for k in r0["state_dict"]:
+        assert_close(r0["state_dict"][k], r1["state_dict"][k], atol=0, rtol=0, msg=k)
+    assert r0["metrics"] == r1["metrics"] and "rloo/gold_reward" in r0["metrics"]  # synced over processes
+    rows = list(csv.DictReader(open(full / "csv" / "version_0" / "metrics.csv")))
+    steps = [r["step"] for r in rows if r.get("rloo/proxy_reward")]
+    assert len(steps) == 4 and len(set(steps)) == 4  # one row per RLOO step
+    curve = json.loads((full / "policy_eval.json").read_text())["curve"]
+    assert [p["step"] for p in curve] == [0, 2, 4]
+
+    # the curve's last point is one process's evaluation of the final weights
+    module = RLOOModule(tiny_model_dir, "varirm.synthetic.gold_reward", gold="varirm.synthetic.gold_reward", k=4,
+                        max_new_tokens=8, ppo_epochs=2)
+    module.configure_model()
+    module.load_state_dict(torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"], strict=False)
+    callback = PolicyEvaluation(str(synthetic_dir / "eval_prompts.jsonl"), num_prompts=6, k=2, batch_size=2)
+    trainer = type("T", (), {"global_step": 8, "loggers": [], "default_root_dir": str(tmp_path / "one"), "world_size": 1,
+                             "global_rank": 0, "strategy": SingleDeviceStrategy("cpu")})()
+    callback._evaluate(trainer, module)
+    assert callback.curve[0] == pytest.approx(curve[-1], abs=1e-9)
+
+    proc = run(split, {"class_path": "conftest.CrashAtStep", "init_args": {"step": 4}})
+    assert proc.returncode != 0 and "simulated crash at step 4" in proc.stderr, proc.stderr[-3000:]
+    proc = run(split)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(split / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 8
+    for k in a["state_dict"]:
+        assert_close(a["state_dict"][k], b["state_dict"][k], atol=1e-6, rtol=1e-5, msg=k)
+    resumed = {r["step"]: r["rloo/gold_reward"] for v in ("version_0", "version_1")
+               for r in csv.DictReader(open(split / "csv" / v / "metrics.csv")) if r.get("rloo/gold_reward")}
+    assert resumed == {r["step"]: r["rloo/gold_reward"] for r in rows if r.get("rloo/gold_reward")}

@@ -49,7 +49,10 @@ class RandomState(Callback):
     """Saves the random number generators' states (torch CPU and CUDA, numpy, Python) in every
     checkpoint and puts them back when a resumed run starts training, so sampling, dropout and
     draws continue as in an uninterrupted run. Stored as tensors and plain values, so checkpoints
-    still load with ``torch.load(weights_only=True)``."""
+    still load with ``torch.load(weights_only=True)``. Under data parallelism (processes sample
+    different data and so draw different amounts) every process's states are stored, as
+    ``{"ranks": [...]}``, and each process gets its own back (rank 0's when the number of
+    processes changed)."""
 
     def __init__(self):
         self.pending: Optional[dict[str, Any]] = None
@@ -61,9 +64,16 @@ class RandomState(Callback):
         import torch
 
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "numpy": [kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss],
-                "python": list(random.getstate())}
+        state = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                 "numpy": [kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss],
+                 "python": list(random.getstate())}
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return state
+        # Lightning builds the checkpoint on every process and global rank 0 writes it
+        states: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(states, state)
+        return {"ranks": states}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.pending = state
@@ -77,6 +87,9 @@ class RandomState(Callback):
         if self.pending is None:
             return
         state, self.pending = self.pending, None
+        if "ranks" in state:
+            ranks = state["ranks"]
+            state = ranks[trainer.global_rank] if len(ranks) == trainer.world_size else ranks[0]
         torch.set_rng_state(state["torch"])
         if state["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])

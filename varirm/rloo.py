@@ -9,11 +9,16 @@ The RM scores with :func:`varirm.scoring.score`, i.e. the same rendering and tok
 training; the policy and the RM may have different tokenizers (responses are decoded, then
 re-rendered and re-tokenized for the RM). RM rewards are normalized by ``(r - shift) / scale``,
 measured on the initial policy's samples at the start of training unless given.
+
+Data parallel (Lightning's ``ddp``): each process samples its own share of the prompts, the
+normalization is measured on all processes' first batches, step metrics are averaged over
+processes, and :class:`PolicyEvaluation` splits its prompts over processes and writes once.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Literal, Optional, Union
 
@@ -112,12 +117,15 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 class PromptDataModule(LightningDataModule):
     """Batches of prompts for RLOO.
 
+    Under data parallelism each process takes its share of every global batch of
+    ``R * batch_size`` prompts (:class:`varirm.data.EpochShuffleSampler`).
+
     Args:
         prompts: jsonl/json file (or Hub dataset id) of prompts.
         prompt_field: Field holding the prompt.
         num_prompts: Use only the first this many.
         split: Split to read when ``prompts`` is a Hub dataset id.
-        batch_size: Prompts per RLOO step (each sampled k times).
+        batch_size: Prompts per RLOO step and process (each sampled k times).
         seed: Shuffling seed.
     """
 
@@ -135,8 +143,9 @@ class PromptDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
         return ResumableLoader(self.prompts, batch_size=hp.batch_size, collate_fn=list,
-                               sampler=EpochShuffleSampler(len(self.prompts), hp.batch_size, hp.seed),
+                               sampler=EpochShuffleSampler(len(self.prompts), hp.batch_size, hp.seed, world, rank),
                                position=self.train_position)
 
     def state_dict(self) -> dict[str, Any]:
@@ -170,8 +179,10 @@ class RLOOModule(LightningModule):
         temperature: Sampling temperature.
         top_p: Nucleus sampling threshold.
         max_new_tokens: Longest response.
-        reward_shift: RM normalization shift (``None``: measured on the first batch's samples).
-        reward_scale: RM normalization scale (``None``: measured on the first batch's samples).
+        reward_shift: RM normalization shift (``None``: the mean RM reward of the first batch's
+            samples, over all processes).
+        reward_scale: RM normalization scale (``None``: the population std of the first batch's
+            samples' RM rewards, over all processes).
         lr: Learning rate of the optimizer.
         optimizer: ``adamw`` (the default; its per-parameter scaling makes updates nearly blind to
             the reward's overall scale) or ``sgd`` (plain gradient steps: the update grows with
@@ -259,8 +270,9 @@ class RLOOModule(LightningModule):
         n, p_len = s["input_ids"].shape[0], s["prompt_len"]
         resp_mask = s["response_mask"].float()  # (n, r)
         raw = torch.tensor(self.reward_fn(s["prompts"], s["responses"]), dtype=torch.float32, device=self.device)
-        if torch.isnan(self.reward_norm).any():  # first batch: measure what was not given
-            measured = torch.stack([raw.mean(), raw.std(correction=0).clamp_min(1e-6)])
+        if torch.isnan(self.reward_norm).any():  # first batch: measure what was not given, on every process's
+            everyone = self.all_gather(raw).reshape(-1)  # (R * n,); equal n: the sampler pads the prompts
+            measured = torch.stack([everyone.mean(), everyone.std(correction=0).clamp_min(1e-6)])
             self.reward_norm.copy_(torch.where(torch.isnan(self.reward_norm), measured, self.reward_norm))
         reward = (raw - self.reward_norm[0]) / self.reward_norm[1]  # (n,)
         ids, mask, start = s["input_ids"], s["attention_mask"], p_len - 1  # score response tokens only
@@ -291,8 +303,8 @@ class RLOOModule(LightningModule):
                 "rloo/reward_std_per_prompt": spread.mean(), "rloo/zero_spread_fraction": (spread < 1e-6).float().mean(),
                 "rloo/response_length": resp_mask.sum(-1).mean()}
         if self.gold_fn is not None:
-            logs["rloo/gold_reward"] = torch.tensor(self.gold_fn(s["prompts"], s["responses"])).float().mean()
-        self.log_dict(logs, prog_bar=True, batch_size=n // hp.k)
+            logs["rloo/gold_reward"] = torch.tensor(self.gold_fn(s["prompts"], s["responses"]), device=self.device).float().mean()
+        self.log_dict(logs, prog_bar=True, batch_size=n // hp.k, sync_dist=True)  # means over processes
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]
@@ -324,6 +336,9 @@ class PolicyEvaluation(Callback):
     (the training RNG is left untouched), scored by the RM (raw and normalized by the module's
     ``reward_norm``) and the gold reward when the module has one. Logs ``eval/*`` and writes the
     whole curve to ``<run dir>/policy_eval.json`` after each point (``varirm verify`` reads it).
+    Under data parallelism process ``r`` generates the batches ``r, r + R, ...`` of prompts (each
+    seeded as in one process, so the numbers are one process's) and the results are summed over
+    processes; the global-rank-0 process writes.
 
     Args:
         prompts: jsonl/json file (or Hub dataset id) of held-out prompts.
@@ -350,21 +365,34 @@ class PolicyEvaluation(Callback):
         if not self.prompts:
             self.prompts = read_prompts(self.prompts_file, self.prompt_field, self.num_prompts, self.split)
         hp = module.hparams
-        config = SamplingConfig(k=self.k, temperature=hp.temperature, top_p=hp.top_p, max_new_tokens=hp.max_new_tokens,
-                                seed=self.seed, batch_size=self.batch_size)
+        n, size = len(self.prompts), self.batch_size
+        rows, responses = [], []  # this process's prompts (generation batches rank, rank + R, ...), their samples
         devices = [module.device] if module.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            responses = generate_responses(module.policy, module.tokenizer, self.prompts, config, progress=False)
-        flat_prompts = [p for p in self.prompts for _ in range(self.k)]
+            for b in range(trainer.global_rank, math.ceil(n / size), trainer.world_size):
+                # batch b seeded with seed + b, as generate_responses seeds it over all prompts
+                config = SamplingConfig(k=self.k, temperature=hp.temperature, top_p=hp.top_p,
+                                        max_new_tokens=hp.max_new_tokens, seed=self.seed + b, batch_size=size)
+                batch = list(range(b * size, min(n, (b + 1) * size)))
+                rows += batch
+                responses += generate_responses(module.policy, module.tokenizer, [self.prompts[i] for i in batch],
+                                                config, progress=False)
+        flat_prompts = [self.prompts[i] for i in rows for _ in range(self.k)]
         flat = [r for group in responses for r in group]
-        proxy = torch.tensor(module.reward_fn(flat_prompts, flat), dtype=torch.float64)
-        point = {"step": step, "proxy_reward_raw": proxy.mean().item(),
-                 "response_words": sum(len(r.split()) for r in flat) / len(flat)}
+        # (prompt, sample, [proxy, gold, words]): each process fills its prompts' rows; the sum is all of them
+        table = torch.zeros(n, self.k, 3, dtype=torch.float64)
+        if flat:
+            gold = module.gold_fn(flat_prompts, flat) if module.gold_fn is not None else [0.0] * len(flat)
+            table[rows] = torch.tensor([module.reward_fn(flat_prompts, flat), gold, [len(r.split()) for r in flat]],
+                                       dtype=torch.float64).T.reshape(-1, self.k, 3)
+        table = trainer.strategy.reduce(table.to(module.device), reduce_op="sum").cpu()
+        proxy = table[..., 0].reshape(-1)
+        point = {"step": step, "proxy_reward_raw": proxy.mean().item(), "response_words": table[..., 2].mean().item()}
         shift, scale = module.reward_norm.tolist()
         if scale == scale:  # not NaN: normalization known
             point["proxy_reward"] = ((proxy - shift) / scale).mean().item()
         if module.gold_fn is not None:
-            point["gold_reward"] = sum(module.gold_fn(flat_prompts, flat)) / len(flat)
+            point["gold_reward"] = table[..., 1].mean().item()
         self.curve.append(point)
         for logger in trainer.loggers:
             logger.log_metrics({f"eval/{k}": v for k, v in point.items() if k != "step"}, step=step)

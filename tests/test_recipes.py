@@ -29,7 +29,7 @@ class ParseOnly(VarirmCLI):
 
 def test_recipes_exist():
     assert {p.stem for p in RECIPES} >= {"quickstart", "full_1b", "lora_1b", "qlora_8b", "variance_synthetic",
-                                         "variance_lora_1b"}
+                                         "variance_lora_1b", "fsdp_8b"}
     assert SAMPLE_RECIPES and SFT_RECIPES
     assert {p.stem for p in VERIFY_RECIPES} >= {"synthetic", "testbed_gpu", "paper_1b"}
 
@@ -41,6 +41,23 @@ def test_recipe_parses(recipe):
     assert isinstance(cli.model, RewardModelModule) and isinstance(cli.datamodule, PreferenceDataModule)
     assert cli.datamodule.hparams.tokenizer_name_or_path == cli.model.hparams.model_name_or_path
     assert cli.config["trainer"]["default_root_dir"]
+
+
+def test_fsdp_recipe_shards_and_checkpoints_decoder_layers():
+    """The FSDP recipe's strategy is built as written: FULL_SHARD, FSDP units and activation
+    checkpointing on the Llama decoder layer, sharded checkpoints, bf16 compute on fp32 weights."""
+    from torch.distributed.fsdp import ShardingStrategy
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    path = next(p for p in RECIPES if p.stem == "fsdp_8b")
+    cli = ParseOnly(RewardModelModule, PreferenceDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                    run=False, args=["--config", str(path)], auto_configure_optimizers=False)
+    strategy = cli.config_init["trainer"]["strategy"]
+    assert strategy.sharding_strategy == ShardingStrategy.FULL_SHARD and strategy._state_dict_type == "sharded"
+    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {LlamaDecoderLayer}
+    assert strategy._activation_checkpointing_kwargs["auto_wrap_policy"]._module_classes == {LlamaDecoderLayer}
+    assert cli.config["trainer"]["precision"] == "bf16-mixed" and cli.model.hparams.dtype == "float32"
+    assert cli.config["trainer"]["devices"] == 8 and not cli.model.hparams.gradient_checkpointing
 
 
 def test_a_bad_recipe_value_is_rejected_before_any_work(tmp_path):

@@ -17,7 +17,7 @@ from typing import Literal, Optional
 import torch
 
 EPS = 1e-6
-Normalization = Literal["batch", "none"]
+Normalization = Literal["batch", "pairs", "none"]
 
 
 def whiten(rewards: torch.Tensor, shift: Optional[float] = None, scale: Optional[float] = None) -> torch.Tensor:
@@ -33,7 +33,7 @@ def within_prompt_variance(rewards: torch.Tensor) -> torch.Tensor:
 
 
 def variance_regularizer(rewards: torch.Tensor, normalization: Normalization = "batch",
-                         target: Optional[float] = None) -> torch.Tensor:
+                         target: Optional[float] = None, reference: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per-prompt variance term, to be *minimised* alongside the Bradley-Terry loss.
 
     ``rewards``: ``(b, k)``, the RM's rewards for ``k`` policy samples of each of ``b`` prompts.
@@ -50,7 +50,12 @@ def variance_regularizer(rewards: torch.Tensor, normalization: Normalization = "
     of the batch's reward variance between prompts (``mean_i v_i = k/(k-1) * (1 - between-prompt
     share)`` in the population form), i.e. it makes rewards separate the samples of each prompt
     rather than the prompts from each other. ``normalization="none"`` uses raw ``r`` (not scale
-    invariant; for ablations only).
+    invariant; for ablations only). ``normalization="pairs"`` whitens by the mean and std of
+    ``reference`` instead, the rewards of the step's preference pairs ``(2b,)`` (gradients through
+    them too): still invariant to ``r -> c r + d`` of the whole RM, but the groups' own
+    between-prompt spread no longer enters the scale, so the term can only be lowered by separating
+    each prompt's samples more, measured in units of the pair rewards' spread (which the
+    Bradley-Terry loss keeps from collapsing).
 
     Worked example: ``r = [[0, 2], [1, 3]]``: mean 1.5, population std ``sqrt(1.25)``; each row's
     raw variance is 2, so ``v = 2 / 1.25 = 1.6`` and the loss is ``[-1.6, -1.6]``.
@@ -60,7 +65,12 @@ def variance_regularizer(rewards: torch.Tensor, normalization: Normalization = "
     if normalization == "batch" and rewards.shape[0] < 2:
         # one prompt whitened by its own statistics has variance k/(k-1) whatever r is: no gradient
         raise ValueError("batch normalization needs at least 2 prompts per batch")
-    z = whiten(rewards) if normalization == "batch" else rewards
+    if normalization == "pairs":
+        if reference is None or reference.numel() < 2:
+            raise ValueError("pairs normalization needs the pair rewards as reference")
+        z = whiten(rewards, reference.mean(), reference.std(correction=0))
+    else:
+        z = whiten(rewards) if normalization == "batch" else rewards
     v = within_prompt_variance(z)  # (b,)
     return -v if target is None else torch.relu(target - v)
 

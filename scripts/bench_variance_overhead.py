@@ -39,14 +39,14 @@ def policy_samples(task_dir: str, k: int, path: str) -> str:
     step time depends on sequence count and length, not on who wrote the text)."""
     import random
 
-    from varirm.synthetic import prompt_topic, sample_response
+    from varirm.synthetic import pi0_demo, prompt_topic
 
     rng = random.Random(0)
     with open(os.path.join(task_dir, "prompts.jsonl")) as f, open(path, "w") as out:
         for line in f:
             prompt = json.loads(line)["prompt"]
             topic = prompt_topic(prompt[0]["content"])
-            responses = [sample_response(rng, topic, rng.random()) for _ in range(k)]
+            responses = [pi0_demo(rng, topic, rng.uniform(0, 0.6)) for _ in range(k)]
             out.write(json.dumps({"prompt": prompt, "responses": responses, "policy": "synthetic"}) + "\n")
     return path
 

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Makes the example variance cards in model_cards/ from committed results:
-#  - example_synthetic_rm.md: the regularized RM (seed 0) of scripts/compare_variance.py, with its
-#    evaluation under pi0. Run after  python scripts/compare_variance.py --seeds 0 1 2
-#  - example_verified_rm.md: the regularized RM (seed 0) of the RLOO verification, with its
-#    evaluation under pi0 and its verification result. Run after
-#      varirm verify --config recipes/verify/synthetic.yaml --seeds '[0, 1, 2]' --output_dir results/verify
+# Makes the example variance cards in model_cards/ from the committed verification report
+# (results/verify: the synthetic world, 5 seeds). Run after
+#   varirm verify --config recipes/verify/synthetic.yaml --config recipes/verify/regularizers.yaml \
+#     --seeds '[0, 1, 2, 3, 4]' --output_dir results/verify
+#  - example_synthetic_rm.md: the 100%-on-policy BT RM (seed 0) with its evaluation under pi0;
+#  - example_verified_rm.md: the regularized RM `bt_reg` (seed 0) with its evaluation under pi0 and
+#    the verification result.
 source "$(dirname "$0")/setup.sh"
-out=artifacts/export/synthetic-rm-variance
-varirm export --checkpoint results/variance/runs/reg_seed0/checkpoints/last.ckpt --output "$out" \
-  --evaluations '["results/variance/eval/reg_seed0"]' --repo_id varirm/synthetic-rm-variance --overwrite true
+out=artifacts/export/synthetic-rm-onpolicy
+varirm export --checkpoint results/verify/rms/onpolicy_100/seed0 --output "$out" \
+  --evaluations '["results/verify/eval/onpolicy_100/seed0"]' --repo_id varirm/synthetic-rm-onpolicy --overwrite true
 cp "$out/README.md" model_cards/example_synthetic_rm.md
 out=artifacts/export/synthetic-rm-verified
 varirm export --checkpoint results/verify/rms/bt_reg/seed0 --output "$out" \

@@ -182,11 +182,12 @@ def test_variance_coef_warms_up_linearly(tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_fit_with_regularizer_logs_on_policy_variance_and_accuracy(tmp_path, tiny_model_dir, synthetic_dir):
+@pytest.mark.parametrize("normalization", ["batch", "pairs"])
+def test_fit_with_regularizer_logs_on_policy_variance_and_accuracy(tmp_path, tiny_model_dir, synthetic_dir, normalization):
     import json
-
-    from varirm.synthetic import make_prompts, sample_response, prompt_topic
     import random
+
+    from varirm.synthetic import make_prompts, pi0_demo, prompt_topic
 
     rng = random.Random(0)
     samples = tmp_path / "samples.jsonl"
@@ -194,10 +195,10 @@ def test_fit_with_regularizer_logs_on_policy_variance_and_accuracy(tmp_path, tin
         for row in make_prompts(16, seed=9):
             topic = prompt_topic(row["prompt"][0]["content"])
             f.write(json.dumps({"prompt": row["prompt"], "policy": "synthetic",
-                                "responses": [sample_response(rng, topic, rng.random()) for _ in range(4)]}) + "\n")
+                                "responses": [pi0_demo(rng, topic, rng.uniform(0, 0.6)) for _ in range(4)]}) + "\n")
     run = tmp_path / "reg"
     cli_main(fit_args(run, tiny_model_dir, synthetic_dir, "--trainer.max_epochs", "1",
-                      "--model.init_args.variance_coef", "0.1",
+                      "--model.init_args.variance_coef", "0.1", "--model.init_args.variance_normalization", normalization,
                       "--data.init_args.policy_samples", str(samples), "--data.init_args.groups_per_batch", "2",
                       "--data.init_args.val_policy_samples", str(samples),
                       "--data.init_args.labeler", "varirm.synthetic.gold_reward"))

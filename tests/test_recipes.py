@@ -103,6 +103,9 @@ def test_rloo_recipe_parses(recipe):
     assert isinstance(cli.model, RLOOModule) and cli.model.hparams.k >= 2
 
 
+OVERLAYS = {"regularizers": "synthetic"}  # recipes/verify/regularizers.yaml is used on top of synthetic.yaml
+
+
 @pytest.mark.parametrize("recipe", VERIFY_RECIPES, ids=[p.stem for p in VERIFY_RECIPES])
 def test_verify_recipe_parses_with_every_recipe_it_names(recipe, monkeypatch):
     """The verification config parses, and so does every RM and RLOO recipe it runs, with the
@@ -117,7 +120,9 @@ def test_verify_recipe_parses_with_every_recipe_it_names(recipe, monkeypatch):
     parser = ArgumentParser()
     parser.add_argument("--config", action="config")
     parser.add_function_arguments(verify)
-    cfg = parser.instantiate_classes(parser.parse_args(["--config", str(recipe)]))
+    base = OVERLAYS.get(recipe.stem)  # a config used on top of another one
+    args = ["--config", str(recipe.parent / f"{base}.yaml")] if base else []
+    cfg = parser.instantiate_classes(parser.parse_args([*args, "--config", str(recipe)]))
     names = [spec.name for spec in cfg.reward_models]
     assert len(set(names)) == len(names) and set(cfg.compare or []) <= set(names)
     for spec in cfg.reward_models:

@@ -9,10 +9,53 @@ def test_gold_reward_by_hand():
     prompt = "List some fruit words."
     assert gold_reward(prompt, "apple pear plum") == 3 / 8
     assert gold_reward(prompt, "apple apple apple") == 1 / 8  # repeats earn nothing
-    assert gold_reward(prompt, "apple dog red") == -1 / 8  # 1 on-topic, 2 off-topic
-    assert gold_reward(prompt, " ".join(TOPICS["fruit"])) == 1.0  # clipped at 1
-    assert gold_reward(prompt, " ".join(TOPICS["tool"])) == -1.0
-    assert gold_reward([{"role": "user", "content": "Write animal words."}], "dog cat") == 2 / 8
+    assert gold_reward(prompt, "apple dog red") == -1 / 8  # 1 on-topic, 2 of other topics
+    assert gold_reward(prompt, "apple um pear basically") == 0.0  # fillers count as other words
+    assert gold_reward(prompt, "apple pear apple um dog") == 0.0  # the module docstring's example
+    assert gold_reward(prompt, "Apple, PEAR; kiwi!") == 3 / 8  # words are lower-cased letter runs
+    assert gold_reward(prompt, " ".join(TOPICS["fruit"])) == 12 / 8  # no clipping: the whole list
+    assert gold_reward(prompt, " ".join(TOPICS["tool"])) == -12 / 8
+    assert gold_reward(prompt, "") == 0.0
+    assert gold_reward([{"role": "user", "content": "Write animal words."}], "dog cat wolf") == 3 / 8
+
+
+def test_strong_responses_never_use_fillers_and_pi0_demos_use_only_known_words():
+    import random
+
+    from varirm.synthetic import FILLERS, KNOWN, pi0_demo, strong_response
+
+    rng = random.Random(0)
+    strong = [strong_response(rng, "music", 0.9) for _ in range(300)]
+    assert not any(w in FILLERS for r in strong for w in r.split())
+    assert {w for r in strong for w in r.split() if WORD_TOPIC.get(w) == "music"} == set(TOPICS["music"])
+    demos = [pi0_demo(rng, "music", 0.5) for _ in range(300)]
+    words = [w for r in demos for w in r.split()]
+    assert {w for w in words if w not in FILLERS} == set(TOPICS["music"][:KNOWN["music"]])  # 2 known words
+    assert 0.1 < sum(w in FILLERS for w in words) / len(words) < 0.9
+    # slip 0: no fillers, and every answer has at least one word
+    assert all(r and not any(w in FILLERS for w in r.split()) for r in (pi0_demo(rng, "tool", 0.0) for _ in range(100)))
+
+
+def test_gold_has_between_prompt_structure_under_the_demonstrations():
+    """Under pi0's demonstration distribution, prompts differ in reachable gold (topic coverage), so
+    gold's whitened within-prompt variance is well below 1 (0.15 here; pi0's own samples, noisier,
+    measure 0.36: results/world), while an RM blind to fillers (coverage only) has less than 0.6x
+    of gold's."""
+    import random
+
+    import torch
+
+    from varirm.synthetic import FILLERS, make_prompts, pi0_demo
+    from varirm.variance import variance_report
+
+    rng = random.Random(0)
+    prompts = [row["prompt"] for row in make_prompts(128, seed=5)]
+    responses = [[pi0_demo(rng, prompt_topic(p[0]["content"]), rng.uniform(0, 0.6)) for _ in range(8)] for p in prompts]
+    gold = torch.tensor([[gold_reward(p, r) for r in rs] for p, rs in zip(prompts, responses)])
+    coverage = torch.tensor([[float(len({w for w in r.split() if w not in FILLERS})) for r in rs] for rs in responses])
+    gold_var = variance_report(gold)["whitened_variance_mean"]
+    assert 0.1 < gold_var < 0.3, gold_var
+    assert variance_report(coverage)["whitened_variance_mean"] < 0.6 * gold_var
 
 
 def test_every_word_has_one_topic():
@@ -45,12 +88,12 @@ def test_write_task_files(tmp_path):
 def test_flat_gold_reward_is_perfectly_accurate_with_low_whitened_variance():
     import torch
 
-    from varirm.synthetic import flat_gold_reward, make_prompts, sample_response
+    from varirm.synthetic import flat_gold_reward, make_prompts, pi0_demo
     from varirm.variance import on_policy_accuracy, variance_report
 
     rng = __import__("random").Random(0)
     prompts = [row["prompt"] for row in make_prompts(64, seed=5)]
-    responses = [[sample_response(rng, prompt_topic(p[0]["content"]), rng.random()) for _ in range(8)] for p in prompts]
+    responses = [[pi0_demo(rng, prompt_topic(p[0]["content"]), rng.uniform(0, 0.6)) for _ in range(8)] for p in prompts]
     gold = torch.tensor([[gold_reward(p, r) for r in rs] for p, rs in zip(prompts, responses)])
     flat = torch.tensor([[flat_gold_reward(p, r) for r in rs] for p, rs in zip(prompts, responses)])
     assert on_policy_accuracy(flat, gold).item() == 1.0  # every within-prompt comparison as gold makes it
@@ -71,14 +114,14 @@ def test_flat_gold_reward_is_perfectly_accurate_with_low_whitened_variance():
     assert half_flat_gold_reward(fruit, "apple pear") - half_flat_gold_reward(fruit, "dog") == pytest.approx(3 / 8)
 
 
-def test_second_policy_demonstrations_come_from_another_on_topic_range(tmp_path):
-    from varirm.synthetic import write_task
+def test_second_policy_demonstrations_come_from_another_slip_range(tmp_path):
+    from varirm.synthetic import FILLERS, write_task
 
-    paths = write_task(str(tmp_path), n_train=0, n_val=0, n_test=0, n_demos=400, demo_p_on=(0.6, 0.95))
+    paths = write_task(str(tmp_path), n_train=0, n_val=0, n_test=0, n_demos=400, demo_slip=(0.6, 0.9))
     rows = [json.loads(line) for line in open(paths["demos"])]
-    words = [w for r in rows for w in r["response"].split()]
-    on_topic = [WORD_TOPIC.get(w) == prompt_topic(r["prompt"][0]["content"]) for r in rows for w in r["response"].split()]
-    assert len(words) > 1000 and 0.6 < sum(on_topic) / len(on_topic) < 0.95
+    fillers = [w in FILLERS for r in rows for w in r["response"].split()]
+    assert len(fillers) > 1000 and 0.25 < sum(fillers) / len(fillers) < 0.6
+    assert json.load(open(tmp_path / "task.json"))["demo_slip"] == [0.6, 0.9]
 
 
 def test_bt_label_noise_in_training_pairs():

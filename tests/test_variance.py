@@ -48,6 +48,21 @@ def test_gradient_steps_raise_within_prompt_whitened_variance():
     assert after <= 4 / 3 + 1e-4  # the maximum, k / (k - 1): all of the batch's variance within prompts
 
 
+def test_pairs_normalization_by_hand():
+    r = torch.tensor([[0.0, 2.0], [1.0, 3.0]])
+    pairs = torch.tensor([1.0, -1.0, 3.0, -3.0])  # mean 0, population std sqrt(5)
+    # each row's raw variance is 2 -> 2 / 5 = 0.4, whatever the groups' own spread
+    assert_close(variance_regularizer(r, "pairs", reference=pairs), torch.tensor([-0.4, -0.4]))
+    # scale invariant when the whole RM is rescaled (groups and pairs together), unlike "none"
+    assert_close(variance_regularizer(10 * r + 3, "pairs", reference=10 * pairs + 3), torch.tensor([-0.4, -0.4]))
+    # unlike "batch", the groups' between-prompt spread does not lower the term
+    shifted = r + torch.tensor([[0.0], [100.0]])
+    assert_close(variance_regularizer(shifted, "pairs", reference=pairs), torch.tensor([-0.4, -0.4]))
+    assert variance_regularizer(shifted).max() > -0.01
+    with pytest.raises(ValueError, match="pair rewards"):
+        variance_regularizer(r, "pairs")
+
+
 def test_regularizer_rejects_bad_shapes():
     with pytest.raises(ValueError, match="k >= 2"):
         variance_regularizer(torch.zeros(3, 1))
@@ -96,3 +111,10 @@ def test_regularizer_with_gather_is_the_whole_batch_split_over_processes():
     parts = [variance_regularizer(big[2 * i:2 * i + 2], target=1.2, gather=lambda local, i=i: torch.cat(
         [big[:2 * i], local, big[2 * i + 2:]])) for i in range(3)]
     assert_close(torch.cat(parts), variance_regularizer(big, target=1.2))
+    # pairs normalization gathers the pair rewards too: each process's term is the whole batch's
+    pairs = torch.randn(8)
+    halves = [variance_regularizer(big[3 * i:3 * i + 3], "pairs", reference=pairs[4 * i:4 * i + 4],
+                                   gather=lambda local, i=i: torch.cat([pairs.reshape(-1, 1)[:4 * i], local,
+                                                                        pairs.reshape(-1, 1)[4 * i + 4:]]))
+              for i in range(2)]
+    assert_close(torch.cat(halves), variance_regularizer(big, "pairs", reference=pairs))

@@ -57,12 +57,21 @@ def test_summary_and_checks_pass_and_miss_by_their_intervals():
     assert corr["whitened_variance_mean"]["on_means_ci"]["lower"] == pytest.approx(1.0)  # ranks never change
     assert corr["off_policy_acc"]["on_means"] < 0
     result = checks(summary, "flat", ["a", "reg"], ["a", "b", "c", "reg"], rows, [0, 1])
-    assert [c["verdict"] for c in result] == ["PASS", "PASS", "PASS"]
+    # "reg" raises variance and gain, but loses 0.2 on-policy accuracy (more than 2 points): MISS
+    assert [c["verdict"] for c in result] == ["PASS", "PASS", "MISS"]
+    assert {k: v["verdict"] for k, v in result[2]["parts"].items()} == {
+        "variance": "PASS", "on_policy_acc": "MISS", "gold_gain": "PASS"}
     # ratio of means over the resampled seed pairs: 0.41/0.06 = 6.83 .. 0.40/0.05 = 8.00, estimate 0.405/0.055
     ratio = result[2]["intervals"]["ratio"]
     assert (ratio["estimate"], ratio["lower"], ratio["upper"]) == pytest.approx((0.405 / 0.055, 0.41 / 0.06, 8.0))
     # a regularized RM whose whole interval lies below 1.2x plain BT is a MISS
-    assert checks(summary, "flat", ["reg", "c"], ["a"], rows, [0, 1])[2]["verdict"] == "MISS"  # ~0.75x
+    assert checks(summary, "flat", ["reg", "c"], ["a"], rows, [0, 1])[2]["parts"]["gold_gain"]["verdict"] == "MISS"  # ~0.75x
+    # within 2 points of plain BT's on-policy accuracy: every part passes; one check per variant
+    kept = [dict(r, on_policy_acc=0.895) if r["name"] == "reg" else r for r in rows]
+    both = checks(summarize(kept, names, [0, 1]), None, ["a", "reg", "c"], ["a"], kept, [0, 1], on_policy_rm="b")
+    assert [c["verdict"] for c in both] == ["PASS", "PASS", "MISS"]  # c loses 0.2 accuracy
+    # (0.95 - 0.2) / (0.5 - 0.2): the regularizer overshoots b's variance level
+    assert "250% of the gap to `b`'s 0.500" in both[1]["measured"]
 
 
 def test_a_check_whose_interval_straddles_the_threshold_is_inconclusive_with_seeds_needed():

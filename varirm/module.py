@@ -49,8 +49,9 @@ class RewardModelModule(LightningModule):
         variance_target: Floor on a prompt's whitened variance above which the term stops
             pushing (``None``: always push).
         variance_normalization: ``batch``: whiten by the group batch's mean/std (over all
-            processes' groups under DDP), gradients through them (scale invariant); ``none``: raw
-            rewards (ablation only).
+            processes' groups under DDP), gradients through them (scale invariant); ``pairs``: by
+            the mean/std of the same step's pair rewards (all processes'; scale invariant; the
+            groups' between-prompt spread does not enter); ``none``: raw rewards (ablation only).
         variance_warmup_ratio: Ramp ``variance_coef`` linearly from 0 over this fraction of all
             steps. The term is scale invariant, so its gradient grows as ``1 / std(r)``: at
             initialisation rewards are nearly constant and, at full weight, the term would drown
@@ -120,7 +121,8 @@ class RewardModelModule(LightningModule):
             coef = self.variance_coef_now() if regularize else 0.0
             if coef > 0:
                 term = variance_regularizer(groups, self.hparams.variance_normalization,
-                                            self.hparams.variance_target, gather=self._all_groups).mean()
+                                            self.hparams.variance_target, reference=rewards[:n_pairs],
+                                            gather=self._all_groups).mean()
                 loss = loss + coef * term
         return loss, groups
 

@@ -1,16 +1,45 @@
-"""A synthetic preference task with a known gold reward, small enough for CPU.
+"""A synthetic preference world with a known gold reward and the variance/accuracy trade-off of
+Razin et al. 2025, small enough for CPU.
 
-A prompt asks for words on one of six topics; a response is a list of words. The gold reward
-is a pure function of the (prompt, response) text:
+A prompt asks for words on one of six topics; a response is a list of words. The gold reward is a
+pure function of the (prompt, response) text:
 
-    gold = clip((distinct on-topic words - off-topic words) / 8, -1, 1)
+    gold = (distinct on-topic words - other words) / 8
 
-so it is graded (steps of 1/8), rewards covering the topic with different words, penalizes
-off-topic words, and gives nothing for repeating a word. A tiny transformer can learn it (it
-must match response words against the prompt's topic), and a policy can be good or bad at it.
+"other words" are every word that is not of the prompt's topic: words of the other topics and the
+filler words (``um``, ``basically``, ...). Repeating an on-topic word earns nothing.
 
->>> gold_reward("List some fruit words.", "apple pear apple dog")
-0.125
+Three distributions of responses make the world (all seeded):
+
+* **Off-policy pairs** (``train``/``val``/``test.jsonl``) come from *strong* responders, as
+  UltraFeedback's responses come from strong models: 10-16 words, 2-12 of them distinct words from
+  the topic's whole list of 12, the rest repeats or (with probability ``1 - p``, ``p ~ U(0.75, 1)``)
+  words of other topics; the length is drawn apart from the quality, and they never use filler
+  words. Pairs teach an RM to tell good from very good: coverage of the whole list against
+  repeats, the odd off-topic word.
+* **pi0** is a weak policy: a tiny LM fine-tuned (SFT) on ``demos.jsonl``, where a topic's answer
+  uses only the words pi0 *knows* (``KNOWN``: all 12 fruit words, but only 2 music words), each
+  known word with probability 0.9, and slips in ``Binomial(6, s)`` filler words, ``s ~ U(0, 0.6)``
+  per demonstration. So prompts differ in how well pi0 can do (its coverage is set by the topic:
+  between-prompt structure), and within a prompt pi0's samples differ mostly in filler slips, which
+  the off-policy pairs never show.
+* **On-policy pairs** are pairs of pi0's own samples labelled by gold (``varirm sample`` then the
+  data module's ``labeler``): they teach the filler penalty.
+
+What follows, measured (results/world/): gold's whitened within-prompt variance under pi0 is about
+a third (prompts differ); an RM trained on off-policy pairs only ranks pi0's samples mostly by
+coverage, which varies between prompts, and is nearly blind to the fillers that vary within one,
+so its whitened variance under pi0 is low although its off-policy accuracy is the highest; an RM
+trained on on-policy pairs learns the fillers (high variance under pi0) but has never seen the
+words pi0 does not know (lower off-policy accuracy).
+
+Worked example (fruit prompt): ``"apple pear apple um dog"`` has 2 distinct on-topic words
+(apple, pear) and 2 other words (um, dog): gold = (2 - 2) / 8 = 0.
+
+>>> gold_reward("List some fruit words.", "apple pear apple um dog")
+0.0
+>>> gold_reward("List some fruit words.", "apple pear plum")
+0.375
 """
 
 from __future__ import annotations
@@ -24,15 +53,18 @@ import zlib
 from typing import Any
 
 TOPICS: dict[str, list[str]] = {
-    "fruit": "apple pear plum grape lemon mango peach cherry melon banana".split(),
-    "animal": "dog cat horse tiger zebra mouse eagle whale camel otter".split(),
-    "color": "red blue green yellow purple orange black white pink brown".split(),
-    "tool": "hammer saw drill wrench chisel shovel rake pliers ladder axe".split(),
-    "weather": "rain snow wind storm fog sun hail cloud frost thunder".split(),
-    "music": "drum piano violin guitar flute song tempo chord rhythm melody".split(),
+    "fruit": "apple pear plum grape lemon mango peach cherry melon banana kiwi lime".split(),
+    "animal": "dog cat horse tiger zebra mouse eagle whale camel otter goat wolf".split(),
+    "color": "red blue green yellow purple orange black white pink brown gray violet".split(),
+    "tool": "hammer saw drill wrench chisel shovel rake pliers ladder axe file clamp".split(),
+    "weather": "rain snow wind storm fog sun hail cloud frost thunder mist breeze".split(),
+    "music": "drum piano violin guitar flute song tempo chord rhythm melody harp opera".split(),
 }
 # "orange" is a color here only; a word belongs to exactly one topic.
 WORD_TOPIC = {w: t for t, words in TOPICS.items() for w in words}
+FILLERS = "um uh like stuff things whatever basically anyway".split()
+# How many of each topic's words (the first ones in TOPICS) pi0's demonstrations use.
+KNOWN = {"fruit": 12, "animal": 11, "color": 10, "tool": 3, "weather": 2, "music": 2}
 PROMPT_TEMPLATES = [
     "List some {topic} words.",
     "Name a few {topic} words, please.",
@@ -41,7 +73,7 @@ PROMPT_TEMPLATES = [
     "Write {topic} words.",
 ]
 TOPIC_RE = re.compile(r"\b(" + "|".join(TOPICS) + r")\b")
-FULL_SCORE_WORDS = 8
+GOLD_SCALE = 8
 
 
 def prompt_topic(prompt: str) -> str:
@@ -54,12 +86,12 @@ def prompt_topic(prompt: str) -> str:
 
 def gold_reward(prompt: Any, response: str) -> float:
     """Gold reward of ``response`` to ``prompt`` (a string or chat messages; the last user
-    message is used). See the module docstring for the formula."""
+    message is used): ``(distinct on-topic words - other words) / 8`` (module docstring)."""
     topic = prompt_topic(_user_text(prompt))
     words = re.findall(r"[a-z]+", response.lower())
     on = {w for w in words if WORD_TOPIC.get(w) == topic}
-    off = sum(1 for w in words if WORD_TOPIC.get(w) != topic)
-    return max(-1.0, min(1.0, (len(on) - off) / FULL_SCORE_WORDS))
+    other = sum(1 for w in words if WORD_TOPIC.get(w) != topic)
+    return (len(on) - other) / GOLD_SCALE
 
 
 FLAT_BAND = 0.25
@@ -111,11 +143,29 @@ def make_prompt(rng: random.Random) -> list[dict[str, str]]:
     return [{"role": "user", "content": rng.choice(PROMPT_TEMPLATES).format(topic=topic)}]
 
 
-def sample_response(rng: random.Random, topic: str, p_on: float, min_words: int = 2, max_words: int = 10) -> str:
-    """Words drawn with replacement: on-topic with probability ``p_on``, else from other topics."""
-    others = [w for t, ws in TOPICS.items() if t != topic for w in ws]
+def strong_response(rng: random.Random, topic: str, p_on: float, min_words: int = 10, max_words: int = 16) -> str:
+    """A strong responder's answer (off-policy pairs): its length ``n ~ U(min_words, max_words)``
+    is drawn apart from its quality, so length says nothing about gold. ``d ~ U(2, 12)`` distinct
+    words of the topic's whole list, ``Binomial(n - d, 1 - p_on)`` words of other topics, and the
+    rest repeats of the chosen topic words, shuffled. Never a filler word."""
     n = rng.randint(min_words, max_words)
-    return " ".join(rng.choice(TOPICS[topic]) if rng.random() < p_on else rng.choice(others) for _ in range(n))
+    chosen = rng.sample(TOPICS[topic], rng.randint(2, min(12, n)))
+    others = [w for t, ws in TOPICS.items() if t != topic for w in ws]
+    rest = [rng.choice(chosen) if rng.random() < p_on else rng.choice(others) for _ in range(n - len(chosen))]
+    words = chosen + rest
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def pi0_demo(rng: random.Random, topic: str, slip: float, keep: float = 0.9, slots: int = 6) -> str:
+    """pi0's demonstration: each word pi0 knows (``KNOWN[topic]`` of them) with probability ``keep``
+    (at least one), in random order, plus ``Binomial(slots, slip)`` filler words at random places."""
+    known = TOPICS[topic][:KNOWN[topic]]
+    words = [w for w in known if rng.random() < keep] or [rng.choice(known)]
+    rng.shuffle(words)
+    for _ in range(sum(rng.random() < slip for _ in range(slots))):
+        words.insert(rng.randint(0, len(words)), rng.choice(FILLERS))
+    return " ".join(words)
 
 
 def bt_label(rng: random.Random, gold_a: float, gold_b: float, temperature: float) -> bool:
@@ -127,9 +177,11 @@ def bt_label(rng: random.Random, gold_a: float, gold_b: float, temperature: floa
     return rng.random() < 1.0 / (1.0 + math.exp(-(gold_a - gold_b) / temperature))
 
 
-def make_pairs(n: int, seed: int, min_gap: float = 0.25, bt_temperature: float = 0.0) -> list[dict[str, Any]]:
-    """``n`` conversational preference pairs labelled by the gold reward; the two responses of a
-    pair differ in gold reward by at least ``min_gap`` (ties carry no preference). With
+def make_pairs(n: int, seed: int, min_gap: float = 0.25, bt_temperature: float = 0.0,
+               p_on: tuple[float, float] = (0.75, 1.0)) -> list[dict[str, Any]]:
+    """``n`` off-policy preference pairs of strong responses (:func:`strong_response`, on-topic
+    probability drawn from ``p_on`` per response) labelled by the gold reward; the two responses of
+    a pair differ in gold reward by at least ``min_gap`` (ties carry no preference). With
     ``bt_temperature > 0`` labels are Bradley-Terry draws (see :func:`bt_label`), so some pairs
     prefer the lower-gold response."""
     rng = random.Random(seed)
@@ -137,7 +189,7 @@ def make_pairs(n: int, seed: int, min_gap: float = 0.25, bt_temperature: float =
     while len(rows) < n:
         prompt = make_prompt(rng)
         topic = prompt_topic(prompt[0]["content"])
-        a, b = (sample_response(rng, topic, rng.random()) for _ in range(2))
+        a, b = (strong_response(rng, topic, rng.uniform(*p_on)) for _ in range(2))
         ga, gb = gold_reward(prompt, a), gold_reward(prompt, b)
         if abs(ga - gb) < min_gap:
             continue
@@ -147,14 +199,15 @@ def make_pairs(n: int, seed: int, min_gap: float = 0.25, bt_temperature: float =
     return rows
 
 
-def make_demos(n: int, seed: int, p_on: tuple[float, float] = (0.2, 0.8)) -> list[dict[str, Any]]:
-    """Imperfect demonstrations for SFT of the initial policy pi0: each response is on-topic with a
-    probability drawn from ``p_on``, so pi0's samples vary widely in gold reward."""
+def make_demos(n: int, seed: int, slip: tuple[float, float] = (0.0, 0.6)) -> list[dict[str, Any]]:
+    """Demonstrations for SFT of the initial policy pi0 (:func:`pi0_demo`), each with a filler slip
+    probability drawn from ``slip``: pi0's samples vary in fillers within a prompt and in coverage
+    between topics."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
         prompt = make_prompt(rng)
-        response = sample_response(rng, prompt_topic(prompt[0]["content"]), rng.uniform(*p_on))
+        response = pi0_demo(rng, prompt_topic(prompt[0]["content"]), rng.uniform(*slip))
         rows.append({"prompt": prompt, "response": response})
     return rows
 
@@ -165,12 +218,14 @@ def make_prompts(n: int, seed: int) -> list[dict[str, Any]]:
 
 
 def corpus(n: int = 2000, seed: int = 0) -> list[str]:
-    """Texts for training a tokenizer that covers the task's words and prompts."""
+    """Texts for training a tokenizer that covers the world's words, fillers and prompts."""
     rng = random.Random(seed)
-    texts = [" ".join(words) for words in TOPICS.values()]
+    texts = [" ".join(words) for words in TOPICS.values()] + [" ".join(FILLERS)]
     for _ in range(n):
         prompt = make_prompt(rng)
-        texts.append(prompt[0]["content"] + " " + sample_response(rng, prompt_topic(prompt[0]["content"]), rng.random()))
+        topic = prompt_topic(prompt[0]["content"])
+        texts.append(prompt[0]["content"] + " " + strong_response(rng, topic, rng.random()))
+        texts.append(pi0_demo(rng, topic, rng.random()))
     return texts
 
 
@@ -183,7 +238,7 @@ def _write_jsonl(path: str, rows: list[dict[str, Any]]) -> str:
 
 def write_task(output_dir: str, n_train: int = 4000, n_val: int = 500, n_test: int = 500, n_demos: int = 4000,
                n_prompts: int = 512, n_eval_prompts: int = 256, bt_temperature: float = 0.0,
-               demo_p_on: tuple[float, float] = (0.2, 0.8), seed: int = 0) -> dict[str, str]:
+               demo_slip: tuple[float, float] = (0.0, 0.6), seed: int = 0) -> dict[str, str]:
     """Write the synthetic task's files (each from its own seed, so they are disjoint draws).
 
     Args:
@@ -198,18 +253,18 @@ def write_task(output_dir: str, n_train: int = 4000, n_val: int = 500, n_test: i
         bt_temperature: Label noise of the training pairs: 0 labels by the higher gold reward; above
             0, Bradley-Terry draws ``P(a > b) = sigmoid((gold_a - gold_b) / bt_temperature)``.
             Validation and test pairs stay noiseless.
-        demo_p_on: Range of the per-demonstration probability of an on-topic word (``demos.jsonl``):
-            the default gives pi0; another range gives a second initial policy whose samples vary
-            in another region (e.g. ``[0.6, 0.95]``: mostly on-topic, varying in length and slips).
+        demo_slip: Range of the per-demonstration filler-slip probability (``demos.jsonl``): the
+            default gives pi0; another range gives a second initial policy whose samples vary in
+            another region (e.g. ``[0.3, 0.9]``: more fillers).
         seed: Seed of the whole task.
     """
     os.makedirs(output_dir, exist_ok=True)
     base = seed * 1000
     files = {"train": make_pairs(n_train, base, bt_temperature=bt_temperature), "val": make_pairs(n_val, base + 1),
-             "test": make_pairs(n_test, base + 2), "demos": make_demos(n_demos, base + 3, p_on=tuple(demo_p_on)),
+             "test": make_pairs(n_test, base + 2), "demos": make_demos(n_demos, base + 3, slip=tuple(demo_slip)),
              "prompts": make_prompts(n_prompts, base + 4), "eval_prompts": make_prompts(n_eval_prompts, base + 5)}
     paths = {name: _write_jsonl(os.path.join(output_dir, f"{name}.jsonl"), rows) for name, rows in files.items()}
     with open(os.path.join(output_dir, "task.json"), "w") as f:
-        json.dump({"task": "varirm.synthetic topic words", "gold_reward": "varirm.synthetic.gold_reward",
-                   "seed": seed, "bt_temperature": bt_temperature, "demo_p_on": list(demo_p_on), "sizes": {name: len(rows) for name, rows in files.items()}}, f, indent=2)
+        json.dump({"task": "varirm.synthetic topic words (strong off-policy pairs, weak pi0)", "gold_reward": "varirm.synthetic.gold_reward",
+                   "seed": seed, "bt_temperature": bt_temperature, "demo_slip": list(demo_slip), "sizes": {name: len(rows) for name, rows in files.items()}}, f, indent=2)
     return paths

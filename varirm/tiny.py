@@ -22,7 +22,7 @@ SPECIAL_TOKENS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|user|>", "<|assistant|>", 
 Arch = Literal["llama", "gpt2", "gpt_neox"]
 
 
-def train_tokenizer(texts: list[str], vocab_size: int = 512, pad_token: bool = True) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: list[str], vocab_size: int = 1024, pad_token: bool = True) -> PreTrainedTokenizerFast:
     """Byte-level BPE (any UTF-8 text encodes) with the default chat template.
     ``pad_token=False`` leaves pad unset (as many Hub tokenizers do) to exercise pad handling."""
     tok = Tokenizer(models.BPE())
@@ -82,7 +82,7 @@ def make_tiny_model(
     hidden_size: int = 64,
     num_layers: int = 2,
     num_heads: int = 4,
-    vocab_size: int = 512,
+    vocab_size: int = 1024,
     max_positions: int = 2048,
     pad_token: bool = True,
     corpus_files: Optional[list[str]] = None,
@@ -98,7 +98,8 @@ def make_tiny_model(
         hidden_size: Width.
         num_layers: Transformer blocks.
         num_heads: Attention heads.
-        vocab_size: BPE vocabulary size (trained on the synthetic task's texts).
+        vocab_size: Most BPE tokens (trained on the synthetic task's texts, which stop merging at about 600:
+            every topic word and filler is then one token).
         max_positions: Longest sequence the position embeddings cover.
         pad_token: Give the tokenizer a pad token (False: none, like many Hub tokenizers).
         corpus_files: ``.json``/``.jsonl`` files whose strings join the synthetic task's texts in

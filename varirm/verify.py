@@ -40,7 +40,7 @@ from varirm.errors import ConfigError, VarirmError
 from varirm.evaluate import evaluate
 from varirm.files import atomic_write_text
 from varirm.sampling import read_samples, resolve_device
-from varirm.stats import RESAMPLES, fmt, fmt_over_seeds, interval, judge, paired, t_interval
+from varirm.stats import RESAMPLES, fmt, fmt_over_seeds, interval, judge, paired, seeds_to_resolve, t_interval
 
 METRICS = ["whitened_variance_mean", "on_policy_acc", "off_policy_acc", "gold_gain", "proxy_gain", "gold_auc"]
 LIGHTNING_COMMANDS = ("fit", "sft", "rloo")  # training commands with a run directory and checkpoints
@@ -184,7 +184,8 @@ def _gains(rows: list[dict[str, Any]], name: str, seeds: list[int]) -> list[floa
 
 
 def checks(summary: dict[str, Any], low_variance: Optional[str], compare: Optional[list[str]],
-           trained: list[str], rows: list[dict[str, Any]], seeds: list[int]) -> list[dict[str, Any]]:
+           trained: list[str], rows: list[dict[str, Any]], seeds: list[int],
+           on_policy_rm: Optional[str] = None) -> list[dict[str, Any]]:
     """The paper's claims as measured here, each PASS / MISS / INCONCLUSIVE by its 95% interval
     (:func:`varirm.stats.judge`), with the intervals and, when inconclusive, the seeds that would
     resolve it at the observed spread."""
@@ -210,14 +211,54 @@ def checks(summary: dict[str, Any], low_variance: Optional[str], compare: Option
                                 f"{low_variance}, t over seeds): " + ", ".join(f"{n} {fmt(ci)}" for n, ci in diffs.items()),
                     "intervals": diffs, **verdict})
     if compare:
-        plain, reg = compare
-        comparison = paired(_gains(rows, plain, seeds), _gains(rows, reg, seeds))
-        out.append({"claim": f"the variance-regularized RM `{reg}` gains >= 1.2x the gold reward of plain BT "
-                             f"`{plain}` at equal data",
-                    "measured": f"ratio {fmt(comparison['ratio'], 2)} (paired bootstrap over seeds), difference "
-                                f"{fmt(comparison['difference'])} (t over seeds)",
-                    "intervals": comparison, **judge(comparison["ratio"], 1.2)})
+        plain, *regularized = compare
+        for reg in regularized:
+            out.append(regularizer_check(rows, seeds, plain, reg, on_policy_rm))
     return out
+
+
+def _per_seed(rows: list[dict[str, Any]], name: str, seeds: list[int], metric: str) -> list[float]:
+    by_seed = {r["seed"]: r[metric] for r in rows if r["name"] == name}
+    return [by_seed[s] for s in seeds]
+
+
+GAIN_RATIO, ACC_TOLERANCE = 1.2, 0.02
+
+
+def regularizer_check(rows: list[dict[str, Any]], seeds: list[int], plain: str, reg: str,
+                      on_policy_rm: Optional[str] = None) -> dict[str, Any]:
+    """Does BT + variance regularizer (``reg``) beat plain BT (``plain``, the same pairs), paired by
+    seed? Three parts, each judged by its 95% interval: (a) whitened variance under the policy
+    rises (difference above 0; with ``on_policy_rm``, also the share of the gap to that RM's
+    variance that is closed); (b) on-policy accuracy stays within 2 points (difference above
+    -0.02); (c) gold gain ratio >= 1.2 with the interval excluding 1.0 (MISS when the interval
+    lies wholly below 1.2)."""
+    var = paired(_per_seed(rows, plain, seeds, "whitened_variance_mean"), _per_seed(rows, reg, seeds, "whitened_variance_mean"))
+    acc = paired(_per_seed(rows, plain, seeds, "on_policy_acc"), _per_seed(rows, reg, seeds, "on_policy_acc"))
+    gain = paired(_gains(rows, plain, seeds), _gains(rows, reg, seeds))
+    ratio = gain["ratio"]
+    if ratio["estimate"] >= GAIN_RATIO and ratio["lower"] > 1.0:
+        gain_verdict: dict[str, Any] = {"verdict": "PASS"}
+    elif ratio["upper"] < GAIN_RATIO:
+        gain_verdict = {"verdict": "MISS"}
+    else:
+        gain_verdict = {"verdict": "INCONCLUSIVE", "seeds_needed": seeds_to_resolve(ratio, GAIN_RATIO)}
+    parts = {"variance": judge(var["difference"], 0.0), "on_policy_acc": judge(acc["difference"], -ACC_TOLERANCE),
+             "gold_gain": gain_verdict}
+    closed = ""
+    if on_policy_rm is not None:
+        level = {n: sum(_per_seed(rows, n, seeds, "whitened_variance_mean")) / len(seeds) for n in (plain, reg, on_policy_rm)}
+        gap = level[on_policy_rm] - level[plain]
+        if gap != 0:
+            closed = f" ({(level[reg] - level[plain]) / gap:.0%} of the gap to `{on_policy_rm}`'s {level[on_policy_rm]:.3f})"
+    return {"claim": f"the variance-regularized RM `{reg}` beats plain BT `{plain}` at equal data: (a) higher whitened "
+                     f"variance, (b) on-policy accuracy within {ACC_TOLERANCE:.2f}, (c) gold gain >= {GAIN_RATIO}x",
+            "measured": f"(a) variance difference {fmt(var['difference'])}{closed}: {parts['variance']['verdict']}; "
+                        f"(b) on-policy accuracy difference {fmt(acc['difference'])}: {parts['on_policy_acc']['verdict']}; "
+                        f"(c) gold gain ratio {fmt(ratio, 2)} (paired bootstrap over seeds), difference "
+                        f"{fmt(gain['difference'])} (t over seeds): {gain_verdict['verdict']}",
+            "intervals": {"variance": var, "on_policy_acc": acc, **gain}, "parts": parts,
+            **_all_of(list(parts.values()))}
 
 
 def _difference_ci(summary: dict[str, Any], rows: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
@@ -430,6 +471,7 @@ def verify(
     prepare: Optional[list[PrepareStep]] = None,
     compare: Optional[list[str]] = None,
     low_variance: Optional[str] = None,
+    on_policy_rm: Optional[str] = None,
     max_length: int = 1024,
     device: str = "auto",
     resume: bool = False,
@@ -456,8 +498,11 @@ def verify(
         seeds: Seeds (default ``[0]``): each RM is trained and RLOO is run once per seed.
         rloo_overrides: ``varirm rloo`` recipe values to change for every run (dotted keys).
         prepare: Commands that build missing inputs, run first, in order.
-        compare: ``[plain, regularized]``: names of plain BT and BT + variance regularizer on the
-            same data, for the gain-ratio check.
+        compare: ``[plain, regularized, ...]``: names of plain BT and of one or more BT + variance
+            regularizer variants trained on the same pairs, one check per variant
+            (:func:`regularizer_check`).
+        on_policy_rm: Name of the RM trained on on-policy pairs whose variance level the
+            regularizer aims at (its check reports the share of the gap closed).
         low_variance: Name of the perfectly accurate, low-variance RM, for its check.
         max_length: Longest scored prompt + response in evaluation.
         device: ``auto``, ``cpu`` or ``cuda`` for evaluation.
@@ -472,11 +517,11 @@ def verify(
     for spec in reward_models:
         if (spec.recipe is None) == (spec.reward is None):
             raise ConfigError(f"reward model {spec.name!r}: give exactly one of recipe (to train it) or reward")
-    for ref, what in [(n, "compare") for n in compare or []] + [(low_variance, "low_variance")]:
+    for ref, what in [(n, "compare") for n in compare or []] + [(low_variance, "low_variance"), (on_policy_rm, "on_policy_rm")]:
         if ref is not None and ref not in names:
             raise ConfigError(f"{what} names {ref!r}, which is not among the reward models {names}")
-    if compare is not None and len(compare) != 2:
-        raise ConfigError(f"compare takes [plain, regularized], got {compare}")
+    if compare is not None and len(compare) < 2:
+        raise ConfigError(f"compare takes [plain, regularized, ...], got {compare}")
     if os.path.isdir(output_dir) and os.listdir(output_dir) and not resume:
         if not overwrite:
             raise VarirmError(f"{output_dir} already exists; pass --overwrite true to replace it or --resume true to "
@@ -557,7 +602,7 @@ def verify(
         summary = summarize(mine, names, seeds)
         per_policy.append({"name": pname, "policy": ppath, "eval_samples": samples_file, "eval_prompts": len(rows),
                            "eval_k": len(rows[0]["responses"]), "summary": summary,
-                           "checks": checks(summary, low_variance, compare, trained, mine, seeds)})
+                           "checks": checks(summary, low_variance, compare, trained, mine, seeds, on_policy_rm)})
     first = per_policy[0]
     report = {
         "command": command or "varirm.verify.verify(...)", "policy": first["policy"], "gold": gold,

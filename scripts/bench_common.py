@@ -28,7 +28,7 @@ def cpu_description() -> str:
     (numbers from machines that differ here are not comparable)."""
     import torch
 
-    from varirm.commands import cpu_bf16_is_native
+    from varirm.model import cpu_bf16_is_native
 
     model = platform.processor() or platform.machine()
     try:
@@ -43,7 +43,7 @@ def cpu_description() -> str:
 def default_bf16(flag: Optional[bool]) -> bool:
     """A ``--bf16/--no-bf16`` flag left unset (None) means what ``varirm fit`` would choose: bf16
     only where this CPU multiplies bf16 natively."""
-    from varirm.commands import cpu_bf16_is_native
+    from varirm.model import cpu_bf16_is_native
 
     return cpu_bf16_is_native() if flag is None else flag
 
@@ -142,43 +142,57 @@ def generated_lengths(new_ids, stop_ids: list[int]):
 
 
 class GenerateCounter:
-    """Counts what every ``model.generate`` call of the process produced, whoever calls it: rows,
+    """Counts what every generation call of the process produced, whoever calls it: rows,
     generated tokens (up to and including the first stop token, see :func:`generated_lengths`)
-    and seconds inside ``generate``. The same instrument for both tools of a comparison.
+    and seconds inside the call. The same instrument for every tool of a comparison.
 
-    Use as a context manager; it patches ``transformers.GenerationMixin.generate`` while active."""
+    Use as a context manager; while active it patches ``transformers.GenerationMixin.generate``
+    (TRL, plain loops) and ``varirm.sampling.sample_tokens`` (varirm's sampler)."""
 
     def __init__(self):
         self.calls: list[dict[str, float]] = []
 
+    def _record(self, start: float, ids, prompt_len: int, stops) -> None:
+        seconds = time.perf_counter() - start
+        stops = [stops] if isinstance(stops, int) else list(stops or [])
+        new = ids[:, prompt_len:]
+        tokens = int(generated_lengths(new, stops).sum()) if stops else int(new.numel())
+        self.calls.append({"start": start, "end": start + seconds, "seconds": seconds, "rows": new.shape[0],
+                           "max_new": new.shape[1], "tokens": tokens})
+
     def __enter__(self) -> "GenerateCounter":
         from transformers.generation.utils import GenerationMixin
 
-        self._original = original = GenerationMixin.generate
+        import varirm.sampling
+
+        self._originals = original, original_varirm = GenerationMixin.generate, varirm.sampling.sample_tokens
         counter = self
 
         def generate(model, *args, **kwargs):
             start = time.perf_counter()
             out = original(model, *args, **kwargs)
-            seconds = time.perf_counter() - start
             ids = out if not hasattr(out, "sequences") else out.sequences
             prompt = kwargs.get("input_ids", args[0] if args else None)
             config = kwargs.get("generation_config") or model.generation_config
-            stops = kwargs.get("eos_token_id", None) or config.eos_token_id
-            stops = [stops] if isinstance(stops, int) else list(stops or [])
-            new = ids[:, prompt.shape[1]:]
-            tokens = int(generated_lengths(new, stops).sum()) if stops else int(new.numel())
-            counter.calls.append({"start": start, "end": start + seconds, "seconds": seconds, "rows": new.shape[0],
-                                  "max_new": new.shape[1], "tokens": tokens})
+            counter._record(start, ids, prompt.shape[1], kwargs.get("eos_token_id", None) or config.eos_token_id)
             return out
 
+        def sample_tokens(policy, input_ids, attention_mask, k, max_new_tokens, temperature, top_p, stops, pad_id):
+            start = time.perf_counter()
+            ids = original_varirm(policy, input_ids, attention_mask, k, max_new_tokens, temperature, top_p, stops, pad_id)
+            counter._record(start, ids, input_ids.shape[1], stops)
+            return ids
+
         GenerationMixin.generate = generate
+        varirm.sampling.sample_tokens = sample_tokens
         return self
 
     def __exit__(self, *exc) -> None:
         from transformers.generation.utils import GenerationMixin
 
-        GenerationMixin.generate = self._original
+        import varirm.sampling
+
+        GenerationMixin.generate, varirm.sampling.sample_tokens = self._originals
 
     def between(self, t0: float, t1: float) -> list[dict[str, float]]:
         """Calls that started in ``(t0, t1]``."""
@@ -205,6 +219,41 @@ class DtypeProbe:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+
+
+def linear_shapes(config) -> list[tuple[int, int]]:
+    """``(in, out)`` of the Linear layers of one Llama-style block: q, k, v, o, gate, up, down."""
+    d, heads = config.hidden_size, config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or d // heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    inter = config.intermediate_size
+    return [(d, heads * head_dim), (d, kv * head_dim), (d, kv * head_dim), (heads * head_dim, d),
+            (d, inter), (d, inter), (inter, d)]
+
+
+def matmul_rate(config, bf16: bool, threads: int, rows: int = 2048, repeats: int = 8,
+                extra_shapes: tuple[tuple[int, int], ...] = ()) -> dict[str, Any]:
+    """This CPU's plain ``torch.matmul`` rate (FLOP/s) on the model's GEMM shapes (``rows`` tokens
+    times each block linear's weight, and ``extra_shapes`` such as the LM head), in the given
+    precision; the best shape's median is the limit used."""
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    rates = {}
+    for i, o in sorted(set(linear_shapes(config)) | set(extra_shapes)):
+        a, b = torch.randn(rows, i, dtype=dtype), torch.randn(i, o, dtype=dtype)
+        for _ in range(2):
+            a @ b
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t)
+        rates[f"{rows}x{i} @ {i}x{o}"] = 2 * rows * i * o / statistics.median(times)
+    best = max(rates.values())
+    return {"dtype": str(dtype).replace("torch.", ""), "threads": threads,
+            "flops_per_s_by_shape": {k: round(v / 1e9, 1) for k, v in rates.items()}, "gflops_per_s": round(best / 1e9, 1)}
 
 
 def write_outputs(out: str, result: dict[str, Any], md: str, benchmarks_md: str, section: str) -> None:

@@ -68,8 +68,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 sys.path.insert(0, ROOT)
 
-from bench_common import (DtypeProbe, StepClock, add_common_arguments, default_bf16, fmt, machine,  # noqa: E402
-                          peak_rss_mib, quiet_run_args, run_if_worker, run_worker, summary, write_outputs)
+from bench_common import (DtypeProbe, StepClock, add_common_arguments, default_bf16, fmt, linear_shapes,  # noqa: E402
+                          machine, matmul_rate, peak_rss_mib, quiet_run_args, run_if_worker, run_worker, summary, write_outputs)
 from lightning.pytorch import Callback  # noqa: E402
 
 TOOLS = ("varirm", "trl")
@@ -274,16 +274,6 @@ def run_trl(spec: dict) -> dict:
     return out
 
 
-def linear_shapes(config) -> list[tuple[int, int]]:
-    """``(in, out)`` of the Linear layers of one Llama-style block: q, k, v, o, gate, up, down."""
-    d, heads = config.hidden_size, config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or d // heads
-    kv = getattr(config, "num_key_value_heads", None) or heads
-    inter = config.intermediate_size
-    return [(d, heads * head_dim), (d, kv * head_dim), (d, kv * head_dim), (heads * head_dim, d),
-            (d, inter), (d, inter), (inter, d)]
-
-
 def step_flops(config, lora_r: int, tokens: int, squared_lengths: int) -> dict[str, float]:
     """FLOPs a Bradley-Terry step needs on ``tokens`` non-pad tokens (rows of lengths ``L_i``,
     ``squared_lengths = sum L_i^2``), counting multiply-adds as 2 FLOPs:
@@ -305,32 +295,6 @@ def step_flops(config, lora_r: int, tokens: int, squared_lengths: int) -> dict[s
     linear = (4 if lora_r else 6) * tokens * frozen + 6 * tokens * adapters
     attention = 3 * 2 * squared_lengths * heads_dim * layers
     return {"linear": float(linear), "attention": float(attention), "total": float(linear + attention)}
-
-
-def matmul_rate(config, bf16: bool, threads: int, rows: int = 2048, repeats: int = 8) -> dict[str, Any]:
-    """This CPU's plain ``torch.matmul`` rate (FLOP/s) on the model's GEMM shapes (``rows`` tokens
-    times each block linear's weight), in the training precision; the best shape's median is the
-    limit used."""
-    import statistics
-
-    import torch
-
-    torch.set_num_threads(threads)
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    rates = {}
-    for i, o in sorted(set(linear_shapes(config))):
-        a, b = torch.randn(rows, i, dtype=dtype), torch.randn(i, o, dtype=dtype)
-        for _ in range(2):
-            a @ b
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - t)
-        rates[f"{rows}x{i} @ {i}x{o}"] = 2 * rows * i * o / statistics.median(times)
-    best = max(rates.values())
-    return {"dtype": str(dtype).replace("torch.", ""), "threads": threads,
-            "flops_per_s_by_shape": {k: round(v / 1e9, 1) for k, v in rates.items()}, "gflops_per_s": round(best / 1e9, 1)}
 
 
 def physical_limit(model_dir: str, lora_r: int, bf16: bool, threads: int, runs: dict[str, list[dict]]) -> dict[str, Any]:

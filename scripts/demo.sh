@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up .venv (see setup.sh), then the main job: RLOO verification of reward models on the
-# synthetic world (CPU, about 8 minutes after set-up).
-#  1. build the world: a tiny model, the synthetic task (gold reward known), pi0 by SFT, pi0 samples;
+# synthetic world (CPU: 329 s on 2 cores from a fresh clone, set-up included).
+#  1. build the world: a tiny model, the synthetic task (gold reward known; strong off-policy pairs),
+#     a weak pi0 by SFT, pi0 samples;
 #  2. train six RMs (0-100% on-policy pairs; BT + variance regularizer), take the gold reward and a
 #     perfectly accurate low-variance squashing of it; evaluate each under pi0;
 #  3. RLOO from pi0 against each RM, gold reward measured on held-out prompts; write the report;

@@ -70,11 +70,36 @@ def test_bench_rloo_smoke(tmp_path):
 @pytest.mark.slow
 def test_bench_sampling_smoke(tmp_path):
     result, doc = run_script(tmp_path, "bench_sampling.py", "--warmup", "0", "--num_prompts", "8", "--max_new_tokens", "8")
-    for tool in ("varirm", "plain"):
-        t = result["tools"][tool]
-        assert t["tokens_per_s"]["median"] > 0 and t["runs"][0]["responses"] == 8 * 4
-    assert result["ratio_varirm_over_plain"] > 0
+    assert {"varirm", "plain_fp32"} <= set(result["tools"])
+    for tool, t in result["tools"].items():
+        assert t["tokens_per_s"]["median"] > 0 and t["runs"][0]["responses"] == 8 * 4, tool
+        assert 0 < t["fraction_of_bound"]["median"] < 1, tool
+    assert result["ratios"]["varirm_over_best_plain"] > 0 and result["bound"]["matmul"]["gflops_per_s"] > 0
     assert "<!-- bench:sampling -->" in doc and "<!-- /bench:sampling -->" in doc
+
+
+@pytest.mark.slow
+@pytest.mark.real
+def test_bench_sampling_real_model_smoke(tmp_path, smollm2_dir, shared_data):
+    result, doc = run_script(tmp_path, "bench_sampling.py", "--model_dir", smollm2_dir, "--prompts",
+                             str(shared_data / "dpo_en_demo.json"), "--warmup", "0", "--num_prompts", "2", "--k", "2",
+                             "--max_new_tokens", "4", "--batch_size", "2")
+    assert result["settings"]["model_kind"] == "real model" and result["tools"]["varirm"]["runs"][0]["responses"] == 4
+    assert "<!-- bench:sampling_real -->" in doc
+
+
+@pytest.mark.slow
+@pytest.mark.real
+def test_bench_rloo_real_model_smoke(tmp_path, smollm2_dir, shared_data):
+    """Real-model mode: SmolLM2 policy, a SmolLM2 sequence classifier as the RM in both tools."""
+    pytest.importorskip("trl")
+    result, doc = run_script(tmp_path, "bench_rloo.py", "--model_dir", smollm2_dir, "--prompts",
+                             str(shared_data / "dpo_en_demo.json"), "--steps", "1", "--warmup", "1", "--batch_size",
+                             "2", "--k", "2", "--num_prompts", "4", "--max_new_tokens", "4", "--ppo_epochs", "1")
+    for tool in ("varirm", "trl"):
+        run = result["tools"][tool]["runs"][0]
+        assert run["optimizer_steps"] == 2 and run["timed_completions"] == 2 * 2, (tool, run)
+    assert result["settings"]["real"] and "<!-- bench:rloo_real -->" in doc
 
 
 @pytest.mark.slow

@@ -29,6 +29,21 @@ def fit_args(run_dir, model_dir, data_dir, *extra):
             *extra]
 
 
+def assert_same_training(a: dict, b: dict, measured: str) -> None:
+    """Two runs' final weights agree up to floating-point reduction order. Adam divides by the root
+    of the squared gradients, so a weight whose gradients are near Adam's eps (a rarely seen
+    token's embedding) turns reduction-order rounding into updates of up to ~1e-4: at most 0.01% of
+    the elements may differ by up to 5e-4; everything else within atol 1e-5, rtol 1e-4. A broken
+    synchronization moves most elements (e.g. 1.8e-2 with per-process regularizer statistics)."""
+    total = off = 0
+    for k in a:
+        diff = (a[k].float() - b[k].float()).abs()
+        assert diff.max() <= 5e-4, (k, float(diff.max()), measured)
+        off += int((diff > 1e-5 + 1e-4 * b[k].float().abs()).sum())
+        total += diff.numel()
+    assert off <= max(1, total // 10000), (off, total, measured)
+
+
 def read_metrics(run_dir):
     """Rows of every attempt's metrics.csv (first run, then each resume), in order."""
     base = os.path.join(run_dir, "csv")
@@ -66,7 +81,8 @@ def test_fit_learns_and_writes_a_run_directory(tmp_path, tiny_model_dir, larger_
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     accs = [float(r["val/acc"]) for r in rows if r.get("val/acc")]
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
-    assert len(accs) == 6 and accs[-1] >= 0.75 and accs[-1] > accs[0] + 0.15, accs
+    # the world's strong pairs are learned fast (0.74 after one epoch), and still rise after it
+    assert len(accs) == 6 and accs[-1] >= 0.8 and accs[-1] > accs[0] + 0.05, accs
     # the checkpoint scores outside Lightning (varirm.scoring) exactly as validation did
     from varirm.formats import load_preference_rows
     from varirm.scoring import load_scorer, score
@@ -109,8 +125,7 @@ def test_ddp_two_processes_match_one_process(tmp_path, tiny_model_dir, synthetic
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = last_weights(one), last_weights(two)
-    for k in a:
-        assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)  # measured: max difference 9.4e-7
+    assert_same_training(a, b, "measured: max difference 9.4e-7 (AVX2 EPYC); 1 of 38272 elements off by 8.9e-5 (AMX Xeon)")
     m1 = [r for r in read_metrics(one) if r.get("val/acc")][-1]
     m2 = [r for r in read_metrics(two) if r.get("val/acc")][-1]
     assert abs(float(m1["val/acc"]) - float(m2["val/acc"])) <= 0.02
@@ -122,14 +137,14 @@ def write_policy_samples(path, n_prompts: int = 16, k: int = 4, seed: int = 9):
     import json
     import random
 
-    from varirm.synthetic import make_prompts, prompt_topic, sample_response
+    from varirm.synthetic import make_prompts, pi0_demo, prompt_topic
 
     rng = random.Random(0)
     with open(path, "w") as f:
         for row in make_prompts(n_prompts, seed=seed):
             topic = prompt_topic(row["prompt"][0]["content"])
             f.write(json.dumps({"prompt": row["prompt"], "policy": "synthetic",
-                                "responses": [sample_response(rng, topic, rng.random()) for _ in range(k)]}) + "\n")
+                                "responses": [pi0_demo(rng, topic, 0.6 * rng.random()) for _ in range(k)]}) + "\n")
     return path
 
 
@@ -151,8 +166,7 @@ def test_ddp_with_the_variance_regularizer_matches_one_process(tmp_path, tiny_mo
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = last_weights(one), last_weights(two)
-    for k in a:
-        assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)  # measured: 5.0e-7 (per-process statistics: 1.8e-2)
+    assert_same_training(a, b, "measured: 5.0e-7 (per-process statistics: 1.8e-2)")
     m1 = [r for r in read_metrics(one) if r.get("val/acc")][-1]
     m2 = [r for r in read_metrics(two) if r.get("val/acc")][-1]
     assert abs(float(m1["val/acc"]) - float(m2["val/acc"])) <= 0.02

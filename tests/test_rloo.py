@@ -83,15 +83,22 @@ def test_rloo_against_the_gold_reward_raises_it(tmp_path, tiny_model_dir):
               str(tmp_path / "sft"), "--trainer.enable_progress_bar", "false",
               "--model.init_args.model_name_or_path", tiny_model_dir, "--model.init_args.save_dir", str(tmp_path / "pi0"),
               "--data.init_args.train", str(demos)])
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("".join(json.dumps(r) + "\n" for r in make_prompts(64, seed=2)))
     cli = cli_main(["rloo", "--config", str(REPO / "recipes" / "rloo" / "synthetic_gold.yaml"),
                     "--trainer.default_root_dir", str(tmp_path / "rloo"), "--trainer.max_steps", "40",
                     "--trainer.log_every_n_steps", "2", "--trainer.enable_progress_bar", "false",
+                    "--trainer.callbacks+=varirm.rloo.PolicyEvaluation", "--trainer.callbacks.prompts", str(held_out),
+                    "--trainer.callbacks.every_n_steps", "100",
                     "--model.init_args.policy_name_or_path", str(tmp_path / "pi0"),
                     "--data.init_args.prompts", str(prompts)])
     rows = list(csv.DictReader(open(tmp_path / "rloo" / "csv" / "version_0" / "metrics.csv")))
     gold = [float(r["rloo/gold_reward"]) for r in rows if r.get("rloo/gold_reward")]
     assert len(gold) >= 8
-    assert sum(gold[-3:]) / 3 > sum(gold[:3]) / 3 + 0.1, gold
+    # held-out prompts, fixed sampling seed: pi0 before any update vs the policy after 20 RLOO steps
+    curve = json.loads((tmp_path / "rloo" / "policy_eval.json").read_text())["curve"]
+    assert [p["step"] for p in curve] == [0, 20], curve
+    assert curve[-1]["gold_reward"] > curve[0]["gold_reward"] + 0.1, curve
     lengths = [float(r["rloo/response_length"]) for r in rows if r.get("rloo/response_length")]
     assert lengths[-1] >= 3, lengths  # improved by writing on-topic words, not by falling silent
     assert not torch.isnan(cli.model.reward_norm).any()  # measured on the first batch

@@ -56,3 +56,72 @@ def test_sampling_config_defaults_are_recorded(tmp_path, tiny_model_dir, prompts
     rows = read_samples(str(out))
     assert len(rows) == 2
     assert rows[0]["sampling"] == {**SamplingConfig().__dict__, "k": 2, "max_new_tokens": 4}
+
+
+def test_sample_next_draws_from_the_softmax_and_cuts_the_nucleus():
+    import torch
+
+    from varirm.sampling import sample_next
+
+    torch.manual_seed(0)
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(20000, 1)  # (20000, 4)
+    counts = torch.bincount(sample_next(logits, 1.0, 1.0), minlength=4).float() / 20000
+    torch.testing.assert_close(counts, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.015, rtol=0)
+    # temperature 2: probabilities proportional to sqrt(p)
+    p2 = torch.tensor([0.5, 0.3, 0.15, 0.05]).sqrt()
+    counts = torch.bincount(sample_next(logits, 2.0, 1.0), minlength=4).float() / 20000
+    torch.testing.assert_close(counts, p2 / p2.sum(), atol=0.015, rtol=0)
+    # top_p 0.7: the smallest top set reaching 0.7 is {0.5, 0.3}, renormalized to 5/8, 3/8
+    counts = torch.bincount(sample_next(logits, 1.0, 0.7), minlength=4).float() / 20000
+    torch.testing.assert_close(counts, torch.tensor([0.625, 0.375, 0.0, 0.0]), atol=0.015, rtol=0)
+    assert sample_next(logits[:5], 1.0, 0.4).eq(0).all()  # the top token alone reaches 0.4
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox"])
+def test_sample_tokens_matches_greedy_generate(tmp_path, arch):
+    """At a near-zero temperature, sampling is greedy: the cache repeated k times, the positions,
+    the rows leaving the batch at their stop token and the padding after it must give exactly
+    what transformers' greedy generate gives, for each architecture varirm builds."""
+    import torch
+
+    from varirm.sampling import sample_tokens
+    from varirm.tiny import make_tiny_model
+    from transformers import AutoModelForCausalLM
+
+    model_dir = make_tiny_model(str(tmp_path / arch), arch=arch)
+    tokenizer = load_tokenizer(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    torch.manual_seed(0)
+    texts = ["fruit words please", "a much longer prompt about tools and colors", "hi"]
+    tokenizer.padding_side = "left"
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    # a frequent greedy token as the stop token, so that rows stop at different steps
+    greedy = model.generate(**enc, do_sample=False, max_new_tokens=12, pad_token_id=tokenizer.pad_token_id,
+                            eos_token_id=None)[:, enc["input_ids"].shape[1]:]
+    stop = int(greedy[:, 3:].flatten().mode().values)
+    expected = model.generate(**enc, do_sample=False, max_new_tokens=12, pad_token_id=tokenizer.pad_token_id,
+                              eos_token_id=[stop])
+    got = sample_tokens(model, enc["input_ids"], enc["attention_mask"], k=2, max_new_tokens=12, temperature=1e-6,
+                        top_p=1.0, stops=[stop], pad_id=tokenizer.pad_token_id)
+    expected = expected.repeat_interleave(2, dim=0)
+    assert got.shape == expected.shape, (got.shape, expected.shape)
+    assert torch.equal(got, expected)
+    new = got[:, enc["input_ids"].shape[1]:]
+    assert (new == stop).any(1).any() and not (new == stop).any(1).all()  # some rows stopped early, some did not
+
+
+def test_generation_precision(monkeypatch):
+    import torch
+
+    import varirm.model
+    from varirm.errors import ConfigError
+    from varirm.sampling import generation_dtype
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(varirm.model, "cpu_bf16_is_native", lambda: True)
+    assert generation_dtype(cpu, "auto") == torch.bfloat16 and generation_dtype(cpu, "fp32") is None
+    monkeypatch.setattr(varirm.model, "cpu_bf16_is_native", lambda: False)
+    assert generation_dtype(cpu, "auto") is None and generation_dtype(cpu, "bf16") == torch.bfloat16
+    assert generation_dtype(torch.device("cuda"), "auto") == torch.bfloat16
+    with pytest.raises(ConfigError, match="precision must be"):
+        generation_dtype(cpu, "fp16")

@@ -31,6 +31,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger  # noqa: E402
 
 from varirm.data import PreferenceDataModule  # noqa: E402
 from varirm.errors import VarirmError  # noqa: E402
+from varirm.model import cpu_bf16_is_native  # noqa: E402,F401 (cpu_precision's probe; tests patch it here)
 from varirm.module import RewardModelModule  # noqa: E402
 
 TOOLS = {"make-tiny-model", "make-real-model", "make-synthetic", "sample", "evaluate", "export", "card"}
@@ -97,18 +98,6 @@ class RandomState(Callback):
         np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, gauss))
         version, internal, gauss_next = state["python"]
         random.setstate((version, tuple(internal), gauss_next))
-
-
-def cpu_bf16_is_native() -> bool:
-    """Whether this CPU has fast bf16 matrix multiplies: oneDNN's bf16 kernels need AVX512 (or
-    AMX). Without them (AVX2-only CPUs) torch multiplies bf16 matrices in a scalar fallback that
-    is many times slower than fp32, so bf16 autocast makes CPU training slower, not faster."""
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch build without the probe: go by the ISA
-        return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2")
 
 
 def cpu_precision(precision, accelerator) -> tuple[object, str]:

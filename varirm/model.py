@@ -18,6 +18,16 @@ from varirm.errors import ConfigError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def cpu_bf16_is_native() -> bool:
+    """Whether this CPU has fast bf16 matrix multiplies: oneDNN's bf16 kernels need AVX512 (or
+    AMX). Without them (AVX2-only CPUs) torch multiplies bf16 matrices in a scalar fallback that
+    is many times slower than fp32, so bf16 autocast makes CPU training slower, not faster."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without the probe: go by the ISA
+        return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2")
+
+
 class RewardModel(nn.Module):
     """Backbone + scalar head: ``r(x, y) = w^T h_T`` with ``h_T`` the last hidden state at the last
     non-pad position ``T`` of each row.

@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader
 from varirm.data import EpochShuffleSampler, LoaderPosition, ResumableLoader
 from varirm.errors import ConfigError
 from varirm.files import atomic_write_text
-from varirm.sampling import (SamplingConfig, clean_response, generate_ids, generate_responses, load_policy, read_prompts,
-                             response_suffix, stop_ids)
+from varirm.sampling import (Precision, SamplingConfig, clean_response, generate_ids, generate_responses, load_policy,
+                             read_prompts, response_suffix, stop_ids)
 
 KLEstimator = Literal["k1", "k3"]
 Optimizer = Literal["adamw", "sgd"]
@@ -179,6 +179,10 @@ class RLOOModule(LightningModule):
         temperature: Sampling temperature.
         top_p: Nucleus sampling threshold.
         max_new_tokens: Longest response.
+        sampling_precision: Precision of sampling (and of ``PolicyEvaluation``'s samples): ``auto``
+            (bf16 autocast on CUDA and on CPUs with native bf16 matmuls, else fp32), ``bf16`` or
+            ``fp32``; see :func:`varirm.sampling.generation_dtype`. The log-probabilities of the
+            update are computed in the trainer's precision either way.
         reward_shift: RM normalization shift (``None``: the mean RM reward of the first batch's
             samples, over all processes).
         reward_scale: RM normalization scale (``None``: the population std of the first batch's
@@ -201,7 +205,8 @@ class RLOOModule(LightningModule):
     def __init__(self, policy_name_or_path: str, reward_model: str, gold: Optional[str] = None, k: int = 4,
                  beta: float = 0.05, kl_estimator: KLEstimator = "k3", ppo_epochs: int = 1,
                  clip_eps: Optional[float] = 0.2, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 32,
-                 reward_shift: Optional[float] = None, reward_scale: Optional[float] = None, lr: float = 1e-5,
+                 sampling_precision: Precision = "auto", reward_shift: Optional[float] = None,
+                 reward_scale: Optional[float] = None, lr: float = 1e-5,
                  optimizer: Optimizer = "adamw", advantage_normalization: AdvantageNormalization = "none",
                  advantage_eps: float = 1e-4, lora_r: int = 0, lora_alpha: int = 16, lora_dropout: float = 0.0,
                  lora_target_modules: Union[str, list[str]] = "all-linear", seed: int = 0):
@@ -247,7 +252,8 @@ class RLOOModule(LightningModule):
     def _sample(self, prompts: list) -> dict[str, Any]:
         """k samples per prompt: full ids, masks, the response-token mask and decoded responses."""
         tok, hp = self.tokenizer, self.hparams
-        config = SamplingConfig(k=hp.k, temperature=hp.temperature, top_p=hp.top_p, max_new_tokens=hp.max_new_tokens)
+        config = SamplingConfig(k=hp.k, temperature=hp.temperature, top_p=hp.top_p, max_new_tokens=hp.max_new_tokens,
+                                precision=hp.sampling_precision)
         gen, prompt_mask = generate_ids(self.policy, tok, prompts, config)
         p_len = prompt_mask.shape[1]
         new = gen[:, p_len:]  # (n, r)
@@ -372,7 +378,8 @@ class PolicyEvaluation(Callback):
             for b in range(trainer.global_rank, math.ceil(n / size), trainer.world_size):
                 # batch b seeded with seed + b, as generate_responses seeds it over all prompts
                 config = SamplingConfig(k=self.k, temperature=hp.temperature, top_p=hp.top_p,
-                                        max_new_tokens=hp.max_new_tokens, seed=self.seed + b, batch_size=size)
+                                        max_new_tokens=hp.max_new_tokens, seed=self.seed + b, batch_size=size,
+                                        precision=hp.sampling_precision)
                 batch = list(range(b * size, min(n, (b + 1) * size)))
                 rows += batch
                 responses += generate_responses(module.policy, module.tokenizer, [self.prompts[i] for i in batch],

@@ -256,6 +256,24 @@ def matmul_rate(config, bf16: bool, threads: int, rows: int = 2048, repeats: int
             "flops_per_s_by_shape": {k: round(v / 1e9, 1) for k, v in rates.items()}, "gflops_per_s": round(best / 1e9, 1)}
 
 
+def dpo_prompts(path: str, n: int, tokenizer, max_tokens: int) -> list:
+    """The first user turn of the first ``n`` conversations of a sharegpt preference file whose
+    rendered prompt has at most ``max_tokens`` tokens (longer ones are skipped, not cut)."""
+    from varirm.chat import render_prompt_response
+    from varirm.formats import read_raw_rows
+
+    prompts = []
+    for _, row in read_raw_rows(path):
+        turn = next(m for m in row["conversations"] if m["from"] == "human")
+        prompt = [{"role": "user", "content": turn["value"]}]
+        text = render_prompt_response(tokenizer, prompt, "")[0]
+        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= max_tokens:
+            prompts.append(prompt)
+        if len(prompts) >= n:
+            break
+    return prompts
+
+
 def write_outputs(out: str, result: dict[str, Any], md: str, benchmarks_md: str, section: str) -> None:
     """``out.json``, ``out.md`` and the ``<!-- bench:section -->`` block of ``benchmarks_md``
     (skipped when it is '')."""

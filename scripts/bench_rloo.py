@@ -7,7 +7,10 @@ against the same reward function (``varirm.synthetic.gold_reward``; TRL gets it 
 same prompts per step, k samples per prompt, max new tokens, sampling (temperature 1, top-p 1, no
 top-k), KL coefficient with a frozen reference copy of the policy, PPO-style clipped updates per
 batch of samples (varirm ``ppo_epochs`` = TRL ``num_iterations``, clip 0.2), AdamW learning rate
-(constant), no gradient clipping, fp32, CPU, same number of torch threads.
+(constant), no gradient clipping, CPU, same number of torch threads, bf16 autocast in both where this CPU
+multiplies bf16 natively (else fp32). With ``--model_dir`` the policy is a real model (SmolLM2-135M-Instruct)
+and the reward a sequence classifier on the same backbone with a new score head (``reward_funcs=<dir>``
+for TRL, ``reward_model: <dir>`` for varirm), prompts the first user turns of ``--prompts``.
 
 How: every run is a fresh Python process (``--worker_spec``, started by this script). varirm runs its
 real path, ``varirm.cli.cli_main(["rloo", "--config", "recipes/rloo/synthetic_gold.yaml",
@@ -21,6 +24,8 @@ so tokens/s is comparable even where completions stop at different lengths. Runs
 JSON, Markdown and BENCHMARKS.md.
 
     python scripts/bench_rloo.py                          # full run (a few minutes on 2 cores)
+    python scripts/bench_rloo.py --model_dir artifacts/smollm2-135m-instruct --batch_size 8 --max_new_tokens 32 \\
+        --steps 2 --warmup 1 --repeats 3 --ppo_epochs 1 --num_prompts 64 --out results/bench_rloo_real   # SmolLM2
     python scripts/bench_rloo.py --repeats 1 --steps 1 --warmup 1 --hidden_size 32 --num_layers 2 \\
         --num_heads 2 --batch_size 4 --out /tmp/b --benchmarks_md ''    # smoke run (tests)
 """
@@ -38,14 +43,14 @@ import shlex  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, Optional  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 sys.path.insert(0, ROOT)
 
-from bench_common import (GenerateCounter, StepClock, add_common_arguments, fmt, machine, peak_rss_mib,  # noqa: E402
-                          quiet_run_args, run_if_worker, run_worker, summary, write_outputs)
+from bench_common import (GenerateCounter, StepClock, add_common_arguments, default_bf16, dpo_prompts, fmt,  # noqa: E402
+                          machine, peak_rss_mib, quiet_run_args, run_if_worker, run_worker, summary, write_outputs)
 from lightning.pytorch import Callback  # noqa: E402
 
 TOOLS = ("varirm", "trl")
@@ -76,7 +81,45 @@ def gold_reward_trl(prompts, completions, **kwargs) -> list[float]:
     return [gold_reward(p, c[0]["content"] if isinstance(c, list) else c) for p, c in zip(prompts, completions)]
 
 
-def throughput(clock: StepClock, counter: GenerateCounter, warmup: int, k: int) -> dict[str, Any]:
+class ScoreTimer:
+    """Times every reward computation of a step: varirm's labeler (``varirm.scoring.resolve_labeler``
+    wrapped, so RM directories and reward functions alike) or TRL's ``RLOOTrainer._calculate_rewards``."""
+
+    def __init__(self, tool: str):
+        self.tool, self.calls = tool, []
+
+    def _timed(self, fn):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            self.calls.append((start, time.perf_counter() - start))
+            return out
+        return timed
+
+    def __enter__(self) -> "ScoreTimer":
+        if self.tool == "varirm":
+            import varirm.scoring as owner
+
+            name, original = "resolve_labeler", owner.resolve_labeler
+            patched = lambda *a, **kw: self._timed(original(*a, **kw))  # noqa: E731
+        else:
+            from trl import RLOOTrainer as owner
+
+            name, original = "_calculate_rewards", owner._calculate_rewards
+            patched = self._timed(original)
+        self._restore = (owner, name, original)
+        setattr(owner, name, patched)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        setattr(*self._restore)
+
+    def seconds_between(self, t0: float, t1: float) -> float:
+        return sum(sec for start, sec in self.calls if t0 < start <= t1)
+
+
+def throughput(clock: StepClock, counter: GenerateCounter, warmup: int, k: int,
+               scorer: Optional[ScoreTimer] = None) -> dict[str, Any]:
     t0, t1, n = clock.window(warmup)
     calls = counter.between(t0, t1)
     rows, tokens = sum(c["rows"] for c in calls), sum(c["tokens"] for c in calls)
@@ -84,10 +127,11 @@ def throughput(clock: StepClock, counter: GenerateCounter, warmup: int, k: int) 
     return {"timed_rloo_steps": n, "timed_s": dt, "timed_prompts": rows / k, "timed_completions": rows,
             "timed_generated_tokens": tokens, "prompts_per_s": rows / k / dt, "generated_tokens_per_s": tokens / dt,
             "mean_completion_tokens": tokens / max(rows, 1), "generate_calls": len(calls),
-            "generate_share": sum(c["seconds"] for c in calls) / dt, "rloo_steps_run": len(clock.ends)}
+            "generate_share": sum(c["seconds"] for c in calls) / dt, "rloo_steps_run": len(clock.ends),
+            "score_share": scorer.seconds_between(t0, t1) / dt if scorer else None}
 
 
-def run_varirm(spec: dict, counter: GenerateCounter) -> dict[str, Any]:
+def run_varirm(spec: dict, counter: GenerateCounter, scorer: ScoreTimer) -> dict[str, Any]:
     from varirm.cli import cli_main
 
     t_begin = time.perf_counter()
@@ -97,11 +141,12 @@ def run_varirm(spec: dict, counter: GenerateCounter) -> dict[str, Any]:
         "--seed_everything", str(spec["seed"]),
         "--trainer.default_root_dir", run_dir,
         "--trainer.max_steps", str((spec["warmup"] + spec["steps"]) * spec["epochs"]), "--trainer.max_epochs", "-1",
-        "--trainer.precision", "32-true",
+        "--trainer.precision", "bf16-mixed" if spec["bf16"] else "32-true",
         *quiet_run_args(run_dir),
         "--trainer.callbacks+=__main__.LightningRLOOClock",
         "--model.init_args.policy_name_or_path", spec["model_dir"],
-        "--model.init_args.reward_model", "varirm.synthetic.gold_reward", "--model.init_args.gold", "null",
+        "--model.init_args.reward_model", spec["rm_dir"] or "varirm.synthetic.gold_reward", "--model.init_args.gold", "null",
+        "--model.init_args.sampling_precision", "bf16" if spec["bf16"] else "fp32",
         "--model.init_args.k", str(spec["k"]), "--model.init_args.beta", str(spec["beta"]),
         "--model.init_args.ppo_epochs", str(spec["epochs"]), "--model.init_args.clip_eps", str(spec["clip_eps"]),
         "--model.init_args.temperature", "1.0", "--model.init_args.top_p", "1.0",
@@ -111,10 +156,10 @@ def run_varirm(spec: dict, counter: GenerateCounter) -> dict[str, Any]:
     timer = next(c for c in cli.trainer.callbacks if isinstance(c, LightningRLOOClock))
     return {"setup_s": timer.clock.first_start - t_begin, "peak_rss_mib": timer.peak_rss_mib,
             "optimizer_steps": cli.trainer.global_step,
-            **throughput(timer.clock, counter, spec["warmup"], spec["k"])}
+            **throughput(timer.clock, counter, spec["warmup"], spec["k"], scorer)}
 
 
-def run_trl(spec: dict, counter: GenerateCounter) -> dict[str, Any]:
+def run_trl(spec: dict, counter: GenerateCounter, scorer: ScoreTimer) -> dict[str, Any]:
     import datasets
     from transformers import TrainerCallback
     from trl import RLOOConfig, RLOOTrainer
@@ -145,15 +190,46 @@ def run_trl(spec: dict, counter: GenerateCounter) -> dict[str, Any]:
         num_generations=spec["k"], num_iterations=epochs, epsilon=spec["clip_eps"], beta=spec["beta"],
         temperature=1.0, top_p=1.0, top_k=0, max_completion_length=spec["max_new_tokens"],
         learning_rate=spec["lr"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, optim="adamw_torch",
-        max_grad_norm=0.0, bf16=False, use_cpu=True, gradient_checkpointing=False, disable_dropout=True,
+        max_grad_norm=0.0, bf16=spec["bf16"], use_cpu=True, gradient_checkpointing=False, disable_dropout=True,
         report_to="none", save_strategy="no", logging_steps=10**9, disable_tqdm=True, dataloader_num_workers=0)
-    trainer = RLOOTrainer(model=spec["model_dir"], reward_funcs=gold_reward_trl, args=config,
+    trainer = RLOOTrainer(model=spec["model_dir"], reward_funcs=spec["rm_dir"] or gold_reward_trl, args=config,
                           train_dataset=datasets.Dataset.from_list([{"prompt": p} for p in prompts]),
                           callbacks=[HFRLOOClock()])
     trainer.train()
     return {"setup_s": clock.first_start - t_begin, "peak_rss_mib": rss["peak"],
             "optimizer_steps": trainer.state.global_step,
-            **throughput(clock, counter, spec["warmup"], spec["k"])}
+            **throughput(clock, counter, spec["warmup"], spec["k"], scorer)}
+
+
+def make_reward_model(model_dir: str, output: str) -> str:
+    """A reward-model directory on ``model_dir``'s backbone with a freshly initialised score head
+    (throughput does not need a trained one), saved with varirm's tokenizer (pad != eos): both
+    varirm (``reward_model: <dir>``) and TRL (``reward_funcs=<dir>``) load it as a sequence
+    classifier."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from varirm.chat import load_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(model_dir)
+    rm = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+    if rm.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        rm.resize_token_embeddings(len(tokenizer))
+    rm.config.pad_token_id = tokenizer.pad_token_id
+    rm.save_pretrained(output)
+    tokenizer.save_pretrained(output)
+    return output
+
+
+def dpo_prompt_file(path: str, output: str, n: int, model_dir: str, max_tokens: int) -> str:
+    """A prompts file of :func:`bench_common.dpo_prompts` (first user turns of at most ``max_tokens``)."""
+    from varirm.chat import load_tokenizer
+
+    with open(output, "w") as f:
+        for prompt in dpo_prompts(path, n, load_tokenizer(model_dir), max_tokens):
+            f.write(json.dumps({"prompt": prompt}) + "\n")
+    return output
 
 
 def worker(spec: dict) -> None:
@@ -161,8 +237,8 @@ def worker(spec: dict) -> None:
 
     torch.set_num_threads(spec["threads"])
     import_s = time.perf_counter() - T_PROCESS
-    with GenerateCounter() as counter:
-        result = run_varirm(spec, counter) if spec["tool"] == "varirm" else run_trl(spec, counter)
+    with GenerateCounter() as counter, ScoreTimer(spec["tool"]) as scorer:
+        result = (run_varirm if spec["tool"] == "varirm" else run_trl)(spec, counter, scorer)
     result.update(tool=spec["tool"], torch_threads=torch.get_num_threads(), import_s=import_s,
                   process_s=time.perf_counter() - T_PROCESS)
     with open(spec["result"], "w") as f:
@@ -174,6 +250,8 @@ def aggregate(runs: list[dict]) -> dict[str, Any]:
             "generated_tokens_per_s": summary([r["generated_tokens_per_s"] for r in runs], 0),
             "mean_completion_tokens": summary([r["mean_completion_tokens"] for r in runs]),
             "generate_share": summary([r["generate_share"] for r in runs], 3),
+            "score_share": summary([r["score_share"] for r in runs], 3),
+            "rest_share": summary([1 - r["generate_share"] - r["score_share"] for r in runs], 3),
             "peak_rss_mib": summary([r["peak_rss_mib"] for r in runs], 0),
             "setup_s": summary([r["setup_s"] for r in runs]),
             "torch_threads": sorted({r["torch_threads"] for r in runs}), "runs": runs}
@@ -182,22 +260,22 @@ def aggregate(runs: list[dict]) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     s, m, t = result["settings"], result["machine"], result["tools"]
     lines = [
-        "## RLOO: varirm vs TRL RLOOTrainer", "",
+        f"## RLOO{' (real model)' if s['real'] else ''}: varirm vs TRL RLOOTrainer", "",
         f"`{result['command']}` (CPU: {m['cpu']}; {m['torch_threads']} torch threads; torch {m['torch']}, transformers "
         f"{m['transformers']}, trl {m['trl']}, lightning {m['lightning']}).", "",
-        f"Same tiny Llama-style policy ({s['model']}, random init), reward `varirm.synthetic.gold_reward`, "
+        f"Same policy and reward ({s['model']}), "
         f"{s['prompts_per_step']} prompts x k={s['k']} samples per RLOO step, up to {s['max_new_tokens']} new tokens, "
         f"{s['ppo_epochs']} clipped updates per batch (clip {s['clip_eps']}), beta {s['beta']} with a frozen reference, "
-        f"AdamW lr {s['lr']}, fp32. {s['warmup']} warm-up + {s['steps']} timed RLOO steps per run, each run its own "
+        f"AdamW lr {s['lr']}, {s['precision']}. {s['warmup']} warm-up + {s['steps']} timed RLOO steps per run, each run its own "
         f"process, {s['repeats']} runs per tool alternating varirm, TRL. Cells: median [min-max].", "",
-        "| tool | prompts/s | generated tokens/s | tokens per completion | share of time in generate | peak RSS MiB "
-        "| set-up s |",
-        "|---|---|---|---|---|---|---|"]
+        "| tool | prompts/s | generated tokens/s | tokens per completion | step: generate | step: score | "
+        "step: rest (log-probs, backward, optimizer) | peak RSS MiB | set-up s |",
+        "|---|---|---|---|---|---|---|---|---|"]
     for tool in TOOLS:
         a = t[tool]
         lines.append(f"| {tool} | {fmt(a['prompts_per_s'])} | {fmt(a['generated_tokens_per_s'])} | "
-                     f"{fmt(a['mean_completion_tokens'])} | {fmt(a['generate_share'])} | {fmt(a['peak_rss_mib'])} | "
-                     f"{fmt(a['setup_s'])} |")
+                     f"{fmt(a['mean_completion_tokens'])} | {fmt(a['generate_share'])} | {fmt(a['score_share'])} | "
+                     f"{fmt(a['rest_share'])} | {fmt(a['peak_rss_mib'])} | {fmt(a['setup_s'])} |")
     r = result["ratio_varirm_over_trl"]
     lines += ["", f"varirm / TRL (medians): prompts/s **{r['prompts_per_s']}**, generated tokens/s "
               f"**{r['generated_tokens_per_s']}**, peak RSS {r['peak_rss_mib']}.", "", "Not the same in both tools:", ""]
@@ -218,6 +296,15 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.02)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--num_prompts", type=int, default=256, help="prompts in the synthetic prompts file")
+    parser.add_argument("--model_dir", default=None,
+                        help="a real policy directory (e.g. artifacts/smollm2-135m-instruct); the RM is the same "
+                             "backbone with a new score head, prompts from --prompts")
+    parser.add_argument("--prompts", default=os.path.join(ROOT, "..", "shared", "data", "dpo_en_demo.json"),
+                        help="with --model_dir: sharegpt file whose first user turns are the prompts")
+    parser.add_argument("--max_prompt_tokens", type=int, default=256,
+                        help="with --model_dir: skip prompts longer than this (rendered, in tokens)")
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 in both tools (default: only where this CPU has native bf16 matmuls)")
     add_common_arguments(parser, "bench_rloo", "BPE target; the synthetic corpus caps it near 514")
     args = parser.parse_args()
     if run_if_worker(args, worker):
@@ -226,20 +313,29 @@ def main() -> None:
     from varirm.synthetic import write_task
     from varirm.tiny import make_tiny_model
 
+    bf16 = default_bf16(args.bf16)
     work = tempfile.mkdtemp(prefix="varirm-bench-rloo-")
     try:
-        model_dir = make_tiny_model(os.path.join(work, "tiny"), hidden_size=args.hidden_size, num_layers=args.num_layers,
-                                    num_heads=args.num_heads, vocab_size=args.vocab_size, seed=args.seed)
-        task = os.path.join(work, "synthetic")
-        write_task(task, n_train=8, n_val=8, n_test=8, n_demos=8, n_prompts=args.num_prompts, n_eval_prompts=8,
-                   seed=args.seed)
+        if args.model_dir:
+            model_dir = args.model_dir
+            rm_dir = make_reward_model(model_dir, os.path.join(work, "rm"))
+            prompts_file = dpo_prompt_file(args.prompts, os.path.join(work, "prompts.jsonl"), args.num_prompts, model_dir,
+                                           args.max_prompt_tokens)
+        else:
+            model_dir = make_tiny_model(os.path.join(work, "tiny"), hidden_size=args.hidden_size,
+                                        num_layers=args.num_layers, num_heads=args.num_heads,
+                                        vocab_size=args.vocab_size, seed=args.seed)
+            task = os.path.join(work, "synthetic")
+            write_task(task, n_train=8, n_val=8, n_test=8, n_demos=8, n_prompts=args.num_prompts, n_eval_prompts=8,
+                       seed=args.seed)
+            rm_dir, prompts_file = None, os.path.join(task, "prompts.jsonl")
         runs: dict[str, list[dict]] = {tool: [] for tool in TOOLS}
         for r in range(args.repeats):
             for tool in TOOLS:
                 name = f"{tool}-{r}"
                 os.makedirs(os.path.join(work, name))
-                spec = {"tool": tool, "work": os.path.join(work, name), "model_dir": model_dir,
-                        "prompts": os.path.join(task, "prompts.jsonl"), "steps": args.steps, "warmup": args.warmup,
+                spec = {"tool": tool, "work": os.path.join(work, name), "model_dir": model_dir, "rm_dir": rm_dir,
+                        "bf16": bf16, "prompts": prompts_file, "steps": args.steps, "warmup": args.warmup,
                         "batch_size": args.batch_size, "k": args.k, "max_new_tokens": args.max_new_tokens,
                         "epochs": args.ppo_epochs, "clip_eps": args.clip_eps, "beta": args.beta, "lr": args.lr,
                         "seed": args.seed}
@@ -256,10 +352,15 @@ def main() -> None:
     result = {
         "command": shlex.join(["python", "scripts/bench_rloo.py", *sys.argv[1:]]),
         "machine": machine(args.threads),
-        "settings": {"model": f"hidden {args.hidden_size}, {args.num_layers} layers, {args.num_heads} heads",
+        "settings": {"real": bool(args.model_dir), "model": (f"{os.path.basename(os.path.normpath(args.model_dir))}, reward model: the same backbone "
+                               "with a new score head, prompts: first user turns of "
+                               f"{os.path.basename(args.prompts)} of at most {args.max_prompt_tokens} tokens" if args.model_dir else
+                               f"tiny Llama-style policy, hidden {args.hidden_size}, {args.num_layers} layers, "
+                               f"{args.num_heads} heads (random init), reward `varirm.synthetic.gold_reward`"),
                      "prompts_per_step": args.batch_size, "k": args.k, "max_new_tokens": args.max_new_tokens,
                      "ppo_epochs": args.ppo_epochs, "clip_eps": args.clip_eps, "beta": args.beta, "lr": args.lr,
-                     "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "precision": "fp32",
+                     "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
+                     "precision": "bf16 autocast" if bf16 else "fp32",
                      "varirm": "varirm rloo --config recipes/rloo/synthetic_gold.yaml + overrides (policy, reward, "
                                "gold null, sampling, steps; no logger/progress bar, a ModelCheckpoint that saves nothing)",
                      "trl": "RLOOTrainer(model=<dir>, reward_funcs=<gold_reward callable>, RLOOConfig(use_cpu=True, "
@@ -279,18 +380,20 @@ def main() -> None:
             "Log-probabilities: both compute logits for completion tokens only (logits_to_keep). varirm takes the "
             "sampling policy's log-probabilities (for the ratio and the KL) and the logged entropy from the first "
             "update's forward, where the ratio is exactly 1; TRL runs a separate no-grad forward for them.",
-            "Generation: varirm calls generate once per step with num_return_sequences=k; TRL repeats each prompt "
-            "k times in the batch. Same number of rows.",
+            "Generation: varirm's own sampler (varirm.sampling.sample_tokens: each prompt prefilled once and its "
+            "KV cache repeated k times, finished rows leave the batch, inverse-CDF sampling from the full softmax); "
+            "TRL calls transformers' generate with each prompt repeated k times in the batch (top_k=0 here, so no "
+            "top-50 cut). Same number of rows.",
             "Gradient norm: no clipping in either, but transformers' Trainer still computes the gradient norm at "
             "every optimizer step (for its logs); varirm's manual-optimization RLOO step does not.",
             "Checkpointing: varirm's CLI always adds a ModelCheckpoint, so varirm gets one that saves nothing; "
             "TRL save_strategy='no'.",
-            "Precision: fp32 in both (varirm samples in fp32 on CPU even under bf16-mixed while TRL's generate would "
-            "run under autocast, so bf16 would not be equal).",
+            "Precision: the same in both (bf16: varirm precision bf16-mixed with sampling_precision bf16, TRL bf16=True, "
+            "whose generate runs under the same autocast; fp32 otherwise).",
         ],
     }
     md = markdown(result)
-    write_outputs(args.out, result, md, args.benchmarks_md, "rloo")
+    write_outputs(args.out, result, md, args.benchmarks_md, "rloo_real" if args.model_dir else "rloo")
     print(md)
 
 

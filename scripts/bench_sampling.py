@@ -1,21 +1,38 @@
-"""Sampling throughput: ``varirm.sampling.generate_responses`` (what ``varirm sample`` runs) vs the
-plain transformers loop a user would write.
+"""Sampling throughput: ``varirm.sampling.generate_responses`` (what ``varirm sample``, RLOO and
+``PolicyEvaluation`` run) vs the plain transformers loops a user would write, and vs a compute bound.
 
-What is compared: k sampled responses per prompt from the same tiny Llama-style model object
-(random init, ~10.8M parameters at the defaults, from ``varirm.tiny.make_tiny_model``), for the same
-prompts (the synthetic task's ``prompts.jsonl``), k, max new tokens, temperature, top-p and prompts
-per ``generate`` call, in fp32 on CPU with the same number of torch threads. The plain loop renders
-each prompt with the tokenizer's chat template, left-pads a batch, calls ``model.generate(do_sample=True,
-num_return_sequences=k)`` and decodes the new tokens.
+What is compared: k sampled responses per prompt, for the same prompts, k, max new tokens,
+temperature, top-p and prompts per call, on CPU with the same number of torch threads. Models: by
+default the synthetic world's tiny Llama-style policy shape (random init, ~10.8M parameters, from
+``varirm.tiny.make_tiny_model``, prompts from the synthetic task); with ``--model_dir`` a real model
+(SmolLM2-135M-Instruct from ``varirm make-real-model``, prompts: the first user turn of each
+conversation in ``--prompts``, default ``../shared/data/dpo_en_demo.json``).
 
-How: one process, one model; after ``--warmup`` untimed passes of each, ``--repeats`` timed passes over
-all prompts alternate (varirm, plain, varirm, plain, ...). Generated tokens are counted the same way
-for both, by a wrapper around ``transformers``' ``generate`` (tokens up to and including the first
-stop token, no padding). Throughput: generated tokens per second of the whole pass (rendering,
-tokenization, generate, decoding). Medians, min/max and the varirm / plain ratio go to JSON,
-Markdown and BENCHMARKS.md.
+Samplers: ``varirm`` loads the policy as ``varirm sample`` does (bf16 weights where generation runs
+in bf16, see ``varirm.sampling.generation_dtype``) and calls ``generate_responses``. The plain loops
+render each prompt with the chat template, left-pad a batch, call ``model.generate(do_sample=True,
+num_return_sequences=k)`` and decode the new tokens: ``plain_fp32`` (fp32 weights, no autocast: the
+call varirm itself made before its own sampler, on CPU), and where this CPU multiplies bf16 natively
+``plain_autocast`` (bf16 autocast), ``plain_bf16`` (bf16 weights) and ``plain_bf16_static`` (bf16
+weights, ``cache_implementation="static"``). The best plain loop is the one with the highest
+median tokens/s.
 
-    python scripts/bench_sampling.py                      # full run (about a minute on 2 cores)
+Compute bound: the FLOPs the sampling needs (every prompt's non-pad tokens once, every generated
+token once; ``2 x`` the block linears' and LM head's weights per token; attention, norms and
+sampling left out, so it is a lower bound on time) over this CPU's plain ``torch.matmul`` rate on
+the model's GEMM shapes with as many rows as one decode step has (prompts per call x k), in
+varirm's generation precision; each sampler's fraction of it is bound time / measured time.
+
+How: one process; after ``--warmup`` untimed passes of each, ``--repeats`` timed passes over all
+prompts alternate between the samplers. Generated tokens are counted the same way for all, by a
+wrapper around ``generate`` and ``varirm.sampling.sample_tokens`` (tokens up to and including the
+first stop token, no padding). Throughput: generated tokens per second of the whole pass
+(rendering, tokenization, generation, decoding). Medians, min/max and ratios go to JSON, Markdown
+and BENCHMARKS.md.
+
+    python scripts/bench_sampling.py                      # tiny policy (about two minutes on 2 cores)
+    python scripts/bench_sampling.py --model_dir artifacts/smollm2-135m-instruct --num_prompts 16 --k 4 \\
+        --max_new_tokens 64 --repeats 3 --out results/bench_sampling_real   # SmolLM2 (about 5 minutes)
     python scripts/bench_sampling.py --repeats 1 --warmup 0 --num_prompts 8 --hidden_size 32 --num_layers 2 \\
         --num_heads 2 --out /tmp/b --benchmarks_md ''    # smoke run (tests)
 """
@@ -23,9 +40,11 @@ Markdown and BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shlex
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -37,45 +56,53 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 sys.path.insert(0, ROOT)
 
-from bench_common import GenerateCounter, add_common_arguments, fmt, machine, summary, write_outputs  # noqa: E402
+from bench_common import (GenerateCounter, add_common_arguments, dpo_prompts, fmt, linear_shapes,  # noqa: E402
+                          machine, matmul_rate, summary, write_outputs)
 
-TOOLS = ("varirm", "plain")
+from varirm.chat import render_prompt_response  # noqa: E402
 
 
 @torch.no_grad()
 def plain_generate(model, tokenizer, prompts: list, k: int, max_new_tokens: int, temperature: float, top_p: float,
-                   batch_size: int) -> list[list[str]]:
-    """The loop a user writes: chat template, left-padded batch, ``generate``, decode the new tokens."""
+                   batch_size: int, autocast: bool = False, **generate_kwargs) -> list[list[str]]:
+    """The loop a user writes: chat template, left-padded batch, ``generate`` (under bf16 autocast
+    if asked), decode the new tokens."""
     out = []
     for start in range(0, len(prompts), batch_size):
         texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
                  for p in prompts[start:start + batch_size]]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        ids = model.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                             num_return_sequences=k, pad_token_id=tokenizer.pad_token_id)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            ids = model.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p,
+                                 max_new_tokens=max_new_tokens, num_return_sequences=k,
+                                 pad_token_id=tokenizer.pad_token_id, **generate_kwargs)
         decoded = tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         out += [decoded[i:i + k] for i in range(0, len(decoded), k)]
     return out
 
 
 def markdown(result: dict[str, Any]) -> str:
-    s, m, t = result["settings"], result["machine"], result["tools"]
+    s, m, t, b = result["settings"], result["machine"], result["tools"], result["bound"]
     lines = [
-        "## Sampling: varirm generate_responses vs a plain transformers loop", "",
+        f"## Sampling ({s['model_kind']}): varirm vs plain transformers loops", "",
         f"`{result['command']}` (CPU: {m['cpu']}; {m['torch_threads']} torch threads; torch {m['torch']}, transformers "
         f"{m['transformers']}).", "",
-        f"Same model object ({s['model']}, random init, fp32), {s['num_prompts']} prompts x k={s['k']}, up to "
-        f"{s['max_new_tokens']} new tokens, {s['batch_size']} prompts per generate call, temperature "
-        f"{s['temperature']}, top-p {s['top_p']}. {s['repeats']} timed passes each, alternating, after {s['warmup']} "
-        "warm-up passes. Cells: median [min-max].", "",
-        "| sampler | generated tokens/s | s per pass | tokens per response | share of time in generate |",
+        f"Model: {s['model']}. {s['num_prompts']} prompts ({s['prompts']}) x k={s['k']}, up to {s['max_new_tokens']} new "
+        f"tokens, {s['batch_size']} prompts per call, temperature {s['temperature']}, top-p {s['top_p']}. "
+        f"{s['repeats']} timed passes each, alternating, after {s['warmup']} warm-up passes. Cells: median [min-max].",
+        "", "| sampler | generated tokens/s | s per pass | tokens per response | fraction of the compute bound |",
         "|---|---|---|---|---|"]
-    for tool in TOOLS:
-        a = t[tool]
+    for tool, a in t.items():
         lines.append(f"| {tool} | {fmt(a['tokens_per_s'])} | {fmt(a['seconds'])} | {fmt(a['tokens_per_response'])} | "
-                     f"{fmt(a['generate_share'])} |")
-    lines += ["", f"varirm / plain (median tokens/s): **{result['ratio_varirm_over_plain']}**.", "",
-              "Not the same in both:", ""] + [f"- {x}" for x in result["differences"]]
+                     f"{fmt(a['fraction_of_bound'])} |")
+    r = result["ratios"]
+    lines += ["", f"varirm / best plain loop (`{r['best_plain']}`, median tokens/s): **{r['varirm_over_best_plain']}**; "
+              f"varirm / `plain_fp32` (varirm's call before its own sampler): **{r['varirm_over_plain_fp32']}**.", "",
+              f"Compute bound: {b['gflop_per_pass']} GFLOP per pass (prompt tokens {b['prompt_tokens']}, generated "
+              f"tokens {b['generated_tokens']}, {b['params_per_token_m']}M weights per token) at "
+              f"{b['matmul']['gflops_per_s']} GFLOP/s ({b['matmul']['dtype']} `torch.matmul` on {b['matmul']['rows']}-row "
+              f"GEMMs of the model's shapes) = {b['seconds']} s per pass.", "", "Not the same in all:", ""]
+    lines += [f"- {x}" for x in result["differences"]]
     return "\n".join(lines) + "\n"
 
 
@@ -89,83 +116,132 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=16, help="prompts per generate call")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--model_dir", default=None, help="a real model directory (default: a tiny random Llama)")
+    parser.add_argument("--prompts", default=os.path.join(ROOT, "..", "shared", "data", "dpo_en_demo.json"),
+                        help="with --model_dir: sharegpt file whose first user turns are the prompts")
+    parser.add_argument("--max_prompt_tokens", type=int, default=256,
+                        help="with --model_dir: skip prompts longer than this (rendered, in tokens)")
     add_common_arguments(parser, "bench_sampling", "BPE target; the synthetic corpus caps it near 514")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from varirm.sampling import SamplingConfig, generate_responses, load_policy, read_prompts
+    from varirm.model import cpu_bf16_is_native
+    from varirm.sampling import SamplingConfig, generate_responses, generation_dtype, load_policy, read_prompts
     from varirm.synthetic import write_task
     from varirm.tiny import make_tiny_model
 
     work = tempfile.mkdtemp(prefix="varirm-bench-sampling-")
     try:
-        model_dir = make_tiny_model(os.path.join(work, "tiny"), hidden_size=args.hidden_size, num_layers=args.num_layers,
-                                    num_heads=args.num_heads, vocab_size=args.vocab_size, seed=args.seed)
-        write_task(os.path.join(work, "task"), n_train=8, n_val=8, n_test=8, n_demos=8, n_prompts=args.num_prompts,
-                   n_eval_prompts=8, seed=args.seed)
-        prompts = read_prompts(os.path.join(work, "task", "prompts.jsonl"))
-        policy, tokenizer = load_policy(model_dir)  # what varirm sample loads; the plain loop uses the same model
-        policy.eval()
+        if args.model_dir:
+            from varirm.chat import load_tokenizer
+
+            model_dir = args.model_dir
+            prompts = dpo_prompts(args.prompts, args.num_prompts, load_tokenizer(model_dir), args.max_prompt_tokens)
+            prompt_source = (f"{os.path.basename(args.prompts)}: the first {len(prompts)} first user turns of at most "
+                             f"{args.max_prompt_tokens} tokens")
+        else:
+            model_dir = make_tiny_model(os.path.join(work, "tiny"), hidden_size=args.hidden_size,
+                                        num_layers=args.num_layers, num_heads=args.num_heads,
+                                        vocab_size=args.vocab_size, seed=args.seed)
+            write_task(os.path.join(work, "task"), n_train=8, n_val=8, n_test=8, n_demos=8, n_prompts=args.num_prompts,
+                       n_eval_prompts=8, seed=args.seed)
+            prompts = read_prompts(os.path.join(work, "task", "prompts.jsonl"))
+            prompt_source = "synthetic prompts.jsonl"
+        bf16 = generation_dtype(torch.device("cpu")) == torch.bfloat16
+        # what varirm sample loads: bf16 weights where generation runs in bf16
+        policy, tokenizer = load_policy(model_dir, "bfloat16" if bf16 else None)
         plain_tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-        parameters = sum(p.numel() for p in policy.parameters())
+        if plain_tokenizer.pad_token is None:
+            plain_tokenizer.pad_token = plain_tokenizer.eos_token
+        fp32 = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        config_hf = fp32.config
+        parameters = sum(p.numel() for p in fp32.parameters())
+        plain_bf16 = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval() if bf16 else None
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    policy.eval()
     config = SamplingConfig(k=args.k, temperature=args.temperature, top_p=args.top_p,
                             max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size)
-    samplers = {
-        "varirm": lambda: generate_responses(policy, tokenizer, prompts, config, progress=False),
-        "plain": lambda: plain_generate(policy, plain_tokenizer, prompts, args.k, args.max_new_tokens, args.temperature,
-                                        args.top_p, args.batch_size),
-    }
+    plain = functools.partial(plain_generate, tokenizer=plain_tokenizer, prompts=prompts, k=args.k,
+                              max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                              batch_size=args.batch_size)
+    samplers = {"varirm": lambda: generate_responses(policy, tokenizer, prompts, config, progress=False),
+                "plain_fp32": lambda: plain(fp32)}
+    if bf16:
+        samplers.update({"plain_autocast": lambda: plain(fp32, autocast=True), "plain_bf16": lambda: plain(plain_bf16),
+                         "plain_bf16_static": lambda: plain(plain_bf16, cache_implementation="static")})
     torch.manual_seed(args.seed)
-    runs: dict[str, list[dict]] = {tool: [] for tool in TOOLS}
+    runs: dict[str, list[dict]] = {tool: [] for tool in samplers}
     with GenerateCounter() as counter:
         for _ in range(args.warmup):
-            for tool in TOOLS:
+            for tool in samplers:
                 samplers[tool]()
         for r in range(args.repeats):
-            for tool in TOOLS:
+            for tool, fn in samplers.items():
                 t0 = time.perf_counter()
-                responses = samplers[tool]()
+                responses = fn()
                 t1 = time.perf_counter()
                 calls = counter.between(t0, t1)
                 tokens, rows = sum(c["tokens"] for c in calls), sum(c["rows"] for c in calls)
                 assert rows == len(prompts) * args.k and sum(map(len, responses)) == rows, (tool, rows)
                 runs[tool].append({"seconds": t1 - t0, "tokens": tokens, "responses": rows,
-                                   "tokens_per_s": tokens / (t1 - t0), "tokens_per_response": tokens / rows,
-                                   "generate_share": sum(c["seconds"] for c in calls) / (t1 - t0)})
-                print(f"{tool} pass {r + 1}/{args.repeats}: {tokens / (t1 - t0):.0f} tokens/s", file=sys.stderr, flush=True)
+                                   "tokens_per_s": tokens / (t1 - t0), "tokens_per_response": tokens / rows})
+                print(f"{tool} pass {r + 1}/{args.repeats}: {tokens / (t1 - t0):.0f} tokens/s, {t1 - t0:.2f} s",
+                      file=sys.stderr, flush=True)
+    # the compute bound of one pass, from varirm's generated tokens (its median pass)
+    prompt_tokens = sum(len(tokenizer(render_prompt_response(tokenizer, p, "")[0], add_special_tokens=False)["input_ids"])
+                        for p in prompts)
+    generated = statistics.median(x["tokens"] for x in runs["varirm"])
+    lm_head = (config_hf.hidden_size, config_hf.vocab_size)
+    per_token = config_hf.num_hidden_layers * sum(i * o for i, o in linear_shapes(config_hf)) + lm_head[0] * lm_head[1]
+    rate = matmul_rate(config_hf, bf16, args.threads, rows=args.batch_size * args.k, extra_shapes=(lm_head,))
+    rate["rows"] = args.batch_size * args.k
+    flops = 2 * per_token * (prompt_tokens + generated)
+    bound_s = flops / (rate["gflops_per_s"] * 1e9)
+    for tool in samplers:
+        for x in runs[tool]:
+            x["fraction_of_bound"] = bound_s / x["seconds"] * x["tokens"] / generated  # same work per token
     tools = {tool: {"tokens_per_s": summary([x["tokens_per_s"] for x in runs[tool]], 0),
                     "seconds": summary([x["seconds"] for x in runs[tool]], 3),
                     "tokens_per_response": summary([x["tokens_per_response"] for x in runs[tool]]),
-                    "generate_share": summary([x["generate_share"] for x in runs[tool]], 3), "runs": runs[tool]}
-             for tool in TOOLS}
+                    "fraction_of_bound": summary([x["fraction_of_bound"] for x in runs[tool]], 3), "runs": runs[tool]}
+             for tool in samplers}
+    median = {tool: tools[tool]["tokens_per_s"]["median"] for tool in samplers}
+    best_plain = max((t for t in samplers if t != "varirm"), key=median.get)
     result = {
         "command": shlex.join(["python", "scripts/bench_sampling.py", *sys.argv[1:]]),
         "machine": machine(torch.get_num_threads()),
-        "settings": {"model": f"hidden {args.hidden_size}, {args.num_layers} layers, {args.num_heads} heads, "
+        "settings": {"model_kind": "real model" if args.model_dir else "tiny policy",
+                     "model": (f"{os.path.basename(os.path.normpath(model_dir))}, " if args.model_dir else "tiny Llama, ")
+                              + f"hidden {config_hf.hidden_size}, {config_hf.num_hidden_layers} layers, "
                               f"{parameters / 1e6:.2f}M parameters",
-                     "num_prompts": len(prompts), "k": args.k, "max_new_tokens": args.max_new_tokens,
-                     "batch_size": args.batch_size, "temperature": args.temperature, "top_p": args.top_p,
-                     "repeats": args.repeats, "warmup": args.warmup,
-                     "varirm": "varirm.sampling.generate_responses(policy, tokenizer, prompts, SamplingConfig(...))",
-                     "plain": "apply_chat_template + left-padded tokenizer call + model.generate(do_sample=True, "
-                              "num_return_sequences=k) + batch_decode"},
+                     "prompts": prompt_source, "num_prompts": len(prompts), "k": args.k,
+                     "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
+                     "temperature": args.temperature, "top_p": args.top_p, "repeats": args.repeats,
+                     "warmup": args.warmup, "varirm_precision": "bf16" if bf16 else "fp32",
+                     "native_bf16": cpu_bf16_is_native()},
         "tools": tools,
-        "ratio_varirm_over_plain": round(tools["varirm"]["tokens_per_s"]["median"]
-                                         / tools["plain"]["tokens_per_s"]["median"], 3),
+        "ratios": {"best_plain": best_plain, "varirm_over_best_plain": round(median["varirm"] / median[best_plain], 3),
+                   "varirm_over_plain_fp32": round(median["varirm"] / median["plain_fp32"], 3)},
+        "bound": {"prompt_tokens": prompt_tokens, "generated_tokens": int(generated),
+                  "params_per_token_m": round(per_token / 1e6, 1), "gflop_per_pass": round(flops / 1e9, 1),
+                  "matmul": rate, "seconds": round(bound_s, 3)},
         "differences": [
-            "Stop tokens: varirm stops at eos plus any special token its chat template puts after a response "
-            "(here eos only); the plain loop stops at the model's generation_config eos. Same set for this tokenizer.",
-            "Seeding: varirm seeds every batch (seed + batch index, reproducible files); the plain loop draws from "
+            "Sampler: varirm prefills each prompt once and repeats its KV cache k times, computes the prompt's last "
+            "logits only, drops rows that stopped, and samples by inverse CDF from the full softmax; generate prefills "
+            "each prompt k times, keeps finished rows in the batch, samples with torch.multinomial and, unless told, "
+            "cuts to the top 50 tokens (transformers' default top_k), which the plain loops leave as a user would.",
+            "Stop tokens: varirm stops at eos plus any special token its chat template puts after a response; the "
+            "plain loops stop at the model's generation_config eos.",
+            "Seeding: varirm seeds every batch (seed + batch index, reproducible files); the plain loops draw from "
             "the running RNG. Different samples, so lengths can differ; tokens/s normalizes.",
             "varirm also cuts each decoded response at the template's end-of-turn text (clean_response).",
         ],
     }
     md = markdown(result)
-    write_outputs(args.out, result, md, args.benchmarks_md, "sampling")
+    write_outputs(args.out, result, md, args.benchmarks_md, "sampling_real" if args.model_dir else "sampling")
     print(md)
 
 

@@ -274,6 +274,29 @@ def dpo_prompts(path: str, n: int, tokenizer, max_tokens: int) -> list:
     return prompts
 
 
+def paired_ratio(base: list[float], other: list[float], target: Optional[float] = None) -> dict[str, Any]:
+    """``mean(other) / mean(base)`` over runs that alternated (run ``i`` of each is a pair), with a
+    95% paired bootstrap interval over the pairs (``varirm.stats.paired``) and, given a ``target``,
+    PASS / MISS / INCONCLUSIVE by that interval (``varirm.stats.judge``)."""
+    from varirm.stats import judge, paired
+
+    ci = paired(base, other)["ratio"]
+    out = {"estimate": round(ci["estimate"], 3), "lower": round(ci["lower"], 3), "upper": round(ci["upper"], 3),
+           "pairs": len(base), "method": ci["method"]}
+    if target is not None:
+        out.update(target=target, **judge(ci, target))
+    return out
+
+
+def fmt_ratio(r: dict[str, Any]) -> str:
+    """``1.57 [1.48, 1.62] (3 pairs)``, with the verdict when there is a target."""
+    text = f"{r['estimate']:.2f} [{r['lower']:.2f}, {r['upper']:.2f}] ({r['pairs']} run pairs)"
+    if "verdict" in r:
+        needed = f", ~{r['seeds_needed']} pairs would resolve it" if r.get("seeds_needed") else ""
+        text += f", target >= {r['target']}x: {r['verdict']}{needed}"
+    return text
+
+
 def write_outputs(out: str, result: dict[str, Any], md: str, benchmarks_md: str, section: str) -> None:
     """``out.json``, ``out.md`` and the ``<!-- bench:section -->`` block of ``benchmarks_md``
     (skipped when it is '')."""

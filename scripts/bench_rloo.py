@@ -50,7 +50,7 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 sys.path.insert(0, ROOT)
 
 from bench_common import (GenerateCounter, StepClock, add_common_arguments, default_bf16, dpo_prompts, fmt,  # noqa: E402
-                          machine, peak_rss_mib, quiet_run_args, run_if_worker, run_worker, summary, write_outputs)
+                          fmt_ratio, machine, paired_ratio, peak_rss_mib, quiet_run_args, run_if_worker, run_worker, summary, write_outputs)
 from lightning.pytorch import Callback  # noqa: E402
 
 TOOLS = ("varirm", "trl")
@@ -203,22 +203,17 @@ def run_trl(spec: dict, counter: GenerateCounter, scorer: ScoreTimer) -> dict[st
 
 def make_reward_model(model_dir: str, output: str) -> str:
     """A reward-model directory on ``model_dir``'s backbone with a freshly initialised score head
-    (throughput does not need a trained one), saved with varirm's tokenizer (pad != eos): both
-    varirm (``reward_model: <dir>``) and TRL (``reward_funcs=<dir>``) load it as a sequence
-    classifier."""
+    (throughput does not need a trained one), loaded and saved as ``varirm fit`` would (pad != eos,
+    embeddings resized): both varirm (``reward_model: <dir>``) and TRL (``reward_funcs=<dir>``)
+    load it as a sequence classifier."""
     import torch
-    from transformers import AutoModelForSequenceClassification
 
     from varirm.chat import load_tokenizer
+    from varirm.model import load_reward_model
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer(model_dir)
-    rm = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
-    if rm.get_input_embeddings().weight.shape[0] < len(tokenizer):
-        rm.resize_token_embeddings(len(tokenizer))
-    rm.config.pad_token_id = tokenizer.pad_token_id
-    rm.save_pretrained(output)
-    tokenizer.save_pretrained(output)
+    load_reward_model(model_dir, tokenizer).save_pretrained(output, tokenizer)
     return output
 
 
@@ -278,7 +273,9 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{fmt(a['rest_share'])} | {fmt(a['peak_rss_mib'])} | {fmt(a['setup_s'])} |")
     r = result["ratio_varirm_over_trl"]
     lines += ["", f"varirm / TRL (medians): prompts/s **{r['prompts_per_s']}**, generated tokens/s "
-              f"**{r['generated_tokens_per_s']}**, peak RSS {r['peak_rss_mib']}.", "", "Not the same in both tools:", ""]
+              f"**{r['generated_tokens_per_s']}**, peak RSS {r['peak_rss_mib']}. Ratio of mean prompts/s, 95% paired "
+              f"bootstrap over the alternating run pairs: {fmt_ratio(r['prompts_per_s_paired'])}.", "",
+              "Not the same in both tools:", ""]
     lines += [f"- {x}" for x in result["differences"]]
     return "\n".join(lines) + "\n"
 
@@ -303,6 +300,8 @@ def main() -> None:
                         help="with --model_dir: sharegpt file whose first user turns are the prompts")
     parser.add_argument("--max_prompt_tokens", type=int, default=256,
                         help="with --model_dir: skip prompts longer than this (rendered, in tokens)")
+    parser.add_argument("--target", type=float, default=None,
+                        help="varirm / TRL prompts/s to judge against (default: 1.5 with --model_dir, else 1.0)")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 in both tools (default: only where this CPU has native bf16 matmuls)")
     add_common_arguments(parser, "bench_rloo", "BPE target; the synthetic corpus caps it near 514")
@@ -314,6 +313,8 @@ def main() -> None:
     from varirm.tiny import make_tiny_model
 
     bf16 = default_bf16(args.bf16)
+    if args.target is None:
+        args.target = 1.5 if args.model_dir else 1.0
     work = tempfile.mkdtemp(prefix="varirm-bench-rloo-")
     try:
         if args.model_dir:
@@ -349,6 +350,8 @@ def main() -> None:
     tools = {tool: aggregate(runs[tool]) for tool in TOOLS}
     ratio = {k: round(tools["varirm"][k]["median"] / tools["trl"][k]["median"], 3)
              for k in ("prompts_per_s", "generated_tokens_per_s", "peak_rss_mib", "setup_s")}
+    ratio["prompts_per_s_paired"] = paired_ratio([x["prompts_per_s"] for x in runs["trl"]],
+                                                 [x["prompts_per_s"] for x in runs["varirm"]], args.target)
     result = {
         "command": shlex.join(["python", "scripts/bench_rloo.py", *sys.argv[1:]]),
         "machine": machine(args.threads),

@@ -21,7 +21,12 @@ Compute bound: the FLOPs the sampling needs (every prompt's non-pad tokens once,
 token once; ``2 x`` the block linears' and LM head's weights per token; attention, norms and
 sampling left out, so it is a lower bound on time) over this CPU's plain ``torch.matmul`` rate on
 the model's GEMM shapes with as many rows as one decode step has (prompts per call x k), in
-varirm's generation precision; each sampler's fraction of it is bound time / measured time.
+varirm's generation precision; each pass's fraction of it is the bound time of that pass's tokens over
+its measured time. Ratios between samplers carry a 95% paired bootstrap interval over the pass pairs
+(passes alternate) and a verdict: varirm at least as fast as the best plain loop, and at least 2x the
+fp32 ``generate`` call varirm made before its own sampler. With ``--profile`` (the default) one more
+pass of varirm and of the best plain loop runs under ``torch.profiler``, and the operators taking
+most of its CPU time are listed.
 
 How: one process; after ``--warmup`` untimed passes of each, ``--repeats`` timed passes over all
 prompts alternate between the samplers. Generated tokens are counted the same way for all, by a
@@ -56,8 +61,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 sys.path.insert(0, ROOT)
 
-from bench_common import (GenerateCounter, add_common_arguments, dpo_prompts, fmt, linear_shapes,  # noqa: E402
-                          machine, matmul_rate, summary, write_outputs)
+from bench_common import (GenerateCounter, add_common_arguments, dpo_prompts, fmt, fmt_ratio,  # noqa: E402
+                          linear_shapes, machine, matmul_rate, paired_ratio, summary, write_outputs)
 
 from varirm.chat import render_prompt_response  # noqa: E402
 
@@ -81,6 +86,20 @@ def plain_generate(model, tokenizer, prompts: list, k: int, max_new_tokens: int,
     return out
 
 
+def profile_pass(fn, top: int = 6) -> dict[str, Any]:
+    """One pass of a sampler under ``torch.profiler``: the ``top`` operators by self CPU time, each
+    as a share of the pass's total self CPU time (where a pass spends its time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    return {"total_self_cpu_s": round(total / 1e6, 3),
+            "top": [{"op": e.key, "share": round(e.self_cpu_time_total / total, 3), "calls": e.count} for e in events[:top]]}
+
+
 def markdown(result: dict[str, Any]) -> str:
     s, m, t, b = result["settings"], result["machine"], result["tools"], result["bound"]
     lines = [
@@ -98,10 +117,18 @@ def markdown(result: dict[str, Any]) -> str:
     r = result["ratios"]
     lines += ["", f"varirm / best plain loop (`{r['best_plain']}`, median tokens/s): **{r['varirm_over_best_plain']}**; "
               f"varirm / `plain_fp32` (varirm's call before its own sampler): **{r['varirm_over_plain_fp32']}**.", "",
+              "Ratio of mean tokens/s over the alternating passes, 95% paired bootstrap over pass pairs: varirm / best "
+              f"plain {fmt_ratio(r['varirm_over_best_plain_paired'])}; varirm / `plain_fp32` "
+              f"{fmt_ratio(r['varirm_over_plain_fp32_paired'])}.", "",
               f"Compute bound: {b['gflop_per_pass']} GFLOP per pass (prompt tokens {b['prompt_tokens']}, generated "
               f"tokens {b['generated_tokens']}, {b['params_per_token_m']}M weights per token) at "
               f"{b['matmul']['gflops_per_s']} GFLOP/s ({b['matmul']['dtype']} `torch.matmul` on {b['matmul']['rows']}-row "
-              f"GEMMs of the model's shapes) = {b['seconds']} s per pass.", "", "Not the same in all:", ""]
+              f"GEMMs of the model's shapes) = {b['seconds']} s per pass.", ""]
+    for tool, p in result.get("profile", {}).items():
+        ops = ", ".join(f"`{o['op']}` {o['share']:.2f}" for o in p["top"])
+        lines += [f"Profile of one `{tool}` pass (torch.profiler, share of {p['total_self_cpu_s']} s self CPU time): "
+                  f"{ops}.", ""]
+    lines += ["Not the same in all:", ""]
     lines += [f"- {x}" for x in result["differences"]]
     return "\n".join(lines) + "\n"
 
@@ -121,6 +148,8 @@ def main() -> None:
                         help="with --model_dir: sharegpt file whose first user turns are the prompts")
     parser.add_argument("--max_prompt_tokens", type=int, default=256,
                         help="with --model_dir: skip prompts longer than this (rendered, in tokens)")
+    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
+                        help="after the timed passes, profile one pass of varirm and of the best plain loop")
     add_common_arguments(parser, "bench_sampling", "BPE target; the synthetic corpus caps it near 514")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -190,7 +219,7 @@ def main() -> None:
                                    "tokens_per_s": tokens / (t1 - t0), "tokens_per_response": tokens / rows})
                 print(f"{tool} pass {r + 1}/{args.repeats}: {tokens / (t1 - t0):.0f} tokens/s, {t1 - t0:.2f} s",
                       file=sys.stderr, flush=True)
-    # the compute bound of one pass, from varirm's generated tokens (its median pass)
+    # the compute bound: every prompt token and generated token once, at the measured matmul rate
     prompt_tokens = sum(len(tokenizer(render_prompt_response(tokenizer, p, "")[0], add_special_tokens=False)["input_ids"])
                         for p in prompts)
     generated = statistics.median(x["tokens"] for x in runs["varirm"])
@@ -198,11 +227,14 @@ def main() -> None:
     per_token = config_hf.num_hidden_layers * sum(i * o for i, o in linear_shapes(config_hf)) + lm_head[0] * lm_head[1]
     rate = matmul_rate(config_hf, bf16, args.threads, rows=args.batch_size * args.k, extra_shapes=(lm_head,))
     rate["rows"] = args.batch_size * args.k
-    flops = 2 * per_token * (prompt_tokens + generated)
-    bound_s = flops / (rate["gflops_per_s"] * 1e9)
+
+    def bound_seconds(tokens: float) -> float:
+        return 2 * per_token * (prompt_tokens + tokens) / (rate["gflops_per_s"] * 1e9)
+
     for tool in samplers:
         for x in runs[tool]:
-            x["fraction_of_bound"] = bound_s / x["seconds"] * x["tokens"] / generated  # same work per token
+            x["fraction_of_bound"] = bound_seconds(x["tokens"]) / x["seconds"]
+    flops, bound_s = 2 * per_token * (prompt_tokens + generated), bound_seconds(generated)  # varirm's median pass
     tools = {tool: {"tokens_per_s": summary([x["tokens_per_s"] for x in runs[tool]], 0),
                     "seconds": summary([x["seconds"] for x in runs[tool]], 3),
                     "tokens_per_response": summary([x["tokens_per_response"] for x in runs[tool]]),
@@ -210,6 +242,11 @@ def main() -> None:
              for tool in samplers}
     median = {tool: tools[tool]["tokens_per_s"]["median"] for tool in samplers}
     best_plain = max((t for t in samplers if t != "varirm"), key=median.get)
+    profiles = {tool: profile_pass(samplers[tool]) for tool in ("varirm", best_plain)} if args.profile else {}
+
+    def per_pass(tool: str) -> list[float]:
+        return [x["tokens_per_s"] for x in runs[tool]]
+
     result = {
         "command": shlex.join(["python", "scripts/bench_sampling.py", *sys.argv[1:]]),
         "machine": machine(torch.get_num_threads()),
@@ -224,7 +261,10 @@ def main() -> None:
                      "native_bf16": cpu_bf16_is_native()},
         "tools": tools,
         "ratios": {"best_plain": best_plain, "varirm_over_best_plain": round(median["varirm"] / median[best_plain], 3),
-                   "varirm_over_plain_fp32": round(median["varirm"] / median["plain_fp32"], 3)},
+                   "varirm_over_plain_fp32": round(median["varirm"] / median["plain_fp32"], 3),
+                   "varirm_over_best_plain_paired": paired_ratio(per_pass(best_plain), per_pass("varirm"), 1.0),
+                   "varirm_over_plain_fp32_paired": paired_ratio(per_pass("plain_fp32"), per_pass("varirm"), 2.0)},
+        "profile": profiles,
         "bound": {"prompt_tokens": prompt_tokens, "generated_tokens": int(generated),
                   "params_per_token_m": round(per_token / 1e6, 1), "gflop_per_pass": round(flops / 1e9, 1),
                   "matmul": rate, "seconds": round(bound_s, 3)},

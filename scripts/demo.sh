@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up .venv (see setup.sh), then the main job: RLOO verification of reward models on the
-# synthetic world (CPU: 329 s on 2 cores from a fresh clone, set-up included).
+# synthetic world (CPU: 329 s on 2 cores of an AMD EPYC from a fresh clone, set-up included; 379 s on an
+# AMX Xeon with .venv already set up).
 #  1. build the world: a tiny model, the synthetic task (gold reward known; strong off-policy pairs),
 #     a weak pi0 by SFT, pi0 samples;
 #  2. train six RMs (0-100% on-policy pairs; BT + variance regularizer), take the gold reward and a

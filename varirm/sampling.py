@@ -124,8 +124,8 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float) -> torch
 
     Inverse-CDF sampling: one uniform draw ``u`` per row and the first token whose cumulative
     probability exceeds ``u``. ``torch.multinomial``, which ``generate`` uses, draws one exponential
-    per vocabulary entry on CPU (50 ms per step for 64 rows x 49k tokens, a quarter of a decode
-    step of SmolLM2-135M); this is a cumulative sum. No top-k cut (``generate`` cuts to the top 50
+    per vocabulary entry on CPU (0.21 of a SmolLM2-135M sampling pass's CPU time at 64 rows x 49k
+    tokens, in ``scripts/bench_sampling.py``'s profile); this is a cumulative sum. No top-k cut (``generate`` cuts to the top 50
     unless told otherwise): RLOO's log-probabilities and KL are those of the full distribution,
     which is the one sampled here.
 

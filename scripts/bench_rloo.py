@@ -49,8 +49,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 sys.path.insert(0, ROOT)
 
-from bench_common import (GenerateCounter, StepClock, add_common_arguments, default_bf16, dpo_prompts, fmt,  # noqa: E402
-                          fmt_ratio, machine, paired_ratio, peak_rss_mib, quiet_run_args, run_if_worker, run_worker, summary, write_outputs)
+from bench_common import (  # noqa: E402
+    GenerateCounter,
+    StepClock,
+    add_common_arguments,
+    default_bf16,
+    dpo_prompts,
+    fmt,
+    fmt_ratio,
+    machine,
+    paired_ratio,
+    peak_rss_mib,
+    quiet_run_args,
+    run_if_worker,
+    run_worker,
+    summary,
+    write_outputs,
+)
 from lightning.pytorch import Callback  # noqa: E402
 
 TOOLS = ("varirm", "trl")

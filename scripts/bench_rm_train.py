@@ -68,9 +68,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 sys.path.insert(0, ROOT)
 
-from bench_common import (DtypeProbe, StepClock, add_common_arguments, default_bf16, fmt, linear_shapes,  # noqa: E402
-                          machine, matmul_rate, peak_rss_mib, quiet_run_args, run_if_worker, run_worker, summary,
-                          write_outputs)
+from bench_common import (  # noqa: E402
+    DtypeProbe,
+    StepClock,
+    add_common_arguments,
+    default_bf16,
+    fmt,
+    linear_shapes,
+    machine,
+    matmul_rate,
+    peak_rss_mib,
+    quiet_run_args,
+    run_if_worker,
+    run_worker,
+    summary,
+    write_outputs,
+)
 from lightning.pytorch import Callback  # noqa: E402
 
 TOOLS = ("varirm", "trl")

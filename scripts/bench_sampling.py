@@ -61,8 +61,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 sys.path.insert(0, ROOT)
 
-from bench_common import (GenerateCounter, add_common_arguments, dpo_prompts, fmt, fmt_ratio,  # noqa: E402
-                          linear_shapes, machine, matmul_rate, paired_ratio, summary, write_outputs)
+from bench_common import (  # noqa: E402
+    GenerateCounter,
+    add_common_arguments,
+    dpo_prompts,
+    fmt,
+    fmt_ratio,
+    linear_shapes,
+    machine,
+    matmul_rate,
+    paired_ratio,
+    summary,
+    write_outputs,
+)
 
 from varirm.chat import render_prompt_response  # noqa: E402
 

@@ -26,6 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench_common import cpu_description, default_bf16, write_outputs  # noqa: E402
+
 from varirm.data import PreferenceDataModule  # noqa: E402
 from varirm.module import RewardModelModule  # noqa: E402
 from varirm.synthetic import write_task  # noqa: E402

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 TINY = ["--hidden_size", "32", "--num_layers", "2", "--num_heads", "2", "--threads", "1", "--repeats", "1"]
@@ -159,9 +158,8 @@ def test_step_flops_by_hand():
     P_r = sum(in + out) = 8 + 6 + 6 + 8 + 10 + 10 + 10 = 58. Rows of 1 and 2 tokens: T = 3,
     sum L^2 = 5; attention H d_h = 4."""
     sys.path.insert(0, str(REPO / "scripts"))
-    from transformers import LlamaConfig
-
     from bench_rm_train import step_flops
+    from transformers import LlamaConfig
 
     config = LlamaConfig(hidden_size=4, num_attention_heads=2, head_dim=2, num_key_value_heads=1, intermediate_size=6,
                          num_hidden_layers=1)

@@ -1,7 +1,12 @@
 import pytest
 
-from varirm.chat import (DEFAULT_CHAT_TEMPLATE, encode_prompt_response, load_tokenizer, render_prompt_response,
-                         tokenizer_fingerprint)
+from varirm.chat import (
+    DEFAULT_CHAT_TEMPLATE,
+    encode_prompt_response,
+    load_tokenizer,
+    render_prompt_response,
+    tokenizer_fingerprint,
+)
 from varirm.errors import ConfigError
 
 

@@ -2,12 +2,11 @@
 
 import pytest
 import yaml
+from conftest import REPO
 
 import varirm.commands
 from varirm.cli import cli_main
 from varirm.commands import cpu_precision
-
-from conftest import REPO
 
 
 @pytest.fixture(autouse=True)

@@ -8,6 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from conftest import REPO
 from torch.testing import assert_close
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -16,8 +17,6 @@ from varirm.cli import cli_main
 from varirm.errors import VarirmError
 from varirm.evaluate import evaluate
 from varirm.scoring import load_scorer, score
-
-from conftest import REPO
 
 PROMPTS = [[{"role": "user", "content": "List some fruit words."}], [{"role": "user", "content": "Write tool words."}]]
 RESPONSES = ["apple pear plum", "dog red"]

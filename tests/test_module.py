@@ -7,12 +7,11 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO, SimulatedCrash
 from torch.testing import assert_close
 
 from varirm.cli import cli_main
 from varirm.errors import VarirmError
-
-from conftest import REPO, SimulatedCrash
 
 RECIPE = str(REPO / "recipes" / "quickstart.yaml")
 
@@ -242,8 +241,7 @@ def test_policy_samples_are_regenerated_every_n_steps(tmp_path, tiny_model_dir, 
                       "--trainer.callbacks.policy", str(tiny_model_dir), "--trainer.callbacks.prompts", str(prompts),
                       "--trainer.callbacks.every_n_steps", "5", "--trainer.callbacks.k", "3",
                       "--trainer.callbacks.max_new_tokens", "4"))
-    from varirm.sampling import tokenize_groups
-    from varirm.sampling import RegenerateSamples
+    from varirm.sampling import RegenerateSamples, tokenize_groups
 
     callback = next(c for c in cli.trainer.callbacks if isinstance(c, RegenerateSamples))
     assert callback.regenerations == 512 // 32 // 5  # 16 steps, every 5 -> 3 regenerations

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO
 from torch.testing import assert_close
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -23,9 +24,6 @@ from varirm.cli import cli_main
 from varirm.errors import VarirmError
 from varirm.formats import load_preference_rows
 from varirm.scoring import load_scorer, score
-
-from conftest import REPO
-
 
 SHARED = REPO.parent / "shared" / "data" / "dpo_en_demo.json"
 RECIPE = REPO / "recipes" / "real" / "smollm2_lora.yaml"

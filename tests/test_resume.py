@@ -13,12 +13,11 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO
 from torch.testing import assert_close
 
 from varirm.data import EpochShuffleSampler, LengthGroupedSampler, LoaderPosition, ResumableLoader
 from varirm.synthetic import make_demos, make_prompts
-
-from conftest import REPO
 
 TESTS = os.path.dirname(__file__)
 

@@ -71,10 +71,10 @@ def test_rloo_against_the_gold_reward_raises_it(tmp_path, tiny_model_dir):
     import csv
     import json
 
+    from conftest import REPO
+
     from varirm.cli import cli_main
     from varirm.synthetic import make_demos, make_prompts
-
-    from conftest import REPO
 
     demos, prompts = tmp_path / "demos.jsonl", tmp_path / "prompts.jsonl"
     demos.write_text("".join(json.dumps(r) + "\n" for r in make_demos(4000, seed=0)))
@@ -149,13 +149,12 @@ def test_lora_policy_uses_its_adapter_disabled_base_as_reference(tmp_path, tiny_
 def test_policy_and_rm_with_different_tokenizers(tmp_path, tiny_model_dir, synthetic_dir):
     """The policy's samples are decoded, re-templated and re-tokenized by the RM's own tokenizer:
     the rewards RLOO uses equal scoring the decoded texts with the RM directly."""
+    from varirm.chat import load_tokenizer
+    from varirm.model import load_reward_model
     from varirm.rloo import RLOOModule
     from varirm.sampling import read_prompts
     from varirm.scoring import load_scorer, score
     from varirm.tiny import make_tiny_model
-
-    from varirm.chat import load_tokenizer
-    from varirm.model import load_reward_model
 
     base = make_tiny_model(str(tmp_path / "gpt2"), arch="gpt2", vocab_size=300, seed=3)
     rm_tokenizer = load_tokenizer(base)
@@ -202,11 +201,10 @@ def test_rloo_under_ddp_ranks_agree_and_resume(tmp_path, tiny_model_dir, synthet
     import subprocess
     import sys
 
+    from conftest import REPO
     from lightning.pytorch.strategies import SingleDeviceStrategy
 
     from varirm.rloo import PolicyEvaluation
-
-    from conftest import REPO
 
     def run(run_dir, *extra):
         evaluation = {"prompts": str(synthetic_dir / "eval_prompts.jsonl"), "num_prompts": 6, "k": 2,

@@ -83,10 +83,10 @@ def test_sample_tokens_matches_greedy_generate(tmp_path, arch):
     the rows leaving the batch at their stop token and the padding after it must give exactly
     what transformers' greedy generate gives, for each architecture varirm builds."""
     import torch
+    from transformers import AutoModelForCausalLM
 
     from varirm.sampling import sample_tokens
     from varirm.tiny import make_tiny_model
-    from transformers import AutoModelForCausalLM
 
     model_dir = make_tiny_model(str(tmp_path / arch), arch=arch)
     tokenizer = load_tokenizer(model_dir)

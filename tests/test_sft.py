@@ -4,12 +4,11 @@ import os
 
 import pytest
 import torch
+from conftest import REPO
 
 from varirm.cli import cli_main
 from varirm.sft import collate_sft
 from varirm.synthetic import make_demos
-
-from conftest import REPO
 
 
 def test_collate_sft_labels_only_the_response_by_hand():

@@ -1,12 +1,21 @@
 import json
-import os
 import math
+import os
 
 import pytest
 
 from varirm.errors import ConfigError, VarirmError
-from varirm.verify import (RewardModelSpec, _flags, across_policies, checks, curve_summary, render_markdown, spearman,
-                           summarize, verify)
+from varirm.verify import (
+    RewardModelSpec,
+    _flags,
+    across_policies,
+    checks,
+    curve_summary,
+    render_markdown,
+    spearman,
+    summarize,
+    verify,
+)
 
 
 def test_spearman_by_hand():
@@ -184,7 +193,6 @@ def test_verify_end_to_end_tiny(tmp_path, tiny_model_dir, synthetic_dir):
 def _verify_config(tmp_path, tiny_model_dir, synthetic_dir) -> str:
     """A tiny `varirm verify` recipe whose prepare steps train pi0 (SFT) and sample it, as the demo's do."""
     import yaml
-
     from conftest import REPO
 
     demos = tmp_path / "demos.jsonl"

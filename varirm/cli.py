@@ -28,17 +28,17 @@ import shlex
 import sys
 from argparse import ArgumentError
 
-from varirm.commands import cpu_precision, run  # noqa: F401 (cpu_precision: a documented name here)
-from varirm.console import VERBOSE_ENV
-from varirm.console import configure as configure_console
+from varirm import console
 from varirm.errors import VarirmError
-from varirm.scoring import TRUST_ENV
+from varirm.files import TRUST_ENV
 
 
 def cli_main(args: list[str] | None = None):
     """Run the CLI; ``args`` defaults to ``sys.argv[1:]``. Returns the tool's result, or the
     LightningCLI object (with ``trainer``, ``model``, ``datamodule``) for Lightning commands."""
     argv = sys.argv[1:] if args is None else args
+    from varirm.commands import run  # Lightning, transformers, ...: imported after main() quieted them
+
     if argv and argv[0] in ("verify", "regimes"):  # these run other commands (varirm.commands.run)
         from jsonargparse import CLI
 
@@ -53,7 +53,7 @@ def cli_main(args: list[str] | None = None):
     return run(argv)
 
 
-GLOBAL_FLAGS = {"--verbose": VERBOSE_ENV, "--trust-checkpoints": TRUST_ENV}
+GLOBAL_FLAGS = {"--verbose": console.VERBOSE_ENV, "--trust-checkpoints": TRUST_ENV}
 
 
 def argument_error_line(message: str) -> str:
@@ -93,8 +93,11 @@ def main() -> None:
             os.environ[GLOBAL_FLAGS[arg]] = "1"
         else:
             argv.append(arg)
-    configure_console()
+    console.quiet_third_party()  # before the heavy imports, which can print while importing
     try:
+        from varirm import commands  # noqa: F401 (the imports that can print)
+
+        console.configure()
         cli_main(argv)
     except ArgumentError as e:
         print(f"varirm: error: {argument_error_line(str(e))}", file=sys.stderr)

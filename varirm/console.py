@@ -5,6 +5,12 @@ stay; third-party noise goes: Lightning's advertising tips and hardware banner, 
 future warnings, transformers' per-load weight reports and loading bars (varirm says in one line
 when a new reward model's score head is initialised, which is expected), datasets' info messages.
 ``varirm --verbose ...`` or ``VARIRM_VERBOSE=1`` shows everything.
+
+Two steps, because libraries can print while they are imported: :func:`quiet_third_party` runs
+before any heavy import (environment variables the libraries read at import, warning filters, and
+a root logging handler so that records of loggers without a handler of their own are dropped
+instead of reaching Python's last-resort stderr handler); :func:`configure` runs after the imports
+(Lightning's own handlers, transformers' and datasets' verbosity and loading bars).
 """
 
 from __future__ import annotations
@@ -37,17 +43,40 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV) == "1"
 
 
+# Read by the libraries when they are imported: their own log level and advisory warnings.
+QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+             "DATASETS_VERBOSITY": "error", "HF_HUB_VERBOSITY": "error"}
+
+
+class DropUnhandled(logging.NullHandler):
+    """The root logger's handler in quiet mode: a record that no handler of its own logger or its
+    parents took (e.g. a library's ``logger.warning`` at import time) ends here, silently, instead
+    of at :data:`logging.lastResort`, which writes warnings to stderr."""
+
+
+def quiet_third_party() -> None:
+    """The part of quieting that must come before third-party imports (see the module docstring).
+    Idempotent; does nothing when verbose. The caller's own environment settings win."""
+    if verbose():
+        return
+    for name, value in QUIET_ENV.items():
+        os.environ.setdefault(name, value)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    # every other library warning (Lightning's PossibleUserWarning, "modules in eval mode" for a
+    # frozen reference policy, ...); varirm's own warnings stay
+    warnings.filterwarnings("ignore", module=r"^(?!varirm)")
+    root = logging.getLogger()
+    if not any(isinstance(h, DropUnhandled) for h in root.handlers):
+        root.addHandler(DropUnhandled())
+
+
 def configure() -> None:
     """Quiet third-party output unless verbose (see the module docstring). Idempotent; call it
     after Lightning and transformers are imported (their handlers exist then)."""
     if verbose():
         return
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    # Lightning's PossibleUserWarning and library UserWarnings (e.g. "modules in eval mode" for a
-    # frozen reference policy); varirm's own warnings stay.
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"^(?!varirm)")
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    quiet_third_party()
     noise = DropNoise(LIGHTNING_NOISE)
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logger = logging.getLogger(name)

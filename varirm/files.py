@@ -10,6 +10,9 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO
 
+# Set to 1 (or ``varirm --trust-checkpoints``) to load checkpoints that need arbitrary unpickling.
+TRUST_ENV = "VARIRM_TRUST_CHECKPOINTS"
+
 
 @contextlib.contextmanager
 def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:

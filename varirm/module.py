@@ -7,13 +7,13 @@ from typing import Any, Literal, Optional, Union
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
-from transformers import get_scheduler
 
 from varirm.chat import load_tokenizer
 from varirm.errors import ConfigError
 from varirm.losses import bradley_terry_loss, center_rewards_penalty
 from varirm.metrics import GroupRewardMetrics, pairwise_metrics, update_pairwise
 from varirm.model import RewardModel, load_reward_model
+from varirm.schedules import warmup_schedule
 from varirm.variance import Normalization, variance_regularizer, whiten, within_prompt_variance
 
 
@@ -161,8 +161,7 @@ class RewardModelModule(LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        name = "constant_with_warmup" if hp.scheduler == "constant" else hp.scheduler
-        schedule = get_scheduler(name, optimizer, num_warmup_steps=int(hp.warmup_ratio * total), num_training_steps=total)
+        schedule = warmup_schedule(optimizer, hp.scheduler, int(hp.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def configure_model(self) -> None:

@@ -132,7 +132,7 @@ def render_markdown(table: dict) -> str:
     others = [n for n in names if n != ref]
     var = table["variance_under_policy"]
     lines = ["# When does reward variance matter? RLOO gold gain by optimization setting", "",
-             f"Rewards (whitened variance under the initial policy): " + ", ".join(f"`{n}` {var[n]:.3f}" for n in names)
+             "Rewards (whitened variance under the initial policy): " + ", ".join(f"`{n}` {var[n]:.3f}" for n in names)
              + f". They rank every within-prompt pair alike; only their variance differs. Seeds {table['seeds']}, "
              f"{table['rloo_steps']} RLOO steps per run, learning rates {table['lr']}. Gold gain: mean [95% t interval "
              f"over seeds]; ratio: gain / `{ref}`'s gain on the same seeds [95% paired bootstrap]. "

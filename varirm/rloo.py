@@ -30,8 +30,17 @@ from torch.utils.data import DataLoader
 from varirm.data import EpochShuffleSampler, LoaderPosition, ResumableLoader
 from varirm.errors import ConfigError
 from varirm.files import atomic_write_text
-from varirm.sampling import (Precision, SamplingConfig, clean_response, generate_ids, generate_responses, load_policy,
-                             read_prompts, response_suffix, stop_ids)
+from varirm.sampling import (
+    Precision,
+    SamplingConfig,
+    clean_response,
+    generate_ids,
+    generate_responses,
+    load_policy,
+    read_prompts,
+    response_suffix,
+    stop_ids,
+)
 
 KLEstimator = Literal["k1", "k3"]
 Optimizer = Literal["adamw", "sgd"]

@@ -25,7 +25,6 @@ from varirm.chat import Prompt, encode_prompt_response, fit_to_length, load_toke
 from varirm.errors import ConfigError, DataError
 from varirm.files import atomic_open
 
-
 Precision = Literal["auto", "bf16", "fp32"]
 
 
@@ -87,7 +86,7 @@ def response_suffix(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> str:
 
 
 def clean_response(text: str, suffix: str) -> str:
-    """Cut generated text where the template's end-of-turn text starts. Special tokens are already
+    r"""Cut generated text where the template's end-of-turn text starts. Special tokens are already
     skipped in decoding (ChatML's ``<|im_end|>``, Llama-3's ``<|eot_id|>``), so this matters for
     plain-text suffixes such as the default template's newline.
 

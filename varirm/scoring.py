@@ -16,12 +16,12 @@ from transformers import PreTrainedTokenizerBase
 
 from varirm.chat import Prompt, encode_prompt_response, fit_to_length, load_tokenizer, pad_right
 from varirm.errors import VarirmError
+from varirm.files import TRUST_ENV
 from varirm.model import RewardModel, load_reward_model
 
 Labeler = Callable[[list[Prompt], list[str]], list[float]]
 
 
-TRUST_ENV = "VARIRM_TRUST_CHECKPOINTS"
 REWARD_MODULE = "varirm.module.RewardModelModule"
 
 
@@ -131,7 +131,7 @@ def resolve_labeler(spec: str, batch_size: int = 32, device: Optional[str] = Non
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, ValueError) as e:
-        raise VarirmError(f"labeler {spec!r}: neither a reward-model directory nor an importable callable ({e})")
+        raise VarirmError(f"labeler {spec!r}: neither a reward-model directory nor an importable callable ({e})") from None
     return lambda prompts, responses: [float(fn(p, r)) for p, r in zip(prompts, responses)]
 
 

@@ -15,7 +15,6 @@ import datasets
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from torch.utils.data import DataLoader
-from transformers import get_scheduler
 
 from varirm.chat import encode_prompt_response, fit_to_length, load_tokenizer, pad_right
 from varirm.data import EpochShuffleSampler, LoaderPosition, ResumableLoader
@@ -23,6 +22,7 @@ from varirm.errors import DataError
 from varirm.files import atomic_directory
 from varirm.formats import read_raw_rows
 from varirm.sampling import load_policy
+from varirm.schedules import warmup_schedule
 
 
 def read_demos(path: str) -> list[dict[str, Any]]:
@@ -151,8 +151,7 @@ class SFTModule(LightningModule):
         hp = self.hparams
         optimizer = torch.optim.AdamW(self.policy.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        schedule = get_scheduler("cosine", optimizer, num_warmup_steps=int(hp.warmup_ratio * total),
-                                 num_training_steps=total)
+        schedule = warmup_schedule(optimizer, "cosine", int(hp.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_fit_end(self) -> None:

@@ -62,7 +62,8 @@ def quiet_run_args(run_dir: str) -> list[str]:
 def write_section(path: str, name: str, text: str) -> None:
     """Replace (or append) the section between ``<!-- bench:name -->`` markers of BENCHMARKS.md."""
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    doc = open(path).read() if os.path.exists(path) else "# Benchmarks\n\nEach section is written by the script it names.\n"
+    doc = (open(path).read() if os.path.exists(path)
+           else "# Benchmarks\n\nEach section is written by the script it names.\n")
     block = f"{start}\n{text.rstrip()}\n{end}"
     if start in doc and end in doc:
         doc = doc[:doc.index(start)] + block + doc[doc.index(end) + len(end):]
@@ -121,8 +122,8 @@ def run_worker(script: str, spec: dict[str, Any], work: str, name: str, threads:
            "VARIRM_CACHE": os.path.join(work, f"{name}.cache")}  # fresh: set-up includes tokenization
     log_path = os.path.join(work, f"{name}.log")
     with open(log_path, "w") as log:
-        proc = subprocess.run([sys.executable, script, "--worker_spec", spec_path], stdout=log, stderr=subprocess.STDOUT,
-                              env=env, cwd=ROOT, timeout=timeout)
+        proc = subprocess.run([sys.executable, script, "--worker_spec", spec_path], stdout=log,
+                              stderr=subprocess.STDOUT, env=env, cwd=ROOT, timeout=timeout)
     if proc.returncode != 0:
         with open(log_path) as f:
             tail = f.read()[-4000:]
@@ -179,7 +180,8 @@ class GenerateCounter:
 
         def sample_tokens(policy, input_ids, attention_mask, k, max_new_tokens, temperature, top_p, stops, pad_id):
             start = time.perf_counter()
-            ids = original_varirm(policy, input_ids, attention_mask, k, max_new_tokens, temperature, top_p, stops, pad_id)
+            ids = original_varirm(policy, input_ids, attention_mask, k, max_new_tokens, temperature, top_p, stops,
+                                  pad_id)
             counter._record(start, ids, input_ids.shape[1], stops)
             return ids
 
@@ -253,7 +255,8 @@ def matmul_rate(config, bf16: bool, threads: int, rows: int = 2048, repeats: int
         rates[f"{rows}x{i} @ {i}x{o}"] = 2 * rows * i * o / statistics.median(times)
     best = max(rates.values())
     return {"dtype": str(dtype).replace("torch.", ""), "threads": threads,
-            "flops_per_s_by_shape": {k: round(v / 1e9, 1) for k, v in rates.items()}, "gflops_per_s": round(best / 1e9, 1)}
+            "flops_per_s_by_shape": {k: round(v / 1e9, 1) for k, v in rates.items()},
+            "gflops_per_s": round(best / 1e9, 1)}
 
 
 def dpo_prompts(path: str, n: int, tokenizer, max_tokens: int) -> list:

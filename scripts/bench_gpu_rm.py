@@ -42,7 +42,8 @@ sys.path.insert(0, ROOT)
 
 from bench_common import StepClock, machine, peak_rss_mib, run_if_worker, run_worker, write_outputs  # noqa: E402
 
-MODES = {"full": {}, "lora": {"lora_r": 16, "lora_alpha": 32}, "qlora": {"lora_r": 16, "lora_alpha": 32, "load_in_4bit": True}}
+MODES = {"full": {}, "lora": {"lora_r": 16, "lora_alpha": 32},
+         "qlora": {"lora_r": 16, "lora_alpha": 32, "load_in_4bit": True}}
 
 
 def make_model_dir(path: str, args) -> str:
@@ -136,9 +137,9 @@ def markdown(result: dict) -> str:
              f"`{result['command']}` on {result['device']} (torch {result['machine']['torch']}, transformers "
              f"{result['machine']['transformers']}).", "",
              f"Llama-style RM, random init: {s['model']}; sequence length {s['seq_len']}, every position a real token; "
-             f"{result['precision']}, AdamW; gradient checkpointing {s['gradient_checkpointing']}; {s['warmup']} warm-up + "
-             f"{s['steps']} timed steps per run. MFU: full fine-tune only, `6N + 12LdT` FLOPs per token over "
-             f"{s['peak_tflops']} TFLOP/s.", "",
+             f"{result['precision']}, AdamW; gradient checkpointing {s['gradient_checkpointing']}; "
+             f"{s['warmup']} warm-up + {s['steps']} timed steps per run. MFU: full fine-tune only, `6N + 12LdT` FLOPs "
+             f"per token over {s['peak_tflops']} TFLOP/s.", "",
              "| mode | pairs/step (largest that fits) | tokens/s | MFU | peak memory GiB | trainable parameters |",
              "|---|---|---|---|---|---|"]
     for mode, m in result["modes"].items():
@@ -147,8 +148,8 @@ def markdown(result: dict) -> str:
             lines.append(f"| {mode} | none of {m['tried']} fits | - | - | - | - |")
             continue
         mfu = f"{best['mfu']:.1%}" if best.get("mfu") is not None else "-"
-        lines.append(f"| {mode} | {best['pairs']} | {best['tokens_per_s']:.0f} | {mfu} | {best['peak_memory_gib']:.1f} | "
-                     f"{best['trainable_parameters'] / 1e6:.2f}M |")
+        lines.append(f"| {mode} | {best['pairs']} | {best['tokens_per_s']:.0f} | {mfu} | "
+                     f"{best['peak_memory_gib']:.1f} | {best['trainable_parameters'] / 1e6:.2f}M |")
     lines += ["", "Every run (pairs/step: tokens/s, peak memory GiB): " + "; ".join(
         f"{mode} " + ", ".join(f"{r['pairs']}: " + (f"{r['tokens_per_s']:.0f}, {r['peak_memory_gib']:.1f}" if r["fits"]
                                                    else "out of memory") for r in m["runs"])
@@ -189,12 +190,13 @@ def main() -> None:
         for mode in args.modes:
             runs = []
             for pairs in sorted(args.batch_sizes):
-                spec = {"mode": mode, "pairs": pairs, "model_dir": model_dir, "seq_len": args.seq_len, "steps": args.steps,
-                        "warmup": args.warmup, "gradient_checkpointing": args.gradient_checkpointing, "seed": args.seed,
-                        "vocab_size": vocab}
+                spec = {"mode": mode, "pairs": pairs, "model_dir": model_dir, "seq_len": args.seq_len,
+                        "steps": args.steps, "warmup": args.warmup,
+                        "gradient_checkpointing": args.gradient_checkpointing, "seed": args.seed, "vocab_size": vocab}
                 res = run_worker(os.path.abspath(__file__), spec, work, f"{mode}-{pairs}", args.threads)
                 print(f"{mode} {pairs} pairs/step: " + (f"{res['tokens_per_s']:.0f} tokens/s, peak "
-                      f"{res['peak_memory_gib']:.1f} GiB" if res["fits"] else "out of memory"), file=sys.stderr, flush=True)
+                      f"{res['peak_memory_gib']:.1f} GiB" if res["fits"] else "out of memory"),
+                      file=sys.stderr, flush=True)
                 runs.append(res)
                 if not res["fits"]:
                     break  # larger batches do not fit either
@@ -208,8 +210,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     result = {"command": shlex.join(["python", "scripts/bench_gpu_rm.py", *sys.argv[1:]]),
               "machine": machine(args.threads), "device": next(r["device"] for m in modes.values() for r in m["runs"]),
-              "settings": {"model": f"hidden {args.hidden_size}, MLP {args.intermediate_size}, {args.num_layers} layers, "
-                                    f"{args.num_heads} heads ({args.num_kv_heads} key-value)",
+              "settings": {"model": f"hidden {args.hidden_size}, MLP {args.intermediate_size}, "
+                                    f"{args.num_layers} layers, {args.num_heads} heads ({args.num_kv_heads} key-value)",
                            "seq_len": args.seq_len, "steps": args.steps, "warmup": args.warmup,
                            "gradient_checkpointing": args.gradient_checkpointing, "peak_tflops": args.peak_tflops},
               "precision": next(r["precision"] for m in modes.values() for r in m["runs"]), "modes": modes}

@@ -35,7 +35,8 @@ def timed(argv: list[str], cwd: str, env: dict, log: str) -> float:
     """Run ``python -m varirm ARGV`` in ``cwd``; seconds it took. Raises with the log's tail on failure."""
     start = time.perf_counter()
     with open(log, "w") as f:
-        proc = subprocess.run([sys.executable, "-m", "varirm", *argv], cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.run([sys.executable, "-m", "varirm", *argv], cwd=cwd, env=env, stdout=f,
+                              stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         with open(log) as f:
@@ -63,7 +64,8 @@ def main() -> None:
              "test": ["test", "--config", "runs/quickstart/config.yaml", "--ckpt_path",
                       "runs/quickstart/checkpoints/last.ckpt"]}
     try:
-        seconds = {name: round(timed(argv, work, env, os.path.join(work, f"{name}.log")), 1) for name, argv in steps.items()}
+        seconds = {name: round(timed(argv, work, env, os.path.join(work, f"{name}.log")), 1)
+                   for name, argv in steps.items()}
         val_acc = test_acc = None  # from the run's CSV logs (one metrics.csv per attempt: fit, then test)
         for d, _, files in sorted(os.walk(os.path.join(work, "runs", "quickstart", "csv"))):
             if "metrics.csv" in files:
@@ -86,8 +88,8 @@ def main() -> None:
         f"(CPU, {args.threads} threads; torch {result['machine']['torch']}).", "",
         "| step | seconds |", "|---|---|", *[f"| `varirm {k}` | {v} |" for k, v in seconds.items()], "",
         f"Held-out (test) pairwise accuracy against the gold labels: **{test_acc:.3f}** (target >= {TARGET_ACC}: "
-        f"{verdict[result['met']['test_acc']]}); `varirm fit` took **{seconds['fit']} s** (target <= {TARGET_FIT_S:.0f} s: "
-        f"{verdict[result['met']['fit_s']]})."]) + "\n"
+        f"{verdict[result['met']['test_acc']]}); `varirm fit` took **{seconds['fit']} s** "
+        f"(target <= {TARGET_FIT_S:.0f} s: {verdict[result['met']['fit_s']]})."]) + "\n"
     write_outputs(args.out, result, md, args.benchmarks_md, "quickstart")
     print(md)
 

@@ -160,7 +160,8 @@ def run_varirm(spec: dict, counter: GenerateCounter, scorer: ScoreTimer) -> dict
         *quiet_run_args(run_dir),
         "--trainer.callbacks+=__main__.LightningRLOOClock",
         "--model.init_args.policy_name_or_path", spec["model_dir"],
-        "--model.init_args.reward_model", spec["rm_dir"] or "varirm.synthetic.gold_reward", "--model.init_args.gold", "null",
+        "--model.init_args.reward_model", spec["rm_dir"] or "varirm.synthetic.gold_reward",
+        "--model.init_args.gold", "null",
         "--model.init_args.sampling_precision", "bf16" if spec["bf16"] else "fp32",
         "--model.init_args.k", str(spec["k"]), "--model.init_args.beta", str(spec["beta"]),
         "--model.init_args.ppo_epochs", str(spec["epochs"]), "--model.init_args.clip_eps", str(spec["clip_eps"]),
@@ -275,9 +276,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"{m['transformers']}, trl {m['trl']}, lightning {m['lightning']}).", "",
         f"Same policy and reward ({s['model']}), "
         f"{s['prompts_per_step']} prompts x k={s['k']} samples per RLOO step, up to {s['max_new_tokens']} new tokens, "
-        f"{s['ppo_epochs']} clipped updates per batch (clip {s['clip_eps']}), beta {s['beta']} with a frozen reference, "
-        f"AdamW lr {s['lr']}, {s['precision']}. {s['warmup']} warm-up + {s['steps']} timed RLOO steps per run, each run its own "
-        f"process, {s['repeats']} runs per tool alternating varirm, TRL. Cells: median [min-max].", "",
+        f"{s['ppo_epochs']} clipped updates per batch (clip {s['clip_eps']}), beta {s['beta']} with a frozen "
+        f"reference, AdamW lr {s['lr']}, {s['precision']}. {s['warmup']} warm-up + {s['steps']} timed RLOO steps "
+        f"per run, each run its own process, {s['repeats']} runs per tool alternating varirm, TRL. "
+        "Cells: median [min-max].", "",
         "| tool | prompts/s | generated tokens/s | tokens per completion | step: generate | step: score | "
         "step: rest (log-probs, backward, optimizer) | peak RSS MiB | set-up s |",
         "|---|---|---|---|---|---|---|---|---|"]
@@ -335,8 +337,8 @@ def main() -> None:
         if args.model_dir:
             model_dir = args.model_dir
             rm_dir = make_reward_model(model_dir, os.path.join(work, "rm"))
-            prompts_file = dpo_prompt_file(args.prompts, os.path.join(work, "prompts.jsonl"), args.num_prompts, model_dir,
-                                           args.max_prompt_tokens)
+            prompts_file = dpo_prompt_file(args.prompts, os.path.join(work, "prompts.jsonl"), args.num_prompts,
+                                           model_dir, args.max_prompt_tokens)
         else:
             model_dir = make_tiny_model(os.path.join(work, "tiny"), hidden_size=args.hidden_size,
                                         num_layers=args.num_layers, num_heads=args.num_heads,
@@ -370,9 +372,11 @@ def main() -> None:
     result = {
         "command": shlex.join(["python", "scripts/bench_rloo.py", *sys.argv[1:]]),
         "machine": machine(args.threads),
-        "settings": {"real": bool(args.model_dir), "model": (f"{os.path.basename(os.path.normpath(args.model_dir))}, reward model: the same backbone "
-                               "with a new score head, prompts: first user turns of "
-                               f"{os.path.basename(args.prompts)} of at most {args.max_prompt_tokens} tokens" if args.model_dir else
+        "settings": {"real": bool(args.model_dir),
+                     "model": (f"{os.path.basename(os.path.normpath(args.model_dir))}, reward model: "
+                               "the same backbone with a new score head, prompts: first user turns of "
+                               f"{os.path.basename(args.prompts)} of at most {args.max_prompt_tokens} tokens"
+                               if args.model_dir else
                                f"tiny Llama-style policy, hidden {args.hidden_size}, {args.num_layers} layers, "
                                f"{args.num_heads} heads (random init), reward `varirm.synthetic.gold_reward`"),
                      "prompts_per_step": args.batch_size, "k": args.k, "max_new_tokens": args.max_new_tokens,
@@ -380,7 +384,8 @@ def main() -> None:
                      "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
                      "precision": "bf16 autocast" if bf16 else "fp32",
                      "varirm": "varirm rloo --config recipes/rloo/synthetic_gold.yaml + overrides (policy, reward, "
-                               "gold null, sampling, steps; no logger/progress bar, a ModelCheckpoint that saves nothing)",
+                               "gold null, sampling, steps; no logger/progress bar, a ModelCheckpoint that saves "
+                               "nothing)",
                      "trl": "RLOOTrainer(model=<dir>, reward_funcs=<gold_reward callable>, RLOOConfig(use_cpu=True, "
                             "per_device_train_batch_size=prompts x k, num_generations=k, num_iterations=ppo_epochs, "
                             "gradient_checkpointing=False, optim='adamw_torch', max_grad_norm=0))",
@@ -406,8 +411,8 @@ def main() -> None:
             "every optimizer step (for its logs); varirm's manual-optimization RLOO step does not.",
             "Checkpointing: varirm's CLI always adds a ModelCheckpoint, so varirm gets one that saves nothing; "
             "TRL save_strategy='no'.",
-            "Precision: the same in both (bf16: varirm precision bf16-mixed with sampling_precision bf16, TRL bf16=True, "
-            "whose generate runs under the same autocast; fp32 otherwise).",
+            "Precision: the same in both (bf16: varirm precision bf16-mixed with sampling_precision bf16, "
+            "TRL bf16=True, whose generate runs under the same autocast; fp32 otherwise).",
         ],
     }
     md = markdown(result)

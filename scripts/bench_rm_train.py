@@ -182,7 +182,8 @@ def run_varirm(spec: dict) -> dict:
     epoch = not spec["steps"]  # 0: exactly one epoch over the training pairs
     total = -1 if epoch else spec["warmup"] + spec["steps"]
     lora = (["--model.init_args.lora_r", str(spec["lora_r"]), "--model.init_args.lora_alpha", str(spec["lora_alpha"]),
-             "--model.init_args.lora_dropout", "0.0", "--model.init_args.lora_target_modules", json.dumps(spec["lora_targets"])]
+             "--model.init_args.lora_dropout", "0.0",
+             "--model.init_args.lora_target_modules", json.dumps(spec["lora_targets"])]
             if spec["lora_r"] else ["--model.init_args.lora_r", "0"])
     cli = cli_main([
         "fit", "--config", os.path.join(ROOT, spec["recipe"]),
@@ -270,7 +271,8 @@ def run_trl(spec: dict) -> dict:
         from peft import LoraConfig, TaskType
 
         peft_config = LoraConfig(r=spec["lora_r"], lora_alpha=spec["lora_alpha"], lora_dropout=0.0,
-                                 target_modules=spec["lora_targets"], modules_to_save=["score"], task_type=TaskType.SEQ_CLS)
+                                 target_modules=spec["lora_targets"], modules_to_save=["score"],
+                                 task_type=TaskType.SEQ_CLS)
     trainer = RewardTrainer(model=spec["model_dir"], args=config, train_dataset=datasets.Dataset.from_list(rows),
                             callbacks=[HFClock()], peft_config=peft_config)
     counter = trainer.data_collator = CountingCollator(trainer.data_collator)
@@ -305,13 +307,15 @@ def step_flops(config, lora_r: int, tokens: int, squared_lengths: int) -> dict[s
     shapes = linear_shapes(config)
     frozen = layers * sum(i * o for i, o in shapes)
     adapters = layers * sum(lora_r * (i + o) for i, o in shapes) if lora_r else 0
-    heads_dim = config.num_attention_heads * (getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
+    heads_dim = config.num_attention_heads * (getattr(config, "head_dim", None)
+                                              or config.hidden_size // config.num_attention_heads)
     linear = (4 if lora_r else 6) * tokens * frozen + 6 * tokens * adapters
     attention = 3 * 2 * squared_lengths * heads_dim * layers
     return {"linear": float(linear), "attention": float(attention), "total": float(linear + attention)}
 
 
-def physical_limit(model_dir: str, lora_r: int, bf16: bool, threads: int, runs: dict[str, list[dict]]) -> dict[str, Any]:
+def physical_limit(model_dir: str, lora_r: int, bf16: bool, threads: int,
+                   runs: dict[str, list[dict]]) -> dict[str, Any]:
     """Each tool's achieved FLOP rate on its timed steps (:func:`step_flops` on the tokens it
     actually trained on) as a fraction of the measured matmul rate, and the time per step the
     limit allows for the same tokens."""
@@ -402,7 +406,8 @@ def prepare_datasets(work: str, args) -> dict[str, dict[str, Any]]:
         out["synthetic"] = {"train": os.path.join(task, "train.jsonl"), "heldout": os.path.join(task, "test.jsonl"),
                             "max_length": args.synthetic_max_length, "batch_size": args.synthetic_batch_size,
                             "source": "varirm.synthetic.write_task",
-                            "split": f"{args.synthetic_train_pairs} train pairs, {args.synthetic_heldout_pairs} held out"}
+                            "split": f"{args.synthetic_train_pairs} train pairs, "
+                                     f"{args.synthetic_heldout_pairs} held out"}
     return out
 
 
@@ -413,8 +418,8 @@ def aggregate(runs: list[dict]) -> dict[str, Any]:
             "setup_s": summary([r["setup_s"] for r in runs]),
             "heldout_acc": summary([r["heldout_acc"] for r in runs], 3) if "heldout_acc" in runs[0] else None,
             "pad_fraction": summary([r["pad_fraction"] for r in runs], 3),
-            "heldout_pairs": runs[0].get("heldout_pairs", 0), "rows": runs[0]["rows"], "parameters": runs[0]["parameters"],
-            "trainable_parameters": runs[0]["trainable_parameters"],
+            "heldout_pairs": runs[0].get("heldout_pairs", 0), "rows": runs[0]["rows"],
+            "parameters": runs[0]["parameters"], "trainable_parameters": runs[0]["trainable_parameters"],
             "autocast_dtypes": sorted({d for r in runs for d in r["autocast_dtypes"]}),
             "torch_threads": sorted({r["torch_threads"] for r in runs}), "runs": runs}
 
@@ -428,8 +433,9 @@ def load_text(result: dict[str, Any]) -> str:
 def markdown(result: dict[str, Any]) -> str:
     s, m = result["settings"], result["machine"]
     lora = s.get("lora")
-    model_text = (f"Same pretrained model for both ({s['model']}), LoRA r={lora['r']}, alpha {lora['alpha']}, no dropout, "
-                  f"on {', '.join(lora['targets'])} of every block, score head trained in full (one `peft.LoraConfig`)"
+    model_text = (f"Same pretrained model for both ({s['model']}), LoRA r={lora['r']}, alpha {lora['alpha']}, "
+                  f"no dropout, on {', '.join(lora['targets'])} of every block, score head trained in full "
+                  "(one `peft.LoraConfig`)"
                   if lora else f"Same tiny Llama-style RM for both ({s['model']})") if s.get("real_model") else (
         f"Same tiny Llama-style RM for both ({s['model']})")
     lines = [
@@ -440,8 +446,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{model_text}, same pairs, "
         + (f"{s['warmup']} warm-up + {s['steps']} timed optimizer steps per run (each tool in its own batch order, so "
            "the timed steps hold different pairs: compare non-pad tokens/s)" if s["steps"] else
-           f"one epoch over the training pairs per run (both tools see exactly the same pairs), the first {s['warmup']} "
-           "optimizer steps untimed")
+           f"one epoch over the training pairs per run (both tools see exactly the same pairs), the first "
+           f"{s['warmup']} optimizer steps untimed")
         + f", {s['precision']}, AdamW lr {s['lr']} constant, grad-norm clip "
         f"{s['max_grad_norm']}, no gradient checkpointing, no dropout. Each run is its own process; "
         f"{s['repeats']} runs per tool, alternating varirm, TRL (1-minute load average before/after each run, other "
@@ -461,7 +467,8 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {label} | {tool} | {fmt(t['pairs_per_s'])} | {fmt(t['tokens_per_s'])} | "
                          f"{t['pad_fraction']['median']} | {fmt(t['peak_rss_mib'])} | {fmt(t['setup_s'])} | "
                          f"{acc} | {rows['trained_on']} of "
-                         f"{rows['given']} ({rows['over_max_length']} over max_length, {rows['over_max_length_policy']}) |")
+                         f"{rows['given']} ({rows['over_max_length']} over max_length, "
+                         f"{rows['over_max_length_policy']}) |")
     lines.append("")
     for name, d in result["datasets"].items():
         r = d["ratio_varirm_over_trl"]
@@ -472,19 +479,21 @@ def markdown(result: dict[str, Any]) -> str:
         if not lim:
             continue
         mm = lim["matmul"]
-        lines += ["", f"Physical limit ({name}): this CPU's plain `torch.matmul` rate in {mm['dtype']} on the model's GEMM "
-                  f"shapes with {mm['threads']} threads, best shape: **{mm['gflops_per_s']} GFLOP/s** "
+        lines += ["", f"Physical limit ({name}): this CPU's plain `torch.matmul` rate in {mm['dtype']} on the model's "
+                  f"GEMM shapes with {mm['threads']} threads, best shape: **{mm['gflops_per_s']} GFLOP/s** "
                   f"({', '.join(f'{k}: {v}' for k, v in mm['flops_per_s_by_shape'].items())}). FLOPs of a step: "
                   f"{lim['flops_model']}", "",
-                  "| tool | s/step (measured) | TFLOP/step (its non-pad tokens) | s/step at the matmul rate | fraction of the limit |",
+                  "| tool | s/step (measured) | TFLOP/step (its non-pad tokens) | s/step at the matmul rate "
+                  "| fraction of the limit |",
                   "|---|---|---|---|---|"]
         for tool in TOOLS:
             t = lim[tool]
-            lines.append(f"| {tool} | {fmt(t['s_per_step'])} | {fmt(t['tflop_per_step'])} | {fmt(t['limit_s_per_step'])} | "
-                         f"**{fmt(t['fraction_of_limit'])}** |")
+            lines.append(f"| {tool} | {fmt(t['s_per_step'])} | {fmt(t['tflop_per_step'])} | "
+                         f"{fmt(t['limit_s_per_step'])} | **{fmt(t['fraction_of_limit'])}** |")
     a = result.get("accuracy")
     if a:
-        lines += ["", f"Accuracy after training: both tools, {a['steps']} steps ({a['epochs']} epochs) on the synthetic "
+        lines += ["",
+                  f"Accuracy after training: both tools, {a['steps']} steps ({a['epochs']} epochs) on the synthetic "
                   f"task from the start (same settings as above), seeds {a['seeds']}, each model scored on the "
                   f"{a['varirm']['runs'][0]['heldout_pairs']} held-out pairs by the same function.", "",
                   "| tool | held-out acc per seed | median | pairs/s over the whole run |", "|---|---|---|---|"]
@@ -496,7 +505,8 @@ def markdown(result: dict[str, Any]) -> str:
                   f"The {s['steps']}-step runs above measure speed only: their accuracies are those of barely trained "
                   "models." if s["steps"] else "The one-epoch runs above measure speed: their accuracies are those of "
                   "models after a single pass.")]
-    dtypes = {tool: sorted({x for d in result["datasets"].values() for x in d[tool]["autocast_dtypes"]}) for tool in TOOLS}
+    dtypes = {tool: sorted({x for d in result["datasets"].values() for x in d[tool]["autocast_dtypes"]})
+              for tool in TOOLS}
     lines += ["", f"Precision check (dtype of an MLP projection's output during training): varirm {dtypes['varirm']}, "
               f"TRL {dtypes['trl']}.", "", "Not the same in both tools:", ""]
     lines += [f"- {x}" for x in result["differences"]]
@@ -506,12 +516,13 @@ def markdown(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_dir", default=None,
-                        help="real-model mode: this model directory (e.g. from varirm make-real-model) instead of a tiny "
-                             "random one; recipe recipes/real/smollm2_lora.yaml, dpo_en_demo only, max_length 512")
+                        help="real-model mode: this model directory (e.g. from varirm make-real-model) instead of a "
+                             "tiny random one; recipe recipes/real/smollm2_lora.yaml, dpo_en_demo only, max_length 512")
     parser.add_argument("--lora_r", type=int, default=0, help="LoRA rank in both tools (0: full fine-tuning)")
     parser.add_argument("--lora_alpha", type=int, default=16)
-    parser.add_argument("--lora_targets", nargs="+", default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                               "down_proj"], help="LoRA target modules in both tools")
+    parser.add_argument("--lora_targets", nargs="+",
+                        default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                        help="LoRA target modules in both tools")
     parser.add_argument("--datasets", nargs="+", choices=["dpo_en_demo", "synthetic"], default=None,
                         help="default: both (tiny model), dpo_en_demo (--model_dir)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per tool and data set (alternating)")
@@ -535,7 +546,8 @@ def main() -> None:
                                                           "rm_train_real with --model_dir)")
     parser.add_argument("--heldout_eval", action=argparse.BooleanOptionalAction, default=None,
                         help="score both trained models on the held-out pairs (default: tiny model only; a few LoRA "
-                             "steps of the real model learn nothing worth scoring, and scoring costs more than training)")
+                             "steps of the real model learn nothing worth scoring, and scoring costs more than "
+                             "training)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--max_grad_norm", type=float, default=1.0)
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
@@ -545,7 +557,8 @@ def main() -> None:
                         help="varirm's data.overlong; TRL always drops rows over max_length")
     parser.add_argument("--length_grouping", action=argparse.BooleanOptionalAction, default=True,
                         help="varirm's data.length_grouping (its recipe default); TRL samples in random order")
-    add_common_arguments(parser, "bench_rm_train", "BPE vocabulary (trained on the synthetic task's texts and dpo_en_demo's)")
+    add_common_arguments(parser, "bench_rm_train",
+                         "BPE vocabulary (trained on the synthetic task's texts and dpo_en_demo's)")
     args = parser.parse_args()
     if run_if_worker(args, worker):
         return
@@ -567,8 +580,8 @@ def main() -> None:
         # the tokenizer also learns the real data's text, as a user's tokenizer would cover it
         corpus_files = [args.dpo_file] if "dpo_en_demo" in args.datasets else None
         model_dir = os.path.abspath(args.model_dir) if real else make_tiny_model(
-            os.path.join(work, "tiny"), hidden_size=args.hidden_size, num_layers=args.num_layers, num_heads=args.num_heads,
-            vocab_size=args.vocab_size, corpus_files=corpus_files, seed=args.seed)
+            os.path.join(work, "tiny"), hidden_size=args.hidden_size, num_layers=args.num_layers,
+            num_heads=args.num_heads, vocab_size=args.vocab_size, corpus_files=corpus_files, seed=args.seed)
         recipe = os.path.join("recipes", "real", "smollm2_lora.yaml") if real else "recipes/quickstart.yaml"
         data = prepare_datasets(work, args)
 
@@ -576,17 +589,18 @@ def main() -> None:
             d = data[name]
             run_work = os.path.join(work, f"{name}-{tool}-{label}")
             os.makedirs(run_work)
-            spec = {"tool": tool, "work": run_work, "model_dir": model_dir, "train": d["train"], "heldout": d["heldout"],
-                    "max_length": d["max_length"], "batch_size": d["batch_size"], "steps": steps, "warmup": warmup,
-                    "lr": args.lr, "max_grad_norm": args.max_grad_norm, "bf16": args.bf16,
-                    "varirm_overlong": args.varirm_overlong, "length_grouping": args.length_grouping, "seed": seed,
-                    "recipe": recipe, "heldout_eval": args.heldout_eval, "lora_r": args.lora_r, "lora_alpha": args.lora_alpha, "lora_targets": args.lora_targets}
+            spec = {"tool": tool, "work": run_work, "model_dir": model_dir, "train": d["train"],
+                    "heldout": d["heldout"], "max_length": d["max_length"], "batch_size": d["batch_size"],
+                    "steps": steps, "warmup": warmup, "lr": args.lr, "max_grad_norm": args.max_grad_norm,
+                    "bf16": args.bf16, "varirm_overlong": args.varirm_overlong, "length_grouping": args.length_grouping,
+                    "seed": seed, "recipe": recipe, "heldout_eval": args.heldout_eval, "lora_r": args.lora_r,
+                    "lora_alpha": args.lora_alpha, "lora_targets": args.lora_targets}
             load_before = os.getloadavg()[0]
             res = run_worker(os.path.abspath(__file__), spec, work, f"{name}-{tool}-{label}", args.threads)
             res["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]  # before, after
             print(f"{name} {tool} {label}: {res['pairs_per_s']:.2f} pairs/s, {res['tokens_per_s']:.0f} tokens/s, "
-                  f"peak RSS {res['peak_rss_mib']:.0f} MiB, held-out acc {res.get('heldout_acc', float('nan')):.3f}, process "
-                  f"{res['process_s']:.1f} s (imports {res['import_s']:.1f} s, set-up {res['setup_s']:.1f} s)",
+                  f"peak RSS {res['peak_rss_mib']:.0f} MiB, held-out acc {res.get('heldout_acc', float('nan')):.3f}, "
+                  f"process {res['process_s']:.1f} s (imports {res['import_s']:.1f} s, set-up {res['setup_s']:.1f} s)",
                   file=sys.stderr, flush=True)
             return res
 
@@ -606,17 +620,19 @@ def main() -> None:
                                   "same_token_ids": same_token_ids(model_dir, d["train"]), **agg,
                                   "ratio_varirm_over_trl": ratio}
             if real:
-                datasets_out[name]["physical_limit"] = physical_limit(model_dir, args.lora_r, args.bf16, args.threads, runs)
+                datasets_out[name]["physical_limit"] = physical_limit(model_dir, args.lora_r, args.bf16, args.threads,
+                                                                      runs)
         accuracy = None
         if args.accuracy_steps > 0 and "synthetic" in data:
             # trained until the model has learned the task, so that held-out accuracy compares the tools
             acc_runs = {tool: [] for tool in TOOLS}
             for i in range(args.accuracy_seeds):
                 for tool in TOOLS:
-                    acc_runs[tool].append(run("synthetic", tool, f"accuracy-seed{args.seed + i}", args.accuracy_steps, 0,
-                                              args.seed + i))
+                    acc_runs[tool].append(run("synthetic", tool, f"accuracy-seed{args.seed + i}", args.accuracy_steps,
+                                              0, args.seed + i))
             accuracy = {"dataset": "synthetic", "steps": args.accuracy_steps,
-                        "epochs": round(args.accuracy_steps * data["synthetic"]["batch_size"] / args.synthetic_train_pairs, 2),
+                        "epochs": round(args.accuracy_steps * data["synthetic"]["batch_size"]
+                                        / args.synthetic_train_pairs, 2),
                         "seeds": list(range(args.seed, args.seed + args.accuracy_seeds)),
                         **{tool: {"heldout_acc": summary([r["heldout_acc"] for r in acc_runs[tool]], 3),
                                   "pairs_per_s": summary([r["pairs_per_s"] for r in acc_runs[tool]]),
@@ -642,8 +658,8 @@ def main() -> None:
                                "precision, optimizer schedule, no logger/progress bar/validation, a ModelCheckpoint "
                                "that saves nothing)",
                      "trl": "RewardTrainer(model=<dir>, RewardConfig(use_cpu=True, optim='adamw_torch', "
-                            "gradient_checkpointing=False, save_strategy='no', report_to='none'), peft_config=<the same "
-                            "LoraConfig> with --lora_r)",
+                            "gradient_checkpointing=False, save_strategy='no', report_to='none'), "
+                            "peft_config=<the same LoraConfig> with --lora_r)",
                      "varirm_overlong": args.varirm_overlong, "varirm_length_grouping": args.length_grouping,
                      "timing": "end of the last warm-up step to the end of the last step (optimizer-step callbacks)"},
         "datasets": datasets_out,

@@ -108,7 +108,8 @@ def profile_pass(fn, top: int = 6) -> dict[str, Any]:
     total = sum(e.self_cpu_time_total for e in events)
     events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
     return {"total_self_cpu_s": round(total / 1e6, 3),
-            "top": [{"op": e.key, "share": round(e.self_cpu_time_total / total, 3), "calls": e.count} for e in events[:top]]}
+            "top": [{"op": e.key, "share": round(e.self_cpu_time_total / total, 3), "calls": e.count}
+                    for e in events[:top]]}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -117,8 +118,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"## Sampling ({s['model_kind']}): varirm vs plain transformers loops", "",
         f"`{result['command']}` (CPU: {m['cpu']}; {m['torch_threads']} torch threads; torch {m['torch']}, transformers "
         f"{m['transformers']}).", "",
-        f"Model: {s['model']}. {s['num_prompts']} prompts ({s['prompts']}) x k={s['k']}, up to {s['max_new_tokens']} new "
-        f"tokens, {s['batch_size']} prompts per call, temperature {s['temperature']}, top-p {s['top_p']}. "
+        f"Model: {s['model']}. {s['num_prompts']} prompts ({s['prompts']}) x k={s['k']}, up to {s['max_new_tokens']} "
+        f"new tokens, {s['batch_size']} prompts per call, temperature {s['temperature']}, top-p {s['top_p']}. "
         f"{s['repeats']} timed passes each, alternating, after {s['warmup']} warm-up passes. Cells: median [min-max].",
         "", "| sampler | generated tokens/s | s per pass | tokens per response | fraction of the compute bound |",
         "|---|---|---|---|---|"]
@@ -126,15 +127,16 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {tool} | {fmt(a['tokens_per_s'])} | {fmt(a['seconds'])} | {fmt(a['tokens_per_response'])} | "
                      f"{fmt(a['fraction_of_bound'])} |")
     r = result["ratios"]
-    lines += ["", f"varirm / best plain loop (`{r['best_plain']}`, median tokens/s): **{r['varirm_over_best_plain']}**; "
+    lines += ["",
+              f"varirm / best plain loop (`{r['best_plain']}`, median tokens/s): **{r['varirm_over_best_plain']}**; "
               f"varirm / `plain_fp32` (varirm's call before its own sampler): **{r['varirm_over_plain_fp32']}**.", "",
               "Ratio of mean tokens/s over the alternating passes, 95% paired bootstrap over pass pairs: varirm / best "
               f"plain {fmt_ratio(r['varirm_over_best_plain_paired'])}; varirm / `plain_fp32` "
               f"{fmt_ratio(r['varirm_over_plain_fp32_paired'])}.", "",
               f"Compute bound: {b['gflop_per_pass']} GFLOP per pass (prompt tokens {b['prompt_tokens']}, generated "
               f"tokens {b['generated_tokens']}, {b['params_per_token_m']}M weights per token) at "
-              f"{b['matmul']['gflops_per_s']} GFLOP/s ({b['matmul']['dtype']} `torch.matmul` on {b['matmul']['rows']}-row "
-              f"GEMMs of the model's shapes) = {b['seconds']} s per pass.", ""]
+              f"{b['matmul']['gflops_per_s']} GFLOP/s ({b['matmul']['dtype']} `torch.matmul` on "
+              f"{b['matmul']['rows']}-row GEMMs of the model's shapes) = {b['seconds']} s per pass.", ""]
     for tool, p in result.get("profile", {}).items():
         ops = ", ".join(f"`{o['op']}` {o['share']:.2f}" for o in p["top"])
         lines += [f"Profile of one `{tool}` pass (torch.profiler, share of {p['total_self_cpu_s']} s self CPU time): "
@@ -231,7 +233,8 @@ def main() -> None:
                 print(f"{tool} pass {r + 1}/{args.repeats}: {tokens / (t1 - t0):.0f} tokens/s, {t1 - t0:.2f} s",
                       file=sys.stderr, flush=True)
     # the compute bound: every prompt token and generated token once, at the measured matmul rate
-    prompt_tokens = sum(len(tokenizer(render_prompt_response(tokenizer, p, "")[0], add_special_tokens=False)["input_ids"])
+    prompt_tokens = sum(len(tokenizer(render_prompt_response(tokenizer, p, "")[0],
+                                      add_special_tokens=False)["input_ids"])
                         for p in prompts)
     generated = statistics.median(x["tokens"] for x in runs["varirm"])
     lm_head = (config_hf.hidden_size, config_hf.vocab_size)
@@ -262,7 +265,8 @@ def main() -> None:
         "command": shlex.join(["python", "scripts/bench_sampling.py", *sys.argv[1:]]),
         "machine": machine(torch.get_num_threads()),
         "settings": {"model_kind": "real model" if args.model_dir else "tiny policy",
-                     "model": (f"{os.path.basename(os.path.normpath(model_dir))}, " if args.model_dir else "tiny Llama, ")
+                     "model": (f"{os.path.basename(os.path.normpath(model_dir))}, " if args.model_dir
+                               else "tiny Llama, ")
                               + f"hidden {config_hf.hidden_size}, {config_hf.num_hidden_layers} layers, "
                               f"{parameters / 1e6:.2f}M parameters",
                      "prompts": prompt_source, "num_prompts": len(prompts), "k": args.k,

@@ -31,8 +31,9 @@ INPUTS = [  # (file that must exist, command that makes it)
     (f"{ART}/synthetic/train.jsonl", ["make-synthetic", "--output_dir", f"{ART}/synthetic"]),
     (f"{ART}/pi0/config.json", ["sft", "--config", "recipes/sft_synthetic.yaml", "--trainer.default_root_dir",
                                 "runs/sft_synthetic", "--trainer.enable_progress_bar", "false"]),
-    (f"{ART}/samples/pi0_train_k4.jsonl", ["sample", "--policy", f"{ART}/pi0", "--prompts", f"{ART}/synthetic/prompts.jsonl",
-                                           "--output", f"{ART}/samples/pi0_train_k4.jsonl", "--k", "4", "--seed", "1"]),
+    (f"{ART}/samples/pi0_train_k4.jsonl", ["sample", "--policy", f"{ART}/pi0", "--prompts",
+                                           f"{ART}/synthetic/prompts.jsonl", "--output",
+                                           f"{ART}/samples/pi0_train_k4.jsonl", "--k", "4", "--seed", "1"]),
     (f"{ART}/samples/pi0_eval_k10.jsonl", ["sample", "--policy", f"{ART}/pi0", "--prompts",
                                            f"{ART}/synthetic/eval_prompts.jsonl", "--output",
                                            f"{ART}/samples/pi0_eval_k10.jsonl", "--k", "10", "--seed", "2"]),
@@ -60,7 +61,8 @@ def run(variant: str, seed: int, out: str, recipe: str) -> dict:
     start = time.time()
     cli_main(args)
     seconds = time.time() - start
-    metrics = evaluate(os.path.join(run_dir, "checkpoints", "last.ckpt"), os.path.join(out, "eval", f"{variant}_seed{seed}"),
+    metrics = evaluate(os.path.join(run_dir, "checkpoints", "last.ckpt"),
+                       os.path.join(out, "eval", f"{variant}_seed{seed}"),
                        samples=f"{ART}/samples/pi0_eval_k10.jsonl", gold="varirm.synthetic.gold_reward",
                        pairs=f"{ART}/synthetic/test.jsonl", max_length=64, device="cpu", overwrite=True)
     return {"variant": variant, "seed": seed, "train_seconds": round(seconds, 1), **{k: metrics[k] for k in KEYS},
@@ -87,7 +89,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}" for k in KEYS) + " |")
     lines += ["", f"Mean ± std over seeds {result['seeds']}. Gold reward's own whitened variance under pi0: "
               f"{result['runs'][0]['gold_whitened_variance_mean']:.3f}.", "", "Per run:", "",
-              "| RM | seed | whitened var | raw var | on-policy acc | pair acc | train s |", "|---|---|---|---|---|---|---|"]
+              "| RM | seed | whitened var | raw var | on-policy acc | pair acc | train s |",
+              "|---|---|---|---|---|---|---|"]
     for r in result["runs"]:
         lines.append(f"| {r['variant']} | {r['seed']} | " + " | ".join(f"{r[k]:.3f}" for k in KEYS)
                      + f" | {r['train_seconds']} |")

@@ -26,7 +26,8 @@ from varirm.synthetic import make_prompts  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--verify_dir", default="runs/verify_synthetic", help="a finished varirm verify output directory")
+    parser.add_argument("--verify_dir", default="runs/verify_synthetic",
+                        help="a finished varirm verify output directory")
     parser.add_argument("--policy", default="artifacts/pi0")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256], help="eval prompts")
     parser.add_argument("--seed", type=int, default=0, help="which seed's RMs")
@@ -43,17 +44,20 @@ def main() -> None:
         with open(prompts, "w") as f:  # the world's held-out prompts: write_task's seed 0 -> base + 5
             f.writelines(json.dumps(r) + "\n" for r in make_prompts(n, seed=5))
         samples = os.path.join(args.work, f"pi0_eval_{n}_k10.jsonl")
-        cli_main(["sample", "--policy", args.policy, "--prompts", prompts, "--output", samples, "--k", "10", "--seed", "2"])
+        cli_main(["sample", "--policy", args.policy, "--prompts", prompts, "--output", samples, "--k", "10",
+                  "--seed", "2"])
         for name, rm in rms.items():
             m = evaluate(rm, os.path.join(args.work, f"{n}", name), samples=samples, gold=report["gold"], max_length=64,
                          device="cpu", plots=False, overwrite=True)
             v, a = m["whitened_variance_mean_ci"], m["on_policy_acc_ci"]
-            rows.append({"prompts": n, "rm": name, "variance": v["estimate"], "variance_half_width": (v["upper"] - v["lower"]) / 2,
+            rows.append({"prompts": n, "rm": name, "variance": v["estimate"],
+                         "variance_half_width": (v["upper"] - v["lower"]) / 2,
                          "on_policy_acc": a["estimate"], "on_policy_acc_half_width": (a["upper"] - a["lower"]) / 2})
     lines = ["# Evaluation interval widths (95% bootstrap over prompts, k = 10 samples of pi0 per prompt)", "",
              f"RMs of `{args.verify_dir}` (seed {args.seed}); `python scripts/eval_ci_width.py --sizes "
              f"{' '.join(map(str, args.sizes))}`.", "",
-             "| prompts | RM | whitened variance | half-width | on-policy acc | half-width |", "|---|---|---|---|---|---|"]
+             "| prompts | RM | whitened variance | half-width | on-policy acc | half-width |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['prompts']} | `{r['rm']}` | {r['variance']:.3f} | {r['variance_half_width']:.3f} | "
                      f"{r['on_policy_acc']:.3f} | {r['on_policy_acc_half_width']:.3f} |")

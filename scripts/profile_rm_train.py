@@ -91,9 +91,9 @@ def main() -> None:
 
     work = tempfile.mkdtemp(prefix="varirm-profile-")
     try:
-        model_dir = make_tiny_model(os.path.join(work, "tiny"), hidden_size=args.hidden_size, num_layers=args.num_layers,
-                                    num_heads=args.num_heads, vocab_size=args.vocab_size, corpus_files=[args.dpo_file],
-                                    seed=args.seed)
+        model_dir = make_tiny_model(os.path.join(work, "tiny"), hidden_size=args.hidden_size,
+                                    num_layers=args.num_layers, num_heads=args.num_heads, vocab_size=args.vocab_size,
+                                    corpus_files=[args.dpo_file], seed=args.seed)
         os.environ["VARIRM_CACHE"] = os.path.join(work, "cache")
         simple = SimpleProfiler(dirpath=work, filename="simple")
         from varirm.commands import VarirmCLI, run_lightning
@@ -127,8 +127,9 @@ def main() -> None:
         kinds = kind_shares(events, total)
         phases = {}
         for action, durations in simple.recorded_durations.items():
-            for key in ("run_training_batch", "[Strategy]SingleDeviceStrategy.training_step", "[Strategy]SingleDeviceStrategy.backward",
-                        "optimizer_step", "[_TrainingEpochLoop].train_dataloader_next"):
+            for key in ("run_training_batch", "[Strategy]SingleDeviceStrategy.training_step",
+                        "[Strategy]SingleDeviceStrategy.backward", "optimizer_step",
+                        "[_TrainingEpochLoop].train_dataloader_next"):
                 if action == key or action.endswith(key):
                     phases[key] = round(sum(durations[args.warmup:]) * 1e3, 1)
     finally:
@@ -139,15 +140,17 @@ def main() -> None:
               "lightning_phases_ms": phases}
     lines = ["## Profile: where varirm's RM training step spends its time", "",
              f"`{result['command']}`: torch.profiler (CPU) over {args.steps} `varirm fit` steps on dpo_en_demo "
-             f"(max_length {args.max_length}, {args.batch_size} pairs/step, precision {result['precision']}), after {args.warmup} "
-             "warm-up steps.", "", "| operator | calls | self CPU ms | share |", "|---|---|---|---|"]
+             f"(max_length {args.max_length}, {args.batch_size} pairs/step, precision {result['precision']}), "
+             f"after {args.warmup} warm-up steps.", "", "| operator | calls | self CPU ms | share |",
+             "|---|---|---|---|"]
     lines += [f"| `{o['op']}` | {o['calls']} | {o['self_cpu_ms']} | {o['share']:.1%} |" for o in ops]
     top_kind = max(kinds, key=kinds.get)
     lines += ["", f"What dominated: {top_kind}, {kinds[top_kind]:.1%} of all self CPU time. By kind: "
               + ", ".join(f"{k} {v:.1%}" for k, v in kinds.items()) + "."]
     if phases:
         lines += ["", "Lightning phases over the same steps (ms; optimizer_step wraps the closure that runs "
-                  "training_step and backward): " + ", ".join(f"{k.split('.')[-1]} {v}" for k, v in phases.items()) + "."]
+                  "training_step and backward): "
+                  + ", ".join(f"{k.split('.')[-1]} {v}" for k, v in phases.items()) + "."]
         loading, batch = phases.get("[_TrainingEpochLoop].train_dataloader_next"), phases.get("run_training_batch")
         if loading is not None and batch:
             verdict = ("the step is bound by the model's compute, not by data" if loading / batch < 0.05

@@ -125,7 +125,8 @@ class RankSnapshot(__import__("lightning").pytorch.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if not self.first:
-            self.first = {"indices": list(trainer.train_dataloader.sampler), "reward_norm": pl_module.reward_norm.clone()}
+            self.first = {"indices": list(trainer.train_dataloader.sampler),
+                          "reward_norm": pl_module.reward_norm.clone()}
 
     def on_train_end(self, trainer, pl_module):
         torch.save({**self.first, "state_dict": {k: v.clone() for k, v in pl_module.policy.state_dict().items()},

@@ -40,7 +40,8 @@ PREFERENCE_FILES = {
     "utf16_bom": ("train.jsonl", lambda p: p.write_bytes(jsonl(GOOD).decode().encode("utf-16")),
                   ["is UTF-16 encoded (starts with bytes ff fe); save it as UTF-8"]),
     "utf16_json": ("train.json", lambda p: p.write_bytes(json.dumps([GOOD]).encode("utf-16")), ["is UTF-16 encoded"]),
-    "latin1": ("train.jsonl", lambda p: p.write_bytes(jsonl(GOOD, json.dumps({**GOOD, "chosen": "café"}, ensure_ascii=False).encode("latin-1"))),
+    "latin1": ("train.jsonl", lambda p: p.write_bytes(jsonl(GOOD, json.dumps({**GOOD, "chosen": "café"},
+                                                                             ensure_ascii=False).encode("latin-1"))),
                ["row 1: line 2: not valid UTF-8 (byte 0xe9"]),
     "random_bytes": ("train.jsonl", lambda p: p.write_bytes(bytes(torch.randint(128, 256, (4096,),
                                                               generator=torch.Generator().manual_seed(0)).tolist())),
@@ -61,7 +62,8 @@ PREFERENCE_FILES = {
                      ["row 1: field 'rejected': must be a string, got dict"]),
     "number_field": ("train.jsonl", lambda p: p.write_bytes(jsonl({**GOOD, "prompt": 3})),
                      ["row 0: field 'prompt': must be a string, got int"]),
-    "nan_margin": ("train.jsonl", lambda p: p.write_bytes(jsonl(GOOD, b'{"prompt": "a", "chosen": "b", "rejected": "c", "margin": NaN}')),
+    "nan_margin": ("train.jsonl", lambda p: p.write_bytes(jsonl(GOOD, b'{"prompt": "a", "chosen": "b", '
+                                                                      b'"rejected": "c", "margin": NaN}')),
                    ["row 1: field 'margin': must be a finite number, got nan"]),
     "inf_margin": ("train.jsonl", lambda p: p.write_bytes(jsonl({**GOOD, "margin": float("inf")})),
                    ["row 0: field 'margin': must be a finite number, got inf"]),
@@ -69,7 +71,8 @@ PREFERENCE_FILES = {
                      ["row 1: field 'prompt': is empty"]),
     "empty_response": ("train.jsonl", lambda p: p.write_bytes(jsonl({**GOOD, "chosen": ""})),
                        ["row 0: field 'chosen': is empty"]),
-    "duplicate_keys": ("train.jsonl", lambda p: p.write_bytes(jsonl(GOOD, b'{"prompt": "a", "chosen": "b", "chosen": "c", "rejected": "d"}')),
+    "duplicate_keys": ("train.jsonl", lambda p: p.write_bytes(jsonl(GOOD, b'{"prompt": "a", "chosen": "b", '
+                                                                          b'"chosen": "c", "rejected": "d"}')),
                        ["row 1: line 2: field 'chosen' appears twice in one object"]),
     "line_50mb": ("train.jsonl", lambda p: p.write_bytes(jsonl(GOOD) + b'{"prompt": "' + b"a" * (50 * 2**20) + b'"}\n'),
                   ["row 1: line 2: is 50.0 MiB; rows over 16 MiB are refused"]),
@@ -85,7 +88,8 @@ PREFERENCE_FILES = {
 }
 
 PROMPT_FILES = {
-    "prompt_missing": (lambda p: p.write_bytes(jsonl({"prompt": "a"}, {"question": "b"})), ["row 1: field 'prompt': is missing"]),
+    "prompt_missing": (lambda p: p.write_bytes(jsonl({"prompt": "a"}, {"question": "b"})),
+                       ["row 1: field 'prompt': is missing"]),
     "prompt_bad_message": (lambda p: p.write_bytes(jsonl({"prompt": [{"role": "user", "content": "a"}]},
                                                          {"prompt": [{"content": "b"}]})),
                            ["row 1: field 'prompt[0].role': is missing"]),
@@ -96,7 +100,8 @@ SAMPLES_FILES = {
     "samples_ragged_k": (lambda p: p.write_bytes(jsonl({"prompt": "a", "responses": ["x", "y"]},
                                                        {"prompt": "b", "responses": ["x", "y", "z"]})),
                          ["row 1: field 'responses': has 3 responses but row 0 has 2"]),
-    "samples_missing_responses": (lambda p: p.write_bytes(jsonl({"prompt": "a", "responses": ["x", "y"]}, {"prompt": "b"})),
+    "samples_missing_responses": (lambda p: p.write_bytes(jsonl({"prompt": "a", "responses": ["x", "y"]},
+                                                                {"prompt": "b"})),
                                   ["row 1: field 'responses': must be a list of at least two strings"]),
     "samples_random_bytes": (lambda p: p.write_bytes(b"\xff\xd8\xff\xe0" * 100), ["row 0: line 1: not valid UTF-8"]),
 }
@@ -117,7 +122,8 @@ RM_PATHS = {
 }
 
 RECIPES = {
-    "recipe_unknown_key": (lambda p: p.write_text("trainer:\n  max_epochz: 3\n"), ["does not accept option 'trainer.max_epochz'"]),
+    "recipe_unknown_key": (lambda p: p.write_text("trainer:\n  max_epochz: 3\n"),
+                           ["does not accept option 'trainer.max_epochz'"]),
     "recipe_wrong_type": (lambda p: p.write_text("model:\n  init_args:\n    lr: fast\n"),
                           ["--model.init_args.lr: expected float, got 'fast'"]),
     "recipe_missing": (lambda p: None, ["--config: File does not exist"]),
@@ -205,8 +211,8 @@ def test_bad_samples_file(case, tmp_path, monkeypatch, capfd):
     path = tmp_path / "samples.jsonl"
     make(path)
     out = tmp_path / "eval"
-    code, err = run_cli(["evaluate", "--rm", "varirm.synthetic.gold_reward", "--samples", str(path), "--output", str(out)],
-                        monkeypatch, capfd)
+    code, err = run_cli(["evaluate", "--rm", "varirm.synthetic.gold_reward", "--samples", str(path),
+                         "--output", str(out)], monkeypatch, capfd)
     assert_one_line(code, err, [str(path), *expected])
     assert not out.exists()
 
@@ -222,7 +228,8 @@ def test_bad_reward_model_path(case, tmp_path, tiny_model_dir, monkeypatch, capf
     samples = tmp_path / "samples.jsonl"
     samples.write_bytes(jsonl({"prompt": "a", "responses": ["x", "y"]}, {"prompt": "b", "responses": ["x", "z"]}))
     out = tmp_path / "eval"
-    code, err = run_cli(["evaluate", "--rm", str(path), "--samples", str(samples), "--output", str(out)], monkeypatch, capfd)
+    code, err = run_cli(["evaluate", "--rm", str(path), "--samples", str(samples), "--output", str(out)],
+                        monkeypatch, capfd)
     assert_one_line(code, err, [str(path), *expected])
     assert not out.exists()
 
@@ -233,8 +240,8 @@ def test_bad_recipe(case, tmp_path, run_dir, recipe, monkeypatch, capfd):
     path = tmp_path / "override.yaml"
     make(path)
     before = snapshot(run_dir)
-    code, err = run_cli(["fit", "--config", str(recipe), "--config", str(path), "--trainer.default_root_dir", str(run_dir)],
-                        monkeypatch, capfd)
+    code, err = run_cli(["fit", "--config", str(recipe), "--config", str(path),
+                         "--trainer.default_root_dir", str(run_dir)], monkeypatch, capfd)
     assert_one_line(code, err, expected)
     assert snapshot(run_dir) == before
 
@@ -260,6 +267,7 @@ def test_real_exit_code_and_stderr_of_the_installed_command(tmp_path):
     bad.write_bytes(b"\xff\xfe" + "x".encode("utf-16-le"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "varirm", "evaluate", "--rm", "varirm.synthetic.gold_reward",
-                           "--samples", str(bad), "--output", str(tmp_path / "out")], capture_output=True, text=True, env=env)
+                           "--samples", str(bad), "--output", str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"varirm: error: {bad}: is UTF-16 encoded (starts with bytes ff fe); save it as UTF-8"

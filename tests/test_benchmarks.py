@@ -15,8 +15,9 @@ TINY = ["--hidden_size", "32", "--num_layers", "2", "--num_heads", "2", "--threa
 
 
 def run_script(tmp_path, script: str, *args: str) -> tuple[dict, str]:
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / script), *TINY, *args, "--out", str(tmp_path / "bench"),
-                           "--benchmarks_md", str(tmp_path / "B.md")], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / script), *TINY, *args,
+                           "--out", str(tmp_path / "bench"), "--benchmarks_md", str(tmp_path / "B.md")],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return json.loads((tmp_path / "bench.json").read_text()), (tmp_path / "B.md").read_text()
 
@@ -28,16 +29,18 @@ def test_bench_rm_train_smoke(tmp_path):
     datasets = ["dpo_en_demo", "synthetic"] if has_dpo else ["synthetic"]
     # --steps 0: one epoch each, so both tools must run exactly ceil(pairs / batch) steps
     result, doc = run_script(tmp_path, "bench_rm_train.py", "--steps", "0", "--warmup", "1", "--datasets", *datasets,
-                             "--dpo_batch_size", "16", "--synthetic_train_pairs", "96", "--synthetic_heldout_pairs", "64",
-                             "--accuracy_steps", "3", "--accuracy_seeds", "1")
+                             "--dpo_batch_size", "16", "--synthetic_train_pairs", "96",
+                             "--synthetic_heldout_pairs", "64", "--accuracy_steps", "3", "--accuracy_seeds", "1")
     assert sorted(result["datasets"]) == sorted(datasets)
     for d in result["datasets"].values():
         for tool in ("varirm", "trl"):
             t = d[tool]
-            assert t["pairs_per_s"]["median"] > 0 and t["tokens_per_s"]["median"] > 0 and t["peak_rss_mib"]["median"] > 0
+            assert (t["pairs_per_s"]["median"] > 0 and t["tokens_per_s"]["median"] > 0
+                    and t["peak_rss_mib"]["median"] > 0)
             assert 0 <= t["heldout_acc"]["median"] <= 1 and t["rows"]["trained_on"] > 0
             # both really trained in the precision the script chose (bf16 only where the CPU has it natively)
-            assert t["autocast_dtypes"] == (["bfloat16"] if result["settings"]["precision"] == "bf16 autocast" else ["float32"])
+            assert t["autocast_dtypes"] == (["bfloat16"] if result["settings"]["precision"] == "bf16 autocast"
+                                            else ["float32"])
             epoch_steps = -(-t["rows"]["trained_on"] // d["batch_size"])
             assert all(run["steps_run"] == epoch_steps and run["timed_steps"] == epoch_steps - 1 for run in t["runs"])
         assert d["varirm"]["rows"]["trained_on"] == d["trl"]["rows"]["trained_on"]
@@ -45,7 +48,8 @@ def test_bench_rm_train_smoke(tmp_path):
     acc = result["accuracy"]
     for tool in ("varirm", "trl"):
         assert [run["timed_steps"] for run in acc[tool]["runs"]] == [3] and 0 <= acc[tool]["heldout_acc"]["median"] <= 1
-    assert acc["acc_difference"] == round(acc["varirm"]["heldout_acc"]["median"] - acc["trl"]["heldout_acc"]["median"], 3)
+    assert acc["acc_difference"] == round(acc["varirm"]["heldout_acc"]["median"]
+                                          - acc["trl"]["heldout_acc"]["median"], 3)
     assert "<!-- bench:rm_train -->" in doc and "<!-- /bench:rm_train -->" in doc and "varirm / TRL" in doc
     assert "Accuracy after training" in doc
 
@@ -68,7 +72,8 @@ def test_bench_rloo_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_bench_sampling_smoke(tmp_path):
-    result, doc = run_script(tmp_path, "bench_sampling.py", "--warmup", "0", "--num_prompts", "8", "--max_new_tokens", "8")
+    result, doc = run_script(tmp_path, "bench_sampling.py", "--warmup", "0", "--num_prompts", "8",
+                             "--max_new_tokens", "8")
     assert {"varirm", "plain_fp32"} <= set(result["tools"])
     for tool, t in result["tools"].items():
         assert t["tokens_per_s"]["median"] > 0 and t["runs"][0]["responses"] == 8 * 4, tool

@@ -26,12 +26,14 @@ def test_encoded_parts_decode_to_the_rendered_text(tiny_model_dir):
     tokenizer = load_tokenizer(tiny_model_dir)
     prompt = [{"role": "user", "content": "List some fruit words. 水果"}]
     p_ids, r_ids = encode_prompt_response(tokenizer, prompt, "apple pear 苹果")
-    assert tokenizer.decode(p_ids) + tokenizer.decode(r_ids) == "".join(render_prompt_response(tokenizer, prompt, "apple pear 苹果"))
+    assert (tokenizer.decode(p_ids) + tokenizer.decode(r_ids)
+            == "".join(render_prompt_response(tokenizer, prompt, "apple pear 苹果")))
 
 
 def test_template_that_does_not_extend_the_prompt_is_rejected(tiny_model_dir):
     tokenizer = load_tokenizer(tiny_model_dir)
-    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}>>{% endif %}"
+    tokenizer.chat_template = ("{% for m in messages %}{{ m['content'] }}{% endfor %}"
+                               "{% if add_generation_prompt %}>>{% endif %}")
     with pytest.raises(ConfigError, match="prefix of the full conversation"):
         render_prompt_response(tokenizer, [{"role": "user", "content": "hi"}], "hello")
 

@@ -32,8 +32,9 @@ def test_env_keeps_bf16_on_any_cpu(monkeypatch):
 def test_fit_runs_and_saves_the_precision_it_used(tmp_path, monkeypatch, capsys, tiny_model_dir, synthetic_dir):
     monkeypatch.setattr(varirm.commands, "cpu_bf16_is_native", lambda: False)
     run = tmp_path / "run"
-    cli = cli_main(["fit", "--config", str(REPO / "recipes" / "quickstart.yaml"), "--trainer.default_root_dir", str(run),
-                    "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
+    cli = cli_main(["fit", "--config", str(REPO / "recipes" / "quickstart.yaml"),
+                    "--trainer.default_root_dir", str(run), "--trainer.max_steps", "2",
+                    "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
                     "--model.init_args.model_name_or_path", tiny_model_dir,
                     "--data.init_args.train", str(synthetic_dir / "train.jsonl"), "--data.init_args.val", "null",
                     "--data.init_args.test", "null"])

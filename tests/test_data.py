@@ -130,7 +130,8 @@ def test_real_data_truncated_to_max_length_keeps_every_row(tiny_model_dir, en_de
     expected_overlong = sum(len(p) + max(len(c), len(r)) > max_length for p, c, r in encoded)
     stats = dm.stats["train"]
     assert 0 < expected_overlong < 300
-    assert (stats["rows_read"], stats["bad_rows"], stats["overlong"], stats["pairs"]) == (300, 0, expected_overlong, 300)
+    assert ((stats["rows_read"], stats["bad_rows"], stats["overlong"], stats["pairs"])
+            == (300, 0, expected_overlong, 300))
     ds = dm.splits["train"]
     assert ds["row"] == list(range(300))
     for (p, c, r), chosen, rejected in zip(encoded, ds["chosen_ids"], ds["rejected_ids"]):
@@ -221,7 +222,8 @@ def test_collate_pairs_by_hand():
 def test_train_dataloader_batches_chosen_first_right_padded(tmp_path, tiny_model_dir, tokenizer):
     rows = [{"prompt": "Q" + " more" * i + "?", "chosen": " yes" * (1 + i % 3), "rejected": " no", "margin": i / 8}
             for i in range(7)]
-    dm = build(tiny_model_dir, write_jsonl(tmp_path / "t.jsonl", rows), max_length=64, batch_size=3, pad_to_multiple_of=8)
+    dm = build(tiny_model_dir, write_jsonl(tmp_path / "t.jsonl", rows), max_length=64, batch_size=3,
+               pad_to_multiple_of=8)
     ds, loader = dm.splits["train"], dm.train_dataloader()
     order = list(loader.sampler)
     assert sorted(order) == list(range(7))
@@ -430,8 +432,9 @@ def test_on_policy_bt_label_noise_flips_at_the_bradley_terry_rate():
 
 
 def test_groups_ride_along_with_training_batches(tmp_path, tiny_model_dir, synthetic_dir):
-    samples = _samples(tmp_path / "s.jsonl", [([{"role": "user", "content": f"Write {t} words."}], ["a b", "c", "d e f"])
-                                              for t in ("fruit", "tool", "color", "music", "weather")])
+    samples = _samples(tmp_path / "s.jsonl",
+                       [([{"role": "user", "content": f"Write {t} words."}], ["a b", "c", "d e f"])
+                        for t in ("fruit", "tool", "color", "music", "weather")])
     dm = build(tiny_model_dir, str(synthetic_dir / "train.jsonl"), policy_samples=samples, groups_per_batch=2,
                batch_size=4)
     batch = next(iter(dm.train_dataloader()))

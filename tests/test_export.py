@@ -26,13 +26,15 @@ def _train(run, model_dir, data_dir, *extra):
     cli_main(["fit", "--config", str(REPO / "recipes" / "quickstart.yaml"), "--trainer.default_root_dir", str(run),
               "--trainer.precision", "32-true", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
               "--model.init_args.model_name_or_path", str(model_dir),
-              "--data.init_args.train", str(data_dir / "train.jsonl"), "--data.init_args.val", str(data_dir / "val.jsonl"),
+              "--data.init_args.train", str(data_dir / "train.jsonl"),
+              "--data.init_args.val", str(data_dir / "val.jsonl"),
               "--data.init_args.test", str(data_dir / "test.jsonl"), *extra])
     return run / "checkpoints" / "last.ckpt"
 
 
 def _samples(path):
-    rows = [{"prompt": p, "responses": ["apple pear", "dog", "saw axe drill", "red"], "policy": "test-policy"} for p in PROMPTS]
+    rows = [{"prompt": p, "responses": ["apple pear", "dog", "saw axe drill", "red"], "policy": "test-policy"}
+            for p in PROMPTS]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -135,7 +137,8 @@ def test_card_rerenders_with_a_new_policy_and_rejects_other_checkpoints(trained,
     other.write_text("".join(json.dumps({**r, "policy": "another-policy"}) + "\n" for r in rows))
     evaluate(str(full), str(tmp_path / "e1"), samples=str(samples), plots=False)
     evaluate(str(full), str(tmp_path / "e2"), samples=str(other), plots=False)
-    cli_main(["card", "--model_dir", str(out), "--evaluations", json.dumps([str(tmp_path / "e1"), str(tmp_path / "e2")])])
+    cli_main(["card", "--model_dir", str(out),
+              "--evaluations", json.dumps([str(tmp_path / "e1"), str(tmp_path / "e2")])])
     card = (out / "README.md").read_text()
     assert "test-policy" in card and "another-policy" in card
     assert (out / "model.safetensors").stat().st_mtime_ns == weights
@@ -183,8 +186,8 @@ class FakeHub(BaseHTTPRequestHandler):
                 if item["key"] == "file":
                     FakeHub.files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
             repo = self.path.split("/api/models/")[1].split("/commit/")[0]
-            return self._reply({"commitUrl": f"http://{self.headers['Host']}/{repo}/commit/{'1' * 40}", "commitOid": "1" * 40,
-                                "success": True})
+            return self._reply({"commitUrl": f"http://{self.headers['Host']}/{repo}/commit/{'1' * 40}",
+                                "commitOid": "1" * 40, "success": True})
         self._reply({"error": "unknown"}, 404)
 
 
@@ -211,7 +214,8 @@ def test_push_to_hub_uploads_to_the_endpoint_and_never_writes_the_token(trained,
     create = [r for r in FakeHub.requests if r[1] == "/api/repos/create"]
     payload = json.loads(create[0][3])
     assert payload.get("visibility") == "private" or payload.get("private") is True  # new / old client
-    assert create[0][2].get("authorization") == f"Bearer {token}" or create[0][2].get("Authorization") == f"Bearer {token}"
+    assert (create[0][2].get("authorization") == f"Bearer {token}"
+            or create[0][2].get("Authorization") == f"Bearer {token}")
     assert {"config.json", "README.md", "model.safetensors", "tokenizer.json"} <= set(FakeHub.files)
     assert FakeHub.files["model.safetensors"] == (out / "model.safetensors").read_bytes()
     for name in os.listdir(out):
@@ -230,9 +234,9 @@ def test_exported_rm_works_as_reward_for_trl_rloo_trainer(trained, tmp_path, tin
     out = tmp_path / "exported"
     ex.export(str(full), str(out))
     prompts = datasets.Dataset.from_list([{"prompt": p} for p in PROMPTS * 4])
-    args = RLOOConfig(output_dir=str(tmp_path / "trl"), use_cpu=True, bf16=False, max_steps=1, per_device_train_batch_size=4,
-                      num_generations=2, max_completion_length=8, report_to=[], save_strategy="no", logging_steps=1,
-                      seed=0)
+    args = RLOOConfig(output_dir=str(tmp_path / "trl"), use_cpu=True, bf16=False, max_steps=1,
+                      per_device_train_batch_size=4, num_generations=2, max_completion_length=8, report_to=[],
+                      save_strategy="no", logging_steps=1, seed=0)
     trainer = RLOOTrainer(model=tiny_model_dir, reward_funcs=str(out), args=args, train_dataset=prompts)
     trainer.train()
     logs = {k: v for entry in trainer.state.log_history for k, v in entry.items()}

@@ -65,13 +65,16 @@ def test_implicit_prompt_is_the_longest_common_prefix(tmp_path):
 
 
 def test_implicit_response_that_is_a_prefix_of_the_other_is_rejected(tmp_path):
-    err = load_error(tmp_path, [{"chosen": "Human: hi\n\nAssistant: hello", "rejected": "Human: hi\n\nAssistant: hello there"}],
+    err = load_error(tmp_path, [{"chosen": "Human: hi\n\nAssistant: hello",
+                                 "rejected": "Human: hi\n\nAssistant: hello there"}],
                      fmt="implicit")
-    assert str(err) == f"{tmp_path / 'data.jsonl'}: row 0: field 'chosen': is a prefix of the other response; nothing left to score"
+    assert str(err) == (f"{tmp_path / 'data.jsonl'}: row 0: field 'chosen': is a prefix of the other response; "
+                        "nothing left to score")
 
 
 def test_implicit_identical_texts_are_reported_as_identical(tmp_path):
-    err = load_error(tmp_path, [{"chosen": "Human: hi\n\nAssistant: hello", "rejected": "Human: hi\n\nAssistant: hello"}],
+    err = load_error(tmp_path, [{"chosen": "Human: hi\n\nAssistant: hello",
+                                 "rejected": "Human: hi\n\nAssistant: hello"}],
                      fmt="implicit")
     assert str(err) == f"{tmp_path / 'data.jsonl'}: row 0: field 'rejected': is identical to chosen"
 
@@ -113,7 +116,8 @@ def test_conversational_heads_that_differ_are_an_error(tmp_path):
 def test_conversational_response_must_end_with_the_assistant(tmp_path):
     row = {"chosen": [assistant("hello"), user("hi")], "rejected": [assistant("hello"), assistant("bye")]}
     err = load_error(tmp_path, [row])
-    assert str(err) == f"{tmp_path / 'data.jsonl'}: row 0: field 'chosen[1].role': the last message must be from the assistant"
+    assert str(err) == (f"{tmp_path / 'data.jsonl'}: row 0: field 'chosen[1].role': "
+                        "the last message must be from the assistant")
 
 
 def test_sharegpt_maps_roles_and_keeps_the_system_message(tmp_path):
@@ -154,7 +158,8 @@ def test_auto_detection_uses_the_first_good_row(tmp_path):
 
 def test_fields_that_match_no_format_are_an_error_that_names_them(tmp_path):
     err = load_error(tmp_path, [{"question": "q", "good": "a", "bad": "b"}])
-    assert str(err) == (f"{tmp_path / 'data.jsonl'}: row 0: cannot tell the format from fields ['bad', 'good', 'question']; "
+    assert str(err) == (f"{tmp_path / 'data.jsonl'}: row 0: cannot tell the format from fields "
+                        "['bad', 'good', 'question']; "
                         "set format to one of standard, implicit, conversational, sharegpt and map column names "
                         "with columns: {prompt: ..., chosen: ..., rejected: ...}")
     assert (err.row, err.field) == (0, None)
@@ -228,7 +233,8 @@ def test_real_sharegpt_demo_data_loads_fully(shared_data, name, n_system, role_c
     assert len(with_system) == n_system
     assert all(m["role"] != "system" for r in rows for m in r["prompt_messages"][1:])  # system only first
     for r, x in zip(rows, raw):
-        assert r["prompt_messages"] == [{"role": SHAREGPT_ROLE[m["from"]], "content": m["value"]} for m in x["conversations"]]
+        assert r["prompt_messages"] == [{"role": SHAREGPT_ROLE[m["from"]], "content": m["value"]}
+                                        for m in x["conversations"]]
         assert (r["chosen"], r["rejected"]) == (x["chosen"]["value"], x["rejected"]["value"])
         assert (r["prompt_text"], r["margin"]) == ("", 0.0)
         assert r["prompt_messages"][-1]["role"] == "user"
@@ -270,8 +276,8 @@ def test_malformed_jsonl_line_cut_off_names_the_column_where_it_ends(tmp_path):
      "is missing"),
     ({"chosen": [user("hi"), "b"], "rejected": [user("hi"), assistant("b")]}, "chosen[1]",
      "must be an object with 'role' and 'content', got str"),
-    ({"chosen": [{"role": "bot", "content": "x"}, assistant("a")], "rejected": [user("x"), assistant("b")]}, "chosen[0].role",
-     "unknown role 'bot'; expected one of ['system', 'user', 'assistant', 'tool']"),
+    ({"chosen": [{"role": "bot", "content": "x"}, assistant("a")], "rejected": [user("x"), assistant("b")]},
+     "chosen[0].role", "unknown role 'bot'; expected one of ['system', 'user', 'assistant', 'tool']"),
     ({"chosen": [user("hi"), assistant("same")], "rejected": [user("hi"), assistant("same")]}, "rejected",
      "is identical to chosen"),
     ({"prompt": [], "chosen": [assistant("a")], "rejected": [assistant("b")]}, "prompt", "is empty"),

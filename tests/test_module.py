@@ -54,7 +54,8 @@ def read_metrics(run_dir):
 
 
 def last_weights(run_dir):
-    return torch.load(os.path.join(run_dir, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(os.path.join(run_dir, "checkpoints", "last.ckpt"), map_location="cpu",
+                      weights_only=False)["state_dict"]
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +125,8 @@ def test_ddp_two_processes_match_one_process(tmp_path, tiny_model_dir, synthetic
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = last_weights(one), last_weights(two)
-    assert_same_training(a, b, "measured: max difference 9.4e-7 (AVX2 EPYC); 1 of 38272 elements off by 8.9e-5 (AMX Xeon)")
+    assert_same_training(a, b, "measured: max difference 9.4e-7 (AVX2 EPYC); "
+                               "1 of 38272 elements off by 8.9e-5 (AMX Xeon)")
     m1 = [r for r in read_metrics(one) if r.get("val/acc")][-1]
     m2 = [r for r in read_metrics(two) if r.get("val/acc")][-1]
     assert abs(float(m1["val/acc"]) - float(m2["val/acc"])) <= 0.02
@@ -196,7 +198,8 @@ def test_variance_coef_warms_up_linearly(tiny_model_dir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("normalization", ["batch", "pairs"])
-def test_fit_with_regularizer_logs_on_policy_variance_and_accuracy(tmp_path, tiny_model_dir, synthetic_dir, normalization):
+def test_fit_with_regularizer_logs_on_policy_variance_and_accuracy(tmp_path, tiny_model_dir, synthetic_dir,
+                                                                   normalization):
     import json
     import random
 
@@ -211,7 +214,8 @@ def test_fit_with_regularizer_logs_on_policy_variance_and_accuracy(tmp_path, tin
                                 "responses": [pi0_demo(rng, topic, rng.uniform(0, 0.6)) for _ in range(4)]}) + "\n")
     run = tmp_path / "reg"
     cli_main(fit_args(run, tiny_model_dir, synthetic_dir, "--trainer.max_epochs", "1",
-                      "--model.init_args.variance_coef", "0.1", "--model.init_args.variance_normalization", normalization,
+                      "--model.init_args.variance_coef", "0.1",
+                      "--model.init_args.variance_normalization", normalization,
                       "--data.init_args.policy_samples", str(samples), "--data.init_args.groups_per_batch", "2",
                       "--data.init_args.val_policy_samples", str(samples),
                       "--data.init_args.labeler", "varirm.synthetic.gold_reward"))

@@ -60,7 +60,8 @@ def world(tmp_path_factory, smollm2_dir):
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in
                                ([{"role": "user", "content": "Name three primary colors."}],
                                 [{"role": "user", "content": "Say hello in French."}])))
-    return {"base": base, "model": model_dir, "ckpt": str(base / "rm" / "checkpoints" / "last.ckpt"), "prompts": prompts}
+    return {"base": base, "model": model_dir, "ckpt": str(base / "rm" / "checkpoints" / "last.ckpt"),
+            "prompts": prompts}
 
 
 @pytest.mark.slow
@@ -101,8 +102,8 @@ def _trl_rewards(reward_dir, policy_dir, prompts, responses, tmp_path):
     import datasets
     from trl import RLOOConfig, RLOOTrainer
 
-    args = RLOOConfig(output_dir=str(tmp_path / "trl"), use_cpu=True, bf16=False, max_steps=1, per_device_train_batch_size=2,
-                      num_generations=2, report_to=[], save_strategy="no")
+    args = RLOOConfig(output_dir=str(tmp_path / "trl"), use_cpu=True, bf16=False, max_steps=1,
+                      per_device_train_batch_size=2, num_generations=2, report_to=[], save_strategy="no")
     data = datasets.Dataset.from_list([{"prompt": p} for p in prompts])
     trainer = RLOOTrainer(model=policy_dir, reward_funcs=str(reward_dir), args=args, train_dataset=data)
     completions = [[{"role": "assistant", "content": r}] for r in responses]
@@ -248,7 +249,8 @@ def test_rloo_two_steps_with_a_lora_smollm2_policy_against_the_trained_rm(world,
                     "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
                     "--model.init_args.policy_name_or_path", world["model"],
                     "--model.init_args.reward_model", world["ckpt"], "--model.init_args.gold", "null",
-                    "--model.init_args.lora_r", "4", "--model.init_args.k", "2", "--model.init_args.ppo_epochs", "1", "--model.init_args.max_new_tokens", "16",
+                    "--model.init_args.lora_r", "4", "--model.init_args.k", "2", "--model.init_args.ppo_epochs", "1",
+                    "--model.init_args.max_new_tokens", "16",
                     "--model.init_args.lr", "1e-3", "--data.init_args.prompts", str(world["prompts"]),
                     "--data.init_args.batch_size", "2", "--data.init_args.num_prompts", "null"])
     assert cli.trainer.global_step == 2

@@ -137,7 +137,8 @@ def test_verify_recipe_parses_with_every_recipe_it_names(recipe, monkeypatch):
         instantiate_classes = ParseOnly.instantiate_classes
 
     cli = ParseOnlyPolicy(RLOOModule, PromptDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
-                          args=["--config", cfg.rloo_recipe, *_flags(cfg.rloo_overrides)], auto_configure_optimizers=False)
+                          args=["--config", cfg.rloo_recipe, *_flags(cfg.rloo_overrides)],
+                          auto_configure_optimizers=False)
     callbacks = cli.config_init["trainer"]["callbacks"]
     assert any(isinstance(c, PolicyEvaluation) for c in callbacks), "the RLOO recipe needs the gold-curve callback"
     for step in cfg.prepare:
@@ -171,6 +172,7 @@ def test_regimes_recipe_parses_with_every_setting_it_runs(monkeypatch):
     for opt, beta, norm in itertools.product(cfg.optimizers, cfg.betas, cfg.advantage_normalizations):
         overrides = {**cfg.rloo_overrides, "model.init_args.optimizer": opt, "model.init_args.lr": cfg.lr[opt],
                      "model.init_args.beta": beta, "model.init_args.advantage_normalization": norm}
-        cli = ParseOnlyPolicy(RLOOModule, PromptDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
-                              args=["--config", cfg.rloo_recipe, *_flags(overrides)], auto_configure_optimizers=False)
+        cli = ParseOnlyPolicy(RLOOModule, PromptDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                              run=False, args=["--config", cfg.rloo_recipe, *_flags(overrides)],
+                              auto_configure_optimizers=False)
         assert cli.model.hparams.optimizer == opt and cli.model.hparams.advantage_normalization == norm

@@ -33,7 +33,8 @@ def test_epoch_shuffle_sampler_gives_the_orders_of_a_seeded_shuffling_dataloader
 
 
 @pytest.mark.parametrize("make", [lambda: EpochShuffleSampler(23, 4, seed=1),
-                                  lambda: LengthGroupedSampler([i % 7 for i in range(23)], 4, seed=1, bucket_batches=2)])
+                                  lambda: LengthGroupedSampler([i % 7 for i in range(23)], 4, seed=1,
+                                                               bucket_batches=2)])
 def test_resumable_loader_continues_with_the_next_unseen_batch(make):
     data = list(range(23))
     full = ResumableLoader(data, batch_size=4, sampler=make(), collate_fn=list)
@@ -58,17 +59,17 @@ def test_resumable_loader_continues_with_the_next_unseen_batch(make):
 def run_varirm(args: list[str], run_dir) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]),
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "varirm", "--verbose", *args, "--trainer.default_root_dir", str(run_dir),
-                           "--trainer.precision", "32-true", "--trainer.enable_progress_bar", "false",
-                           "--trainer.enable_model_summary", "false"],
+    return subprocess.run([sys.executable, "-m", "varirm", "--verbose", *args,
+                           "--trainer.default_root_dir", str(run_dir), "--trainer.precision", "32-true",
+                           "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"],
                           capture_output=True, text=True, env=env, cwd=str(run_dir.parent))
 
 
 def checkpoint_every(tmp_path, run_dir, every: int, kill_at: int | None) -> str:
     """A recipe fragment: checkpoints every ``every`` steps (and last), and a SIGKILL at ``kill_at``."""
     callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                  "init_args": {"dirpath": str(run_dir / "checkpoints"), "every_n_train_steps": every, "save_last": True,
-                                "save_top_k": -1}}]
+                  "init_args": {"dirpath": str(run_dir / "checkpoints"), "every_n_train_steps": every,
+                                "save_last": True, "save_top_k": -1}}]
     if kill_at is not None:
         callbacks.append({"class_path": "conftest.KillAtStep", "init_args": {"step": kill_at}})
     path = tmp_path / f"callbacks_{run_dir.name}.yaml"
@@ -139,8 +140,10 @@ def test_sft_killed_mid_epoch_resumes_exactly(tmp_path, tiny_model_dir):
     split_args = [*args, *save, str(tmp_path / "pi0_split")]
     full, split = tmp_path / "full", tmp_path / "split"
     assert run_varirm([*full_args, "--config", checkpoint_every(tmp_path, full, 3, None)], full).returncode == 0
-    assert run_varirm([*split_args, "--config", checkpoint_every(tmp_path, split, 3, 14)], split).returncode == -signal.SIGKILL
-    proc = run_varirm([*split_args, "--config", checkpoint_every(tmp_path, split, 3, None), "--ckpt_path", "last"], split)
+    assert (run_varirm([*split_args, "--config", checkpoint_every(tmp_path, split, 3, 14)], split).returncode
+            == -signal.SIGKILL)
+    proc = run_varirm([*split_args, "--config", checkpoint_every(tmp_path, split, 3, None),
+                       "--ckpt_path", "last"], split)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "not resumable" not in proc.stderr
     assert logged(full, "train/loss") == logged(split, "train/loss")

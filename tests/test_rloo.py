@@ -19,7 +19,8 @@ def test_rloo_advantages_by_hand():
 
 def test_group_std_advantages_by_hand():
     rewards = torch.tensor([[1.0, 2.0, 6.0], [0.0, 4.0, 4.0]])
-    # row 0: unbiased std of (1, 2, 6) = sqrt(((-2)^2 + (-1)^2 + 3^2) / 2) = sqrt(7); row 1: sqrt((8/3)^2/2 + 2(4/3)^2/2) = sqrt(16/3)
+    # row 0: unbiased std of (1, 2, 6) = sqrt(((-2)^2 + (-1)^2 + 3^2) / 2) = sqrt(7);
+    # row 1: sqrt((8/3)^2/2 + 2(4/3)^2/2) = sqrt(16/3)
     adv = rloo_advantages(rewards)  # [[-3, -1.5, 4.5], 1.5 x [-8/3, 4/3, 4/3] = [-4, 2, 2]]
     expected = torch.tensor([[-3.0, -1.5, 4.5]]) / (7 ** 0.5 + 0.5)
     expected = torch.cat([expected, torch.tensor([[-4.0, 2.0, 2.0]]) / ((16 / 3) ** 0.5 + 0.5)])
@@ -81,8 +82,8 @@ def test_rloo_against_the_gold_reward_raises_it(tmp_path, tiny_model_dir):
     prompts.write_text("".join(json.dumps(r) + "\n" for r in make_prompts(256, seed=1)))
     cli_main(["sft", "--config", str(REPO / "recipes" / "sft_synthetic.yaml"), "--trainer.default_root_dir",
               str(tmp_path / "sft"), "--trainer.enable_progress_bar", "false",
-              "--model.init_args.model_name_or_path", tiny_model_dir, "--model.init_args.save_dir", str(tmp_path / "pi0"),
-              "--data.init_args.train", str(demos)])
+              "--model.init_args.model_name_or_path", tiny_model_dir,
+              "--model.init_args.save_dir", str(tmp_path / "pi0"), "--data.init_args.train", str(demos)])
     held_out = tmp_path / "held_out.jsonl"
     held_out.write_text("".join(json.dumps(r) + "\n" for r in make_prompts(64, seed=2)))
     cli = cli_main(["rloo", "--config", str(REPO / "recipes" / "rloo" / "synthetic_gold.yaml"),
@@ -210,8 +211,8 @@ def test_rloo_under_ddp_ranks_agree_and_resume(tmp_path, tiny_model_dir, synthet
         evaluation = {"prompts": str(synthetic_dir / "eval_prompts.jsonl"), "num_prompts": 6, "k": 2,
                       "every_n_steps": 2, "batch_size": 2}  # 3 generation batches: 2 in rank 0, 1 in rank 1
         callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                      "init_args": {"dirpath": str(run_dir / "checkpoints"), "every_n_train_steps": 4, "save_last": True,
-                                    "save_top_k": -1}},
+                      "init_args": {"dirpath": str(run_dir / "checkpoints"), "every_n_train_steps": 4,
+                                    "save_last": True, "save_top_k": -1}},
                      {"class_path": "varirm.rloo.PolicyEvaluation", "init_args": evaluation},
                      {"class_path": "conftest.RankSnapshot"}, *extra]
         config = tmp_path / f"callbacks_{run_dir.name}.yaml"
@@ -249,10 +250,11 @@ def test_rloo_under_ddp_ranks_agree_and_resume(tmp_path, tiny_model_dir, synthet
     module = RLOOModule(tiny_model_dir, "varirm.synthetic.gold_reward", gold="varirm.synthetic.gold_reward", k=4,
                         max_new_tokens=8, ppo_epochs=2)
     module.configure_model()
-    module.load_state_dict(torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"], strict=False)
+    module.load_state_dict(torch.load(full / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"],
+                           strict=False)
     callback = PolicyEvaluation(str(synthetic_dir / "eval_prompts.jsonl"), num_prompts=6, k=2, batch_size=2)
-    trainer = type("T", (), {"global_step": 8, "loggers": [], "default_root_dir": str(tmp_path / "one"), "world_size": 1,
-                             "global_rank": 0, "strategy": SingleDeviceStrategy("cpu")})()
+    trainer = type("T", (), {"global_step": 8, "loggers": [], "default_root_dir": str(tmp_path / "one"),
+                             "world_size": 1, "global_rank": 0, "strategy": SingleDeviceStrategy("cpu")})()
     callback._evaluate(trainer, module)
     assert callback.curve[0] == pytest.approx(curve[-1], abs=1e-9)
 

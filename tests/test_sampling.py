@@ -42,10 +42,12 @@ def test_response_suffix_and_cleaning(tiny_model_dir):
 
 def test_read_samples_errors(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps({"prompt": "p", "responses": ["a", "b"]}) + "\n" + json.dumps({"prompt": "q", "responses": ["a"]}) + "\n")
+    path.write_text(json.dumps({"prompt": "p", "responses": ["a", "b"]}) + "\n"
+                    + json.dumps({"prompt": "q", "responses": ["a"]}) + "\n")
     with pytest.raises(DataError, match=r"row 1: field 'responses': must be a list of at least two strings"):
         read_samples(str(path))
-    path.write_text(json.dumps({"prompt": "p", "responses": ["a", "b"]}) + "\n" + json.dumps({"prompt": "q", "responses": ["a", "b", "c"]}) + "\n")
+    path.write_text(json.dumps({"prompt": "p", "responses": ["a", "b"]}) + "\n"
+                    + json.dumps({"prompt": "q", "responses": ["a", "b", "c"]}) + "\n")
     with pytest.raises(DataError, match="row 1: field .responses.: has 3 responses but row 0 has 2"):
         read_samples(str(path))
 

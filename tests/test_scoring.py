@@ -11,7 +11,8 @@ from varirm.scoring import load_scorer, resolve_labeler, score
 def test_score_matches_one_by_one_forward_in_input_order(tiny_model_dir):
     tokenizer = load_tokenizer(tiny_model_dir)
     rm = load_reward_model(tiny_model_dir, tokenizer).eval()
-    prompts = [[{"role": "user", "content": "List some fruit words."}], "raw prompt", [{"role": "user", "content": "x"}]]
+    prompts = [[{"role": "user", "content": "List some fruit words."}], "raw prompt",
+               [{"role": "user", "content": "x"}]]
     responses = ["apple pear plum grape lemon", "dog", "red blue"]
     got = score(rm, tokenizer, prompts, responses, batch_size=2)
     for i, (p, r) in enumerate(zip(prompts, responses)):

@@ -27,7 +27,8 @@ def test_bootstrap_interval_on_a_two_point_set_by_hand():
 def test_paired_difference_and_ratio():
     result = paired([1.0, 2.0, 3.0], [2.0, 3.0, 4.0])
     diff = result["difference"]
-    assert (diff["estimate"], diff["lower"], diff["upper"]) == pytest.approx((1.0, 1.0, 1.0))  # no spread in differences
+    # no spread in differences
+    assert (diff["estimate"], diff["lower"], diff["upper"]) == pytest.approx((1.0, 1.0, 1.0))
     assert result["ratio"]["estimate"] == pytest.approx(1.5)
     assert 1.0 < result["ratio"]["lower"] <= 1.5 <= result["ratio"]["upper"]
     with pytest.raises(ValueError, match="same seeds"):
@@ -42,4 +43,5 @@ def test_judge_and_seeds_needed():
     # half-width 0.2 must shrink below the gap 0.1: n x (0.2 / 0.1)^2 = 16 seeds
     assert out == {"verdict": "INCONCLUSIVE", "seeds_needed": 16}
     assert seeds_to_resolve({"estimate": 0.8, "lower": 0.7, "upper": 0.9, "n": 4}, 0.8) is None  # on the threshold
-    assert judge({"estimate": float("nan"), "lower": float("nan"), "upper": float("nan"), "n": 1}, 0.8)["verdict"] == "INCONCLUSIVE"
+    assert (judge({"estimate": float("nan"), "lower": float("nan"), "upper": float("nan"), "n": 1}, 0.8)["verdict"]
+            == "INCONCLUSIVE")

@@ -104,7 +104,8 @@ def test_flat_gold_reward_is_perfectly_accurate_with_low_whitened_variance():
     levels = {round(flat_gold_reward(prompts[0], r) - 0.25 * gold_reward(prompts[0], r), 9) for r in responses[0]}
     assert len(levels) == 1
     fruit = "List some fruit words."
-    assert flat_gold_reward(fruit, "apple pear") - flat_gold_reward(fruit, "dog") == pytest.approx(0.25 * (2 / 8 + 1 / 8))
+    assert (flat_gold_reward(fruit, "apple pear") - flat_gold_reward(fruit, "dog")
+            == pytest.approx(0.25 * (2 / 8 + 1 / 8)))
     # the intermediate squashing: same levels, 4x the band, variance between flat and gold
     from varirm.synthetic import half_flat_gold_reward
 

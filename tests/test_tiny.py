@@ -37,7 +37,8 @@ def test_corpus_files_teach_the_tokenizer_a_users_text(tmp_path, shared_data):
 
     data = str(shared_data / "dpo_en_demo.json")
     plain = AutoTokenizer.from_pretrained(make_tiny_model(str(tmp_path / "plain"), vocab_size=2048))
-    taught = AutoTokenizer.from_pretrained(make_tiny_model(str(tmp_path / "taught"), vocab_size=2048, corpus_files=[data]))
+    taught = AutoTokenizer.from_pretrained(make_tiny_model(str(tmp_path / "taught"), vocab_size=2048,
+                                                           corpus_files=[data]))
     rows, _ = load_preference_rows(data, "train", "auto", {}, skip_bad=False)
     text = " ".join(r["chosen"] for r in rows[:20])
     assert len(taught(text)["input_ids"]) < 0.6 * len(plain(text)["input_ids"])

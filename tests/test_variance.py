@@ -72,7 +72,8 @@ def test_on_policy_accuracy_by_hand():
     rewards = torch.tensor([[3.0, 2.0, 1.0], [1.0, 1.0, 0.0]])
     gold = torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.0, 1.0]])
     # prompt 0 pairs (0,1) right, (0,2) right, (1,2) wrong -> 2/3
-    # prompt 1 pairs with gold differing: (0,1) RM tie -> wrong, (0,2) gold 0 < 1 but r 1 > 0 -> wrong; (1,2) gold tie skipped -> 0
+    # prompt 1 pairs with gold differing: (0,1) RM tie -> wrong, (0,2) gold 0 < 1 but r 1 > 0 -> wrong;
+    # (1,2) gold tie skipped -> 0
     assert_close(on_policy_accuracy(rewards, gold), torch.tensor(1 / 3))
     assert torch.isnan(on_policy_accuracy(rewards, torch.ones(2, 3)))
 

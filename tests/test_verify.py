@@ -49,7 +49,8 @@ def _rows():
     table = {"a": (0.2, 0.9, 0.95, 0.05), "b": (0.5, 0.8, 0.9, 0.10), "c": (0.9, 0.7, 0.8, 0.30),
              "reg": (0.95, 0.7, 0.8, 0.40), "flat": (0.01, 1.0, 1.0, 0.01)}
     return [{"name": n, "seed": s, "whitened_variance_mean": v, "on_policy_acc": on, "off_policy_acc": off,
-             "gold_gain": g + 0.01 * s, "proxy_gain": 1.0, "gold_auc": g / 2} for s in (0, 1) for n, (v, on, off, g) in table.items()]
+             "gold_gain": g + 0.01 * s, "proxy_gain": 1.0, "gold_auc": g / 2}
+            for s in (0, 1) for n, (v, on, off, g) in table.items()]
 
 
 def test_summary_and_checks_pass_and_miss_by_their_intervals():
@@ -74,7 +75,8 @@ def test_summary_and_checks_pass_and_miss_by_their_intervals():
     ratio = result[2]["intervals"]["ratio"]
     assert (ratio["estimate"], ratio["lower"], ratio["upper"]) == pytest.approx((0.405 / 0.055, 0.41 / 0.06, 8.0))
     # a regularized RM whose whole interval lies below 1.2x plain BT is a MISS
-    assert checks(summary, "flat", ["reg", "c"], ["a"], rows, [0, 1])[2]["parts"]["gold_gain"]["verdict"] == "MISS"  # ~0.75x
+    # ~0.75x
+    assert checks(summary, "flat", ["reg", "c"], ["a"], rows, [0, 1])[2]["parts"]["gold_gain"]["verdict"] == "MISS"
     # within 2 points of plain BT's on-policy accuracy: every part passes; one check per variant
     kept = [dict(r, on_policy_acc=0.895) if r["name"] == "reg" else r for r in rows]
     both = checks(summarize(kept, names, [0, 1]), None, ["a", "reg", "c"], ["a"], kept, [0, 1], on_policy_rm="b")
@@ -86,7 +88,8 @@ def test_summary_and_checks_pass_and_miss_by_their_intervals():
 def test_a_check_whose_interval_straddles_the_threshold_is_inconclusive_with_seeds_needed():
     plain, reg = [0.2, 0.2, 0.2, 0.2, 0.2], [0.1, 0.5, 0.2, 0.6, 0.3]  # ratio 1.7, but seed noise is large
     rows = [{"name": n, "seed": s, "whitened_variance_mean": v, "on_policy_acc": 0.8, "off_policy_acc": 0.8,
-             "gold_gain": g, "proxy_gain": 1.0, "gold_auc": g} for n, v, gains in (("plain", 0.5, plain), ("reg", 0.9, reg))
+             "gold_gain": g, "proxy_gain": 1.0, "gold_auc": g}
+            for n, v, gains in (("plain", 0.5, plain), ("reg", 0.9, reg))
             for s, g in enumerate(gains)]
     summary = summarize(rows, ["plain", "reg"], list(range(5)))
     check = checks(summary, None, ["plain", "reg"], ["plain", "reg"], rows, list(range(5)))[-1]
@@ -109,9 +112,11 @@ def test_across_policies_ranking_change_and_which_variance_predicts():
     across = across_policies(reversed_runs, names, ["pA", "pB"], seeds)
     change = across["rank_agreement"][0]
     assert change["spearman"]["estimate"] == pytest.approx(-1.0, abs=1e-5) and change["verdict"] == "PASS"
-    predicts = {(r["variance_under"], r["gain_under"]): r["spearman"]["estimate"] for r in across["variance_predicts_gain"]}
+    predicts = {(r["variance_under"], r["gain_under"]): r["spearman"]["estimate"]
+                for r in across["variance_predicts_gain"]}
     # each policy's own variance (pB's is 1 - pA's here) ranks its own gains exactly; the other's backwards
-    assert predicts == pytest.approx({("pA", "pA"): 1.0, ("pB", "pB"): 1.0, ("pA", "pB"): -1.0, ("pB", "pA"): -1.0}, abs=1e-5)
+    assert predicts == pytest.approx({("pA", "pA"): 1.0, ("pB", "pB"): 1.0, ("pA", "pB"): -1.0, ("pB", "pA"): -1.0},
+                                     abs=1e-5)
     same = across_policies(_two_policy_runs({"a": 0.5, "b": 0.3, "c": 0.1}), names, ["pA", "pB"], seeds)
     assert same["rank_agreement"][0]["verdict"] == "MISS"  # every resample keeps the ranking
 
@@ -146,7 +151,8 @@ def test_verify_end_to_end_tiny(tmp_path, tiny_model_dir, synthetic_dir):
                  "init_args": {"prompts": str(synthetic_dir / "eval_prompts.jsonl"), "num_prompts": 8, "k": 2,
                                "every_n_steps": 2}}]
     rms = [RewardModelSpec("bt", recipe=str(REPO / "recipes" / "onpolicy_synthetic.yaml"), overrides={
-               "model.init_args.model_name_or_path": tiny_model_dir, "data.init_args.train": str(synthetic_dir / "train.jsonl"),
+               "model.init_args.model_name_or_path": tiny_model_dir,
+               "data.init_args.train": str(synthetic_dir / "train.jsonl"),
                "data.init_args.val": str(synthetic_dir / "val.jsonl"), "data.init_args.on_policy_fraction": 0.0,
                "trainer.max_epochs": 1, "trainer.limit_train_batches": 3, "trainer.limit_val_batches": 1},
                description="tiny BT"),
@@ -156,8 +162,10 @@ def test_verify_end_to_end_tiny(tmp_path, tiny_model_dir, synthetic_dir):
     kwargs = dict(rloo_recipe=str(REPO / "recipes" / "rloo" / "verify_synthetic.yaml"), policy=tiny_model_dir,
                   eval_samples=str(samples), gold="varirm.synthetic.gold_reward", output_dir=str(out),
                   test_pairs=str(synthetic_dir / "test.jsonl"), max_length=64, device="cpu", low_variance="flat",
-                  rloo_overrides={"trainer.max_steps": 8, "trainer.callbacks": callback, "model.init_args.max_new_tokens": 8,
-                                  "data.init_args.prompts": str(synthetic_dir / "prompts.jsonl"), "data.init_args.batch_size": 4})
+                  rloo_overrides={"trainer.max_steps": 8, "trainer.callbacks": callback,
+                                  "model.init_args.max_new_tokens": 8,
+                                  "data.init_args.prompts": str(synthetic_dir / "prompts.jsonl"),
+                                  "data.init_args.batch_size": 4})
     verify(rms, **kwargs)
     report = json.loads((out / "report.json").read_text())
     assert [r["name"] for r in report["runs"]] == ["bt", "gold", "flat"]
@@ -184,7 +192,8 @@ def test_verify_end_to_end_tiny(tmp_path, tiny_model_dir, synthetic_dir):
     exported = export(str(ckpt), str(tmp_path / "exported"), evaluations=[str(out / "eval" / "bt" / "seed0")],
                       verification=str(out))
     card = (tmp_path / "exported" / "README.md").read_text()
-    assert "**bt** (this RM)" in card and "ranks" in card and "This checkpoint: seed 0" in card and "No RLOO verification report" not in card
+    assert ("**bt** (this RM)" in card and "ranks" in card and "This checkpoint: seed 0" in card
+            and "No RLOO verification report" not in card)
     assert exported == str(tmp_path / "exported")
     with pytest.raises(VarirmError, match="none of its RLOO runs used"):
         verification_summary(str(out), str(samples))
@@ -205,13 +214,16 @@ def _verify_config(tmp_path, tiny_model_dir, synthetic_dir) -> str:
                                "every_n_steps": 2}}]
     config = {
         "output_dir": str(tmp_path / "verify"), "policy": str(pi0), "gold": "varirm.synthetic.gold_reward",
-        "eval_samples": str(samples), "test_pairs": str(synthetic_dir / "test.jsonl"), "max_length": 64, "device": "cpu",
+        "eval_samples": str(samples), "test_pairs": str(synthetic_dir / "test.jsonl"),
+        "max_length": 64, "device": "cpu",
         "rloo_recipe": str(REPO / "recipes" / "rloo" / "verify_synthetic.yaml"),
         "rloo_overrides": {"trainer.max_steps": 12, "trainer.callbacks": callback, "model.init_args.max_new_tokens": 8,
-                           "data.init_args.prompts": str(synthetic_dir / "prompts.jsonl"), "data.init_args.batch_size": 4},
+                           "data.init_args.prompts": str(synthetic_dir / "prompts.jsonl"),
+                           "data.init_args.batch_size": 4},
         "reward_models": [
             {"name": "bt", "recipe": str(REPO / "recipes" / "onpolicy_synthetic.yaml"), "overrides": {
-                "model.init_args.model_name_or_path": tiny_model_dir, "data.init_args.train": str(synthetic_dir / "train.jsonl"),
+                "model.init_args.model_name_or_path": tiny_model_dir,
+                "data.init_args.train": str(synthetic_dir / "train.jsonl"),
                 "data.init_args.val": str(synthetic_dir / "val.jsonl"), "data.init_args.on_policy_fraction": 0.0,
                 "trainer.max_epochs": 1, "trainer.limit_train_batches": 6, "trainer.limit_val_batches": 1}},
             {"name": "gold", "reward": "varirm.synthetic.gold_reward"}],
@@ -235,7 +247,8 @@ def _comparable(report: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_verify_killed_at_two_points_and_resumed_writes_the_uninterrupted_report(tmp_path, tiny_model_dir, synthetic_dir):
+def test_verify_killed_at_two_points_and_resumed_writes_the_uninterrupted_report(tmp_path, tiny_model_dir,
+                                                                                 synthetic_dir):
     import signal
     import subprocess
     import sys
@@ -243,7 +256,8 @@ def test_verify_killed_at_two_points_and_resumed_writes_the_uninterrupted_report
 
     def start(root, *extra):
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-        return subprocess.Popen([sys.executable, "-m", "varirm", "verify", "--config", str(root / "verify.yaml"), *extra],
+        return subprocess.Popen([sys.executable, "-m", "varirm", "verify",
+                                 "--config", str(root / "verify.yaml"), *extra],
                                 cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def kill_when(proc, exists, timeout=600):
@@ -305,7 +319,8 @@ def test_verify_under_two_policies(tmp_path, tiny_model_dir, synthetic_dir):
            rloo_recipe=str(REPO / "recipes" / "rloo" / "verify_synthetic.yaml"), policy=[tiny_model_dir, other],
            eval_samples=samples, gold="varirm.synthetic.gold_reward", output_dir=str(out), max_length=64, device="cpu",
            rloo_overrides={"trainer.max_steps": 4, "trainer.callbacks": callback, "model.init_args.max_new_tokens": 8,
-                           "data.init_args.prompts": str(synthetic_dir / "prompts.jsonl"), "data.init_args.batch_size": 4})
+                           "data.init_args.prompts": str(synthetic_dir / "prompts.jsonl"),
+                           "data.init_args.batch_size": 4})
     report = json.loads((out / "report.json").read_text())
     assert [p["name"] for p in report["policies"]] == ["llama", "other"]
     assert sorted({(r["policy"], r["name"]) for r in report["runs"]}) == sorted(
@@ -324,15 +339,19 @@ def test_regimes_row_and_table_from_a_made_up_report():
     from varirm.regimes import setting_row
 
     gains = {"gold": [0.6, 0.7, 0.8], "flat": [0.2, 0.25, 0.3], "same": [0.6, 0.9, 0.6]}
-    report = {"rloo_steps": 30, "runs": [{"name": n, "seed": s, "gold_gain": g[s]} for n, g in gains.items() for s in range(3)],
+    report = {"rloo_steps": 30,
+              "runs": [{"name": n, "seed": s, "gold_gain": g[s]} for n, g in gains.items() for s in range(3)],
               "summary": {"per_rm": {n: {"whitened_variance_mean": {"mean": v}} for n, v in
                                      (("gold", 0.98), ("flat", 0.01), ("same", 0.5))}}}
     row = setting_row(report, "adamw_beta0.1_none", "adamw", 0.1, "none", ["gold", "flat", "same"], "gold", [0, 1, 2])
     # gold: mean 0.7, sd 0.1, t_{0.975,2} 4.303 -> 0.7 ± 0.248
-    assert (row["gain"]["gold"]["lower"], row["gain"]["gold"]["upper"]) == pytest.approx((0.7 - 0.2484, 0.7 + 0.2484), abs=1e-4)
+    assert ((row["gain"]["gold"]["lower"], row["gain"]["gold"]["upper"])
+            == pytest.approx((0.7 - 0.2484, 0.7 + 0.2484), abs=1e-4))
     flat = row["ratio_to_reference"]["flat"]
-    assert flat["ratio"]["estimate"] == pytest.approx(0.25 / 0.7) and flat["verdict"] == "PASS"  # gains less: variance mattered
+    # gains less: variance mattered
+    assert flat["ratio"]["estimate"] == pytest.approx(0.25 / 0.7) and flat["verdict"] == "PASS"
     assert row["ratio_to_reference"]["same"]["verdict"] == "INCONCLUSIVE"  # 0.7 vs 0.7 on average, noisy
-    text = regimes_markdown({"rewards": ["gold", "flat", "same"], "reference": "gold", "seeds": [0, 1, 2], "rloo_steps": 30,
-                             "lr": {"adamw": 5e-4}, "settings": [row], "variance_under_policy": row["variance"]})
+    text = regimes_markdown({"rewards": ["gold", "flat", "same"], "reference": "gold", "seeds": [0, 1, 2],
+                             "rloo_steps": 30, "lr": {"adamw": 5e-4}, "settings": [row],
+                             "variance_under_policy": row["variance"]})
     assert "| adamw | 0.1 | none |" in text and "PASS" in text and "INCONCLUSIVE" in text

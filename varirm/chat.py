@@ -1,8 +1,8 @@
 """Tokenizer loading and the one function that turns (prompt, response) into token ids.
 
 Every place that renders a (prompt, response) for a reward model or a policy (RM training,
-evaluation, labelling, on-policy sampling, SFT) goes through :func:`encode_prompt_response`, so the text an RM was trained on and
-the text it scores later are built the same way, byte for byte.
+evaluation, labelling, on-policy sampling, SFT) goes through :func:`encode_prompt_response`, so
+the text an RM was trained on and the text it scores later are built the same way, byte for byte.
 
 Two prompt kinds:
 
@@ -142,7 +142,8 @@ def fit_to_length(prompt_ids: list[int], response_ids: list[int], max_length: in
     return ids[len(ids) - max_length:] if len(ids) > max_length else ids
 
 
-def pad_right(seqs: list[list[int]], pad_token_id: int, pad_to_multiple_of: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_right(seqs: list[list[int]], pad_token_id: int,
+              pad_to_multiple_of: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """``(input_ids, attention_mask)``, both ``(n, t)``: the sequences right-padded with
     ``pad_token_id`` to the longest (rounded up to a multiple of ``pad_to_multiple_of``)."""
     t = max(len(s) for s in seqs)

@@ -65,7 +65,8 @@ class RandomState(Callback):
         import torch
 
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        state = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        state = {"torch": torch.get_rng_state(),
+                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                  "numpy": [kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, gauss],
                  "python": list(random.getstate())}
         dist = torch.distributed
@@ -110,7 +111,8 @@ def cpu_precision(precision, accelerator) -> tuple[object, str]:
     if (not on_cpu or not str(precision).startswith("bf16") or os.environ.get("VARIRM_CPU_BF16") == "1"
             or cpu_bf16_is_native()):
         return precision, ""
-    return "32-true", (f"varirm: precision {precision} -> 32-true: this CPU ({torch.backends.cpu.get_cpu_capability()}) "
+    return "32-true", (f"varirm: precision {precision} -> 32-true: this CPU "
+                       f"({torch.backends.cpu.get_cpu_capability()}) "
                        "has no native bf16 matrix multiply, and bf16 autocast would run much slower than fp32 "
                        "(VARIRM_CPU_BF16=1 keeps bf16)")
 

@@ -197,7 +197,8 @@ class ResumableLoader(DataLoader):
         self.position.load_state_dict(state)
 
 
-def collate_pairs(examples: list[dict[str, Any]], pad_token_id: int, pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
+def collate_pairs(examples: list[dict[str, Any]], pad_token_id: int,
+                  pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
     """``input_ids``/``attention_mask`` of shape ``(2b, t)``: rows ``[:b]`` chosen, ``[b:]``
     rejected, right-padded with ``pad_token_id``; ``margin`` of shape ``(b,)``."""
     seqs = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
@@ -253,7 +254,8 @@ class PairsWithGroups:
         groups = []
         for c in range(self.groups_per_batch):
             chunk = examples[c::self.groups_per_batch]
-            key = zlib.crc32(b"".join(torch.tensor(e["chosen_ids"] + e["rejected_ids"]).numpy().tobytes() for e in chunk))
+            key = zlib.crc32(b"".join(torch.tensor(e["chosen_ids"] + e["rejected_ids"]).numpy().tobytes()
+                                      for e in chunk))
             index = c * self.num_replicas + self.rank  # the group's index in the global batch
             groups += self.source.draw(1, torch.Generator().manual_seed(self.seed * 7919 + index * 104729 + key))
         batch.update(collate_groups(groups, self.pad_token_id))
@@ -412,7 +414,8 @@ class PreferenceDataModule(LightningDataModule):
         hp = self.hparams
         return on_policy_pair_rows(samples, self.labels(samples), hp.seed, hp.on_policy_bt_temperature), []
 
-    def build(self, source: str, split: str, rows_fn=None, key_extra: str = "") -> tuple[datasets.Dataset, dict[str, Any]]:
+    def build(self, source: str, split: str, rows_fn=None,
+              key_extra: str = "") -> tuple[datasets.Dataset, dict[str, Any]]:
         """Validated, tokenized pairs of one source (from cache when nothing changed) and counts.
         ``rows_fn`` replaces reading ``source`` as preference data (on-policy pairs)."""
         hp, tokenizer = self.hparams, self._tokenizer()
@@ -496,7 +499,8 @@ class PreferenceDataModule(LightningDataModule):
                 self._tokenizer(), [r["prompt"] for r in samples], [r["responses"] for r in samples], hp.max_length))
         if hp.val_policy_samples:
             samples = read_samples(hp.val_policy_samples)
-            gold = self.labels(samples) if (hp.labeler or all("gold" in r for r in samples)) else None  # gold for on-policy acc
+            # gold for on-policy acc
+            gold = self.labels(samples) if (hp.labeler or all("gold" in r for r in samples)) else None
             self.val_groups = tokenize_groups(self._tokenizer(), [r["prompt"] for r in samples],
                                               [r["responses"] for r in samples], hp.max_length, gold)
         self._report()
@@ -595,7 +599,8 @@ class PreferenceDataModule(LightningDataModule):
         """Preference pairs (``dataloader_idx`` 0) and, with ``val_policy_samples``, policy-sample
         groups (``dataloader_idx`` 1)."""
         hp = self.hparams
-        loaders = [self._loader("val", hp.eval_batch_size or hp.batch_size, shuffle=False)] if "val" in self.splits else []
+        loaders = ([self._loader("val", hp.eval_batch_size or hp.batch_size, shuffle=False)]
+                   if "val" in self.splits else [])
         if self.val_groups:
             if not loaders:
                 raise ConfigError("val_policy_samples needs val pairs too (val or val_fraction)")

@@ -64,7 +64,8 @@ def world_diagnostics(runs: list[dict[str, Any]], fractions: dict[str, float], g
     if not zero or not full:
         raise ValueError(f"fractions need a 0% and a 100% on-policy RM, got {fractions}")
     zero, full = zero[0], full[0]
-    seeds = sorted(set(_by_seed(runs, zero, "whitened_variance_mean")) & set(_by_seed(runs, full, "whitened_variance_mean")))
+    seeds = sorted(set(_by_seed(runs, zero, "whitened_variance_mean"))
+                   & set(_by_seed(runs, full, "whitened_variance_mean")))
     per_rm = {}
     for name, fraction in by_fraction:
         per_rm[name] = {"on_policy_fraction": fraction,

@@ -54,7 +54,8 @@ def render_markdown(metrics: dict[str, Any]) -> str:
         + ", ".join(f"{v:.3f}" for v in q.values()) + " |",
     ]
     if "on_policy_acc" in metrics:
-        lines += [f"| on-policy accuracy vs gold (`{metrics['gold']}`) [95% CI] | {_with_ci(metrics, 'on_policy_acc')} |",
+        lines += [f"| on-policy accuracy vs gold (`{metrics['gold']}`) [95% CI] | "
+                  f"{_with_ci(metrics, 'on_policy_acc')} |",
                   f"| gold reward: whitened per-prompt variance | {metrics['gold_whitened_variance_mean']:.4f} |"]
     if "off_policy_acc" in metrics:
         lines.append(f"| off-policy accuracy (`{metrics['pairs_file']}`, {metrics['off_policy_pairs']} pairs) "
@@ -70,7 +71,8 @@ def _with_ci(metrics: dict[str, Any], key: str) -> str:
     return fmt(ci, 4) if ci else f"{metrics[key]:.4f}"
 
 
-def plot(rewards: torch.Tensor, gold: Optional[torch.Tensor], output: str, title: str, prompts_shown: int = 8) -> list[str]:
+def plot(rewards: torch.Tensor, gold: Optional[torch.Tensor], output: str, title: str,
+         prompts_shown: int = 8) -> list[str]:
     """``variance_hist.png`` (per-prompt whitened variance) and ``rewards_per_prompt.png``."""
     import matplotlib
 

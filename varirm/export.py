@@ -93,17 +93,20 @@ def render_card(info: dict[str, Any], repo_id: str, license: str = "apache-2.0")
         name = f"samples of {e['policy']}"
         results.append(EvalResult(task_type="text-classification", task_name="reward variance under policy",
                                   dataset_type="policy-samples", dataset_name=name,
-                                  metric_type="whitened_reward_variance", metric_name="whitened per-prompt reward variance",
+                                  metric_type="whitened_reward_variance",
+                                  metric_name="whitened per-prompt reward variance",
                                   metric_value=round(e["whitened_variance_mean"], 4)))
         if "on_policy_acc" in e:
             results.append(EvalResult(task_type="text-classification", task_name="on-policy accuracy",
                                       dataset_type="policy-samples", dataset_name=name, metric_type="accuracy",
-                                      metric_name="on-policy accuracy vs gold", metric_value=round(e["on_policy_acc"], 4)))
+                                      metric_name="on-policy accuracy vs gold",
+                                      metric_value=round(e["on_policy_acc"], 4)))
     for e in info["off_policy"]:
         results.append(EvalResult(task_type="text-classification", task_name="preference accuracy",
                                   dataset_type=e["pairs_file"] if _is_hub_id(e["pairs_file"]) else "preference-pairs",
                                   dataset_name=os.path.basename(e["pairs_file"]), metric_type="accuracy",
-                                  metric_name="off-policy pairwise accuracy", metric_value=round(e["off_policy_acc"], 4)))
+                                  metric_name="off-policy pairwise accuracy",
+                                  metric_value=round(e["off_policy_acc"], 4)))
     base = info["base_model"]
     data = ModelCardData(
         base_model=base if _is_hub_id(base) else None, license=license, library_name="transformers",
@@ -112,11 +115,13 @@ def render_card(info: dict[str, Any], repo_id: str, license: str = "apache-2.0")
         eval_results=results or None)
     return ModelCard.from_template(
         data, template_path=TEMPLATE, model_name=info["model_name"], repo_id=repo_id,
-        base_model=base if _is_hub_id(base) else None, base_model_path=base, train_data=info["train_data"], method=info["method"],
-        objective=info["objective"], prompt_is_chat=info["prompt_is_chat"], evaluations=evaluations,
-        off_policy=info["off_policy"], normalization_policy=info.get("normalization_policy") or "no policy (not measured)",
+        base_model=base if _is_hub_id(base) else None, base_model_path=base, train_data=info["train_data"],
+        method=info["method"], objective=info["objective"], prompt_is_chat=info["prompt_is_chat"],
+        evaluations=evaluations, off_policy=info["off_policy"],
+        normalization_policy=info.get("normalization_policy") or "no policy (not measured)",
         verification=info.get("verification"), adapter_only=info.get("adapter_only", False),
-        max_length=info.get("max_length", 1024), reward_shift=info.get("reward_shift"), reward_scale=info.get("reward_scale"))
+        max_length=info.get("max_length", 1024), reward_shift=info.get("reward_shift"),
+        reward_scale=info.get("reward_scale"))
 
 
 def _write_card(directory: str, info: dict[str, Any]) -> None:
@@ -144,7 +149,8 @@ def verification_summary(report_path: str, checkpoint: str) -> str:
         report = json.load(f)
     mine = [r for r in report["runs"] if os.path.exists(r["rm"]) and os.path.samefile(r["rm"], checkpoint)]
     if not mine:
-        raise VarirmError(f"{path}: none of its RLOO runs used {checkpoint}; verify this checkpoint, or attach no report")
+        raise VarirmError(f"{path}: none of its RLOO runs used {checkpoint}; verify this checkpoint, "
+                          "or attach no report")
     name = mine[0]["name"]
     entries = report.get("policies") or [{"name": None, "policy": report["policy"], "summary": report["summary"]}]
     lines = []
@@ -158,22 +164,28 @@ def _verification_section(report: dict[str, Any], entry: dict[str, Any], mine: l
                           path: str) -> list[str]:
     per_rm, corr = entry["summary"]["per_rm"], entry["summary"]["spearman_with_gold_gain"]
     ranked = sorted(per_rm, key=lambda n: -per_rm[n]["gold_gain"]["mean"])
-    own = "; ".join(f"seed {r['seed']}: gold reward {r['gold_start']:.3f} -> {r['gold_end']:.3f} (gain {r['gold_gain']:.3f}, "
-                    f"AUC {r['gold_auc']:.3f}), proxy gain {r['proxy_gain']:.3f}" for r in mine)
-    lines = [f"RLOO from `{entry['policy']}` against this checkpoint (`{name}` in `{path}`), {report['rloo_steps']} RLOO "
-             f"steps; gold reward `{report['gold']}` measured on held-out prompts. This checkpoint: {own}.", "",
+    own = "; ".join(f"seed {r['seed']}: gold reward {r['gold_start']:.3f} -> {r['gold_end']:.3f} "
+                    f"(gain {r['gold_gain']:.3f}, AUC {r['gold_auc']:.3f}), proxy gain {r['proxy_gain']:.3f}"
+                    for r in mine)
+    lines = [f"RLOO from `{entry['policy']}` against this checkpoint (`{name}` in `{path}`), "
+             f"{report['rloo_steps']} RLOO steps; gold reward `{report['gold']}` measured on held-out prompts. "
+             f"This checkpoint: {own}.", "",
              f"Every RM of that report, mean over seeds {report['seeds']} "
-             f"{'[95% t interval]' if 'lower' in per_rm[name]['gold_gain'] else '± std'} (one checkpoint per seed and recipe):", "",
-             "| RM | whitened variance | on-policy acc | off-policy acc | gold gain | gold AUC |", "|---|---|---|---|---|---|"]
+             f"{'[95% t interval]' if 'lower' in per_rm[name]['gold_gain'] else '± std'} "
+             "(one checkpoint per seed and recipe):", "",
+             "| RM | whitened variance | on-policy acc | off-policy acc | gold gain | gold AUC |",
+             "|---|---|---|---|---|---|"]
     for n in ranked:
         m = per_rm[n]
-        cells = " | ".join(fmt_over_seeds(m[k]) if "lower" in m[k] else f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}" for k in
-                           ("whitened_variance_mean", "on_policy_acc", "off_policy_acc", "gold_gain", "gold_auc"))
+        cells = " | ".join(fmt_over_seeds(m[k]) if "lower" in m[k] else f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}"
+                           for k in ("whitened_variance_mean", "on_policy_acc", "off_policy_acc", "gold_gain",
+                                     "gold_auc"))
         lines.append(f"| {'**' + n + '** (this RM)' if n == name else n} | {cells} |")
     v, off = corr["whitened_variance_mean"], corr["off_policy_acc"]
     show = lambda c: fmt(c["on_means_ci"], 2) if "on_means_ci" in c else f"{c['on_means']:.2f}"  # noqa: E731
-    lines += ["", f"`{name}`'s mean gold gain ranks {ranked.index(name) + 1} of {len(ranked)}. Across these RMs, Spearman "
-              f"correlation of gold gain with whitened variance: {show(v)}; with off-policy accuracy: {show(off)}."]
+    lines += ["", f"`{name}`'s mean gold gain ranks {ranked.index(name) + 1} of {len(ranked)}. Across these RMs, "
+              f"Spearman correlation of gold gain with whitened variance: {show(v)}; with off-policy accuracy: "
+              f"{show(off)}."]
     return lines
 
 
@@ -242,7 +254,8 @@ def export(
                 "repo_id": push_to_hub or repo_id or output, "license": license, "checkpoint": ckpt,
                 "adapter_only": adapter_only, **_card_info(hparams, recipe), "evaluations": evals,
                 "off_policy": _off_policy(evals), "normalization_policy": evals[0]["policy"] if evals else None,
-                "reward_shift": evals[0]["shift"] if evals else None, "reward_scale": evals[0]["scale"] if evals else None,
+                "reward_shift": evals[0]["shift"] if evals else None,
+                "reward_scale": evals[0]["scale"] if evals else None,
                 "verification": verified}
         _write_card(tmp, info)
         os.chmod(tmp, 0o755)
@@ -267,7 +280,8 @@ def upload(folder: str, repo_id: str, private: bool = False) -> str:
 
     api = HfApi()  # endpoint from HF_ENDPOINT, token from HF_TOKEN / login
     api.create_repo(repo_id, private=private, exist_ok=True)
-    commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="Upload reward model (varirm export)")
+    commit = api.upload_folder(repo_id=repo_id, folder_path=folder,
+                               commit_message="Upload reward model (varirm export)")
     return commit.commit_url
 
 

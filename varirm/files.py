@@ -84,6 +84,7 @@ def labeler_fingerprint(spec: str) -> str:
 
     module_name, _, attr = spec.replace(":", ".").rpartition(".")
     try:
-        return hashlib.sha256(inspect.getsource(getattr(importlib.import_module(module_name), attr)).encode()).hexdigest()
+        return hashlib.sha256(
+            inspect.getsource(getattr(importlib.import_module(module_name), attr)).encode()).hexdigest()
     except (ImportError, AttributeError, ValueError, OSError, TypeError):
         return spec  # a Hub id: its revision is not known offline

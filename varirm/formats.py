@@ -265,7 +265,8 @@ def normalize_row(raw: Any, fmt: str, columns: dict[str, str]) -> dict[str, Any]
         prompt_text = _common_prefix(full_c, full_r)
         chosen, rejected = full_c[len(prompt_text):], full_r[len(prompt_text):]
         if not chosen or not rejected:
-            raise BadRow("chosen" if not chosen else "rejected", "is a prefix of the other response; nothing left to score")
+            raise BadRow("chosen" if not chosen else "rejected",
+                         "is a prefix of the other response; nothing left to score")
     elif fmt == "conversational":
         head_c, chosen = _response(_get(row, "chosen"), "chosen")
         head_r, rejected = _response(_get(row, "rejected"), "rejected")

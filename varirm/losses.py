@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 
-def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: Optional[torch.Tensor] = None) -> torch.Tensor:
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor,
+                       margin: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Bradley-Terry negative log-likelihood, per pair.
 
     ``loss_i = -log sigmoid(r_c,i - r_r,i - m_i)`` (Bradley & Terry 1952; with a margin as in

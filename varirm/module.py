@@ -107,7 +107,8 @@ class RewardModelModule(LightningModule):
             g_ids, g_mask = batch["group_input_ids"], batch["group_attention_mask"]
             t = max(ids.shape[1], g_ids.shape[1])
             pad = self.tokenizer.pad_token_id
-            ids = torch.cat([F.pad(ids, (0, t - ids.shape[1]), value=pad), F.pad(g_ids, (0, t - g_ids.shape[1]), value=pad)])
+            ids = torch.cat([F.pad(ids, (0, t - ids.shape[1]), value=pad),
+                             F.pad(g_ids, (0, t - g_ids.shape[1]), value=pad)])
             mask = torch.cat([F.pad(mask, (0, t - mask.shape[1])), F.pad(g_mask, (0, t - g_mask.shape[1]))])
         rewards = self(ids, mask)
         chosen, rejected = rewards[:n_pairs].chunk(2)  # (b,), (b,)
@@ -197,7 +198,8 @@ class RewardModelModule(LightningModule):
             return
         report = self.val_policy_metrics.compute()
         self.val_policy_metrics.reset()
-        names = {"whitened_variance_mean": "val_policy/whitened_variance", "raw_variance_mean": "val_policy/raw_variance",
+        names = {"whitened_variance_mean": "val_policy/whitened_variance",
+                 "raw_variance_mean": "val_policy/raw_variance",
                  "on_policy_acc": "val_policy/acc", "scale": "val_policy/reward_scale"}
         for key, name in names.items():
             if key in report:

@@ -147,6 +147,7 @@ def render_markdown(table: dict) -> str:
             r = row["ratio_to_reference"][n]
             needed = f", ~{r['seeds_needed']} seeds" if r.get("seeds_needed") else ""
             cells.append(f"{fmt(r['ratio'], 2)} {r['verdict']}{needed}")
-        lines.append(f"| {row['optimizer']} | {row['beta']:g} | {row['advantage_normalization']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['optimizer']} | {row['beta']:g} | {row['advantage_normalization']} | "
+                     + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)

@@ -73,7 +73,8 @@ def group_std_advantages(advantages: torch.Tensor, rewards: torch.Tensor, eps: f
     return advantages / (rewards.std(dim=1, keepdim=True) + eps)
 
 
-def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, estimator: KLEstimator = "k1") -> torch.Tensor:
+def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
+                estimator: KLEstimator = "k1") -> torch.Tensor:
     """Sequence KL(pi || ref) estimates from sampled tokens, summed over response tokens.
 
     ``k1 = log pi - log ref`` (unbiased, can be negative); ``k3 = (rho - 1) - log rho`` with
@@ -213,8 +214,8 @@ class RLOOModule(LightningModule):
 
     def __init__(self, policy_name_or_path: str, reward_model: str, gold: Optional[str] = None, k: int = 4,
                  beta: float = 0.05, kl_estimator: KLEstimator = "k3", ppo_epochs: int = 1,
-                 clip_eps: Optional[float] = 0.2, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 32,
-                 sampling_precision: Precision = "auto", reward_shift: Optional[float] = None,
+                 clip_eps: Optional[float] = 0.2, temperature: float = 1.0, top_p: float = 1.0,
+                 max_new_tokens: int = 32, sampling_precision: Precision = "auto", reward_shift: Optional[float] = None,
                  reward_scale: Optional[float] = None, lr: float = 1e-5,
                  optimizer: Optimizer = "adamw", advantage_normalization: AdvantageNormalization = "none",
                  advantage_eps: float = 1e-4, lora_r: int = 0, lora_alpha: int = 16, lora_dropout: float = 0.0,
@@ -315,10 +316,12 @@ class RLOOModule(LightningModule):
         spread = reward.view(-1, hp.k).std(dim=1, correction=0)
         logs = {"rloo/proxy_reward": reward.mean(), "rloo/kl": kl.mean(), "rloo/loss": loss.detach(),
                 "rloo/entropy": (entropy * resp_mask).sum() / resp_mask.sum().clamp_min(1),
-                "rloo/reward_std_per_prompt": spread.mean(), "rloo/zero_spread_fraction": (spread < 1e-6).float().mean(),
+                "rloo/reward_std_per_prompt": spread.mean(),
+                "rloo/zero_spread_fraction": (spread < 1e-6).float().mean(),
                 "rloo/response_length": resp_mask.sum(-1).mean()}
         if self.gold_fn is not None:
-            logs["rloo/gold_reward"] = torch.tensor(self.gold_fn(s["prompts"], s["responses"]), device=self.device).float().mean()
+            logs["rloo/gold_reward"] = torch.tensor(self.gold_fn(s["prompts"], s["responses"]),
+                                                    device=self.device).float().mean()
         self.log_dict(logs, prog_bar=True, batch_size=n // hp.k, sync_dist=True)  # means over processes
 
     def configure_optimizers(self):
@@ -327,7 +330,8 @@ class RLOOModule(LightningModule):
             return torch.optim.SGD(params, lr=self.hparams.lr)
         return torch.optim.AdamW(params, lr=self.hparams.lr)
 
-    def _reference_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int = 0) -> torch.Tensor:
+    def _reference_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                            start: int = 0) -> torch.Tensor:
         if self.reference is not None:
             return token_logprobs(self.reference, input_ids, attention_mask, start, entropy=False)[0]
         with self.policy.disable_adapter():  # LoRA: the frozen base is the initial policy

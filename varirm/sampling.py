@@ -124,9 +124,9 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float) -> torch
     Inverse-CDF sampling: one uniform draw ``u`` per row and the first token whose cumulative
     probability exceeds ``u``. ``torch.multinomial``, which ``generate`` uses, draws one exponential
     per vocabulary entry on CPU (0.21 of a SmolLM2-135M sampling pass's CPU time at 64 rows x 49k
-    tokens, in ``scripts/bench_sampling.py``'s profile); this is a cumulative sum. No top-k cut (``generate`` cuts to the top 50
-    unless told otherwise): RLOO's log-probabilities and KL are those of the full distribution,
-    which is the one sampled here.
+    tokens, in ``scripts/bench_sampling.py``'s profile); this is a cumulative sum. No top-k cut
+    (``generate`` cuts to the top 50 unless told otherwise): RLOO's log-probabilities and KL are
+    those of the full distribution, which is the one sampled here.
 
     >>> sample_next(torch.tensor([[0.0, 10.0, 0.0]]), 1.0, 1.0)
     tensor([1])
@@ -371,9 +371,9 @@ class RegenerateSamples(Callback):
         batch_size: Prompts per generate call.
     """
 
-    def __init__(self, policy: str, prompts: str, every_n_steps: int = 100, k: int = 4, num_prompts: Optional[int] = None,
-                 temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 32, seed: int = 0,
-                 batch_size: int = 16):
+    def __init__(self, policy: str, prompts: str, every_n_steps: int = 100, k: int = 4,
+                 num_prompts: Optional[int] = None, temperature: float = 1.0, top_p: float = 1.0,
+                 max_new_tokens: int = 32, seed: int = 0, batch_size: int = 16):
         if every_n_steps < 1:
             raise ConfigError(f"every_n_steps must be at least 1, got {every_n_steps}")
         self.policy, self.prompts, self.every_n_steps, self.num_prompts = policy, prompts, every_n_steps, num_prompts

@@ -131,11 +131,13 @@ def resolve_labeler(spec: str, batch_size: int = 32, device: Optional[str] = Non
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, ValueError) as e:
-        raise VarirmError(f"labeler {spec!r}: neither a reward-model directory nor an importable callable ({e})") from None
+        raise VarirmError(f"labeler {spec!r}: neither a reward-model directory nor an importable callable "
+                          f"({e})") from None
     return lambda prompts, responses: [float(fn(p, r)) for p, r in zip(prompts, responses)]
 
 
-def label_samples(samples: list[dict], labeler: Optional[str] = None, device: Optional[str] = None) -> list[list[float]]:
+def label_samples(samples: list[dict], labeler: Optional[str] = None,
+                  device: Optional[str] = None) -> list[list[float]]:
     """Labels ``(p, k)`` of a samples file's rows: from ``labeler`` when given (it wins), else the
     rows' own ``gold`` field. The labeler RM (if any) is loaded for this call only."""
     if labeler:

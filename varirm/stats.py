@@ -64,7 +64,8 @@ def bootstrap_interval(statistic: Callable[[torch.Tensor], float], n: int, resam
     if n < 2:
         return interval(estimate, float("nan"), float("nan"), method, n)
     g = torch.Generator().manual_seed(seed)
-    draws = torch.tensor([statistic(torch.randint(n, (n,), generator=g)) for _ in range(resamples)], dtype=torch.float64)
+    draws = torch.tensor([statistic(torch.randint(n, (n,), generator=g)) for _ in range(resamples)],
+                         dtype=torch.float64)
     draws = draws[~torch.isnan(draws)]
     if draws.numel() == 0:
         return interval(estimate, float("nan"), float("nan"), method, n)

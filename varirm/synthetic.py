@@ -126,7 +126,8 @@ def half_flat_gold_reward(prompt: Any, response: str) -> float:
     prompt-dependent levels, a band four times wider (``HALF_FLAT_BAND``), so its within-prompt
     variance under a policy sits between theirs while it still ranks exactly as gold.
 
-    >>> half_flat_gold_reward("List some fruit words.", "apple pear") - half_flat_gold_reward("List some fruit words.", "")
+    >>> half_flat_gold_reward("List some fruit words.", "apple pear") - half_flat_gold_reward(
+    ...     "List some fruit words.", "")
     0.25
     """
     return squashed_gold_reward(prompt, response, HALF_FLAT_BAND)
@@ -195,7 +196,8 @@ def make_pairs(n: int, seed: int, min_gap: float = 0.25, bt_temperature: float =
             continue
         a_wins = bt_label(rng, ga, gb, bt_temperature)
         (chosen, g_c), (rejected, g_r) = ((a, ga), (b, gb)) if a_wins else ((b, gb), (a, ga))
-        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "gold_chosen": g_c, "gold_rejected": g_r})
+        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "gold_chosen": g_c,
+                     "gold_rejected": g_r})
     return rows
 
 
@@ -265,6 +267,8 @@ def write_task(output_dir: str, n_train: int = 4000, n_val: int = 500, n_test: i
              "prompts": make_prompts(n_prompts, base + 4), "eval_prompts": make_prompts(n_eval_prompts, base + 5)}
     paths = {name: _write_jsonl(os.path.join(output_dir, f"{name}.jsonl"), rows) for name, rows in files.items()}
     with open(os.path.join(output_dir, "task.json"), "w") as f:
-        json.dump({"task": "varirm.synthetic topic words (strong off-policy pairs, weak pi0)", "gold_reward": "varirm.synthetic.gold_reward",
-                   "seed": seed, "bt_temperature": bt_temperature, "demo_slip": list(demo_slip), "sizes": {name: len(rows) for name, rows in files.items()}}, f, indent=2)
+        json.dump({"task": "varirm.synthetic topic words (strong off-policy pairs, weak pi0)",
+                   "gold_reward": "varirm.synthetic.gold_reward",
+                   "seed": seed, "bt_temperature": bt_temperature, "demo_slip": list(demo_slip),
+                   "sizes": {name: len(rows) for name, rows in files.items()}}, f, indent=2)
     return paths

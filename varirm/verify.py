@@ -110,7 +110,8 @@ def curve_summary(curve: list[dict[str, float]]) -> dict[str, float]:
     gold = [p["gold_reward"] - curve[0]["gold_reward"] for p in curve]
     area = sum((steps[i + 1] - steps[i]) * (gold[i] + gold[i + 1]) / 2 for i in range(len(curve) - 1))
     return {"gold_start": curve[0]["gold_reward"], "gold_end": curve[-1]["gold_reward"], "gold_gain": gold[-1],
-            "proxy_gain": curve[-1]["proxy_reward"] - curve[0]["proxy_reward"], "gold_auc": area / (steps[-1] - steps[0]),
+            "proxy_gain": curve[-1]["proxy_reward"] - curve[0]["proxy_reward"],
+            "gold_auc": area / (steps[-1] - steps[0]),
             "steps": steps[-1]}
 
 
@@ -194,7 +195,8 @@ def checks(summary: dict[str, Any], low_variance: Optional[str], compare: Option
     var_ci, off_ci = corr["whitened_variance_mean"]["on_means_ci"], corr["off_policy_acc"]["on_means_ci"]
     level, above = judge(var_ci, 0.8), judge(_difference_ci(summary, rows, seeds), 0.0)
     verdict = _all_of([level, above])
-    out.append({"claim": "Spearman(whitened variance, gold gain) >= 0.8 and above Spearman(off-policy accuracy, gold gain)",
+    out.append({"claim": "Spearman(whitened variance, gold gain) >= 0.8 and above "
+                         "Spearman(off-policy accuracy, gold gain)",
                 "measured": f"variance {fmt(var_ci)} vs off-policy accuracy {fmt(off_ci)} (on per-RM means, 95% "
                             "bootstrap over seeds within each RM)",
                 "intervals": {"variance": var_ci, "off_policy_accuracy": off_ci}, **verdict})
@@ -206,9 +208,11 @@ def checks(summary: dict[str, Any], low_variance: Optional[str], compare: Option
         verdict = _all_of([judge(ci, 0.0) for ci in diffs.values()]) if others else {"verdict": "MISS"}
         out.append({"claim": f"the perfectly accurate, low-variance RM `{low_variance}` gains less gold reward than "
                              "the less accurate, higher-variance trained RMs",
-                    "measured": f"gain {low['gold_gain']['mean']:.3f} (on-policy acc {low['on_policy_acc']['mean']:.3f}, "
-                                f"variance {low['whitened_variance_mean']['mean']:.3f}); paired gain difference (trained - "
-                                f"{low_variance}, t over seeds): " + ", ".join(f"{n} {fmt(ci)}" for n, ci in diffs.items()),
+                    "measured": f"gain {low['gold_gain']['mean']:.3f} "
+                                f"(on-policy acc {low['on_policy_acc']['mean']:.3f}, "
+                                f"variance {low['whitened_variance_mean']['mean']:.3f}); paired gain difference "
+                                f"(trained - {low_variance}, t over seeds): "
+                                + ", ".join(f"{n} {fmt(ci)}" for n, ci in diffs.items()),
                     "intervals": diffs, **verdict})
     if compare:
         plain, *regularized = compare
@@ -233,7 +237,8 @@ def regularizer_check(rows: list[dict[str, Any]], seeds: list[int], plain: str, 
     variance that is closed); (b) on-policy accuracy stays within 2 points (difference above
     -0.02); (c) gold gain ratio >= 1.2 with the interval excluding 1.0 (MISS when the interval
     lies wholly below 1.2)."""
-    var = paired(_per_seed(rows, plain, seeds, "whitened_variance_mean"), _per_seed(rows, reg, seeds, "whitened_variance_mean"))
+    var = paired(_per_seed(rows, plain, seeds, "whitened_variance_mean"),
+                 _per_seed(rows, reg, seeds, "whitened_variance_mean"))
     acc = paired(_per_seed(rows, plain, seeds, "on_policy_acc"), _per_seed(rows, reg, seeds, "on_policy_acc"))
     gain = paired(_gains(rows, plain, seeds), _gains(rows, reg, seeds))
     ratio = gain["ratio"]
@@ -247,14 +252,17 @@ def regularizer_check(rows: list[dict[str, Any]], seeds: list[int], plain: str, 
              "gold_gain": gain_verdict}
     closed = ""
     if on_policy_rm is not None:
-        level = {n: sum(_per_seed(rows, n, seeds, "whitened_variance_mean")) / len(seeds) for n in (plain, reg, on_policy_rm)}
+        level = {n: sum(_per_seed(rows, n, seeds, "whitened_variance_mean")) / len(seeds)
+                 for n in (plain, reg, on_policy_rm)}
         gap = level[on_policy_rm] - level[plain]
         if gap != 0:
-            closed = f" ({(level[reg] - level[plain]) / gap:.0%} of the gap to `{on_policy_rm}`'s {level[on_policy_rm]:.3f})"
+            closed = (f" ({(level[reg] - level[plain]) / gap:.0%} of the gap to "
+                      f"`{on_policy_rm}`'s {level[on_policy_rm]:.3f})")
     return {"claim": f"the variance-regularized RM `{reg}` beats plain BT `{plain}` at equal data: (a) higher whitened "
                      f"variance, (b) on-policy accuracy within {ACC_TOLERANCE:.2f}, (c) gold gain >= {GAIN_RATIO}x",
             "measured": f"(a) variance difference {fmt(var['difference'])}{closed}: {parts['variance']['verdict']}; "
-                        f"(b) on-policy accuracy difference {fmt(acc['difference'])}: {parts['on_policy_acc']['verdict']}; "
+                        f"(b) on-policy accuracy difference {fmt(acc['difference'])}: "
+                        f"{parts['on_policy_acc']['verdict']}; "
                         f"(c) gold gain ratio {fmt(ratio, 2)} (paired bootstrap over seeds), difference "
                         f"{fmt(gain['difference'])} (t over seeds): {gain_verdict['verdict']}",
             "intervals": {"variance": var, "on_policy_acc": acc, **gain}, "parts": parts,
@@ -290,7 +298,9 @@ def _verdict(check: dict[str, Any]) -> str:
     verdict = check.get("verdict") or ("PASS" if check.get("passed") else "MISS")
     if verdict == "INCONCLUSIVE":
         needed = check.get("seeds_needed")
-        return f"INCONCLUSIVE ({f'about {needed} seeds would resolve it at this spread' if needed else 'no estimate of the seeds needed'})"
+        reason = (f"about {needed} seeds would resolve it at this spread" if needed
+                  else "no estimate of the seeds needed")
+        return f"INCONCLUSIVE ({reason})"
     return verdict
 
 
@@ -308,7 +318,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     across = report["across_policies"]
     parts += ["## Across policies", "", "Does the ranking of RMs by gold gain change between policies? Spearman "
               "between the per-RM mean gains (95% bootstrap over seeds within each RM; PASS = the ranking changes: "
-              "the interval lies below 1):", "", "| policies | Spearman of gains [95% CI] | ranking changes? |", "|---|---|---|"]
+              "the interval lies below 1):", "", "| policies | Spearman of gains [95% CI] | ranking changes? |",
+              "|---|---|---|"]
     for row in across["rank_agreement"]:
         parts.append(f"| `{row['a']}` vs `{row['b']}` | {fmt(row['spearman'])} | {_verdict(row)} |")
     parts += ["", "Which policy's variance predicts gold gain? Spearman(whitened variance under the row's policy, "
@@ -325,11 +336,13 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 def _policy_view(report: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
     """The report as seen from one initial policy: its summary, checks and runs."""
-    return {**report, **{k: entry[k] for k in ("policy", "eval_samples", "eval_prompts", "eval_k", "summary", "checks")},
+    return {**report,
+            **{k: entry[k] for k in ("policy", "eval_samples", "eval_prompts", "eval_k", "summary", "checks")},
             "runs": [r for r in report["runs"] if r.get("policy", entry["name"]) == entry["name"]]}
 
 
-def across_policies(runs: list[dict[str, Any]], names: list[str], policies: list[str], seeds: list[int]) -> dict[str, Any]:
+def across_policies(runs: list[dict[str, Any]], names: list[str], policies: list[str],
+                    seeds: list[int]) -> dict[str, Any]:
     """Razin et al.'s Theorem 3 measured: for each pair of policies, Spearman between the RMs' mean
     gold gains under each (the same ranking gives 1; PASS when the whole interval is below 1,
     MISS when every resample keeps the ranking); and for each (variance policy, gain policy),
@@ -367,13 +380,16 @@ def _render_one(report: dict[str, Any], title: str) -> str:
              "policy on held-out prompts after RLOO minus before; AUC: average gold gain over the run.", ""]
     if len(seeds) < 2:
         lines += [f"**{ONE_SEED}**", ""]
-    lines += ["| RM | whitened variance | on-policy acc | off-policy acc | gold gain | proxy gain | gold AUC | what it is |",
+    lines += ["| RM | whitened variance | on-policy acc | off-policy acc | gold gain | proxy gain | gold AUC | "
+              "what it is |",
               "|---|---|---|---|---|---|---|---|"]
     for name in specs:
         m = s["per_rm"][name]
-        lines.append(f"| `{name}` | " + " | ".join(fmt_over_seeds(m[k]) for k in METRICS) + f" | {specs[name]['description']} |")
+        lines.append(f"| `{name}` | " + " | ".join(fmt_over_seeds(m[k]) for k in METRICS)
+                     + f" | {specs[name]['description']} |")
     lines += ["", "Spearman correlation with the gold gain, across RMs (on per-RM means, 95% bootstrap interval "
-              "resampling seeds within each RM):", "", "| quantity | on per-RM means [95% CI] | per seed |", "|---|---|---|"]
+              "resampling seeds within each RM):", "", "| quantity | on per-RM means [95% CI] | per seed |",
+              "|---|---|---|"]
     for c in s["spearman_with_gold_gain"].values():
         ci = c.get("on_means_ci")
         lines.append(f"| {c['label']} | {fmt(ci) if ci else format(c['on_means'], '.3f')} | "
@@ -385,7 +401,8 @@ def _render_one(report: dict[str, Any], title: str) -> str:
     lines += ["", "Plots: `gold_curves.png` (gold reward vs RLOO step, mean over seeds with a 95% t band), "
               "`variance_vs_gain.png`, `accuracy_vs_gain.png` (error bars: 95% intervals over seeds).", "", "Per run "
               "(whitened variance and on-policy accuracy with 95% bootstrap intervals over evaluation prompts):", "",
-              "| RM | seed | whitened var | on-policy acc | off-policy acc | gold start | gold end | gold gain | proxy gain | gold AUC |",
+              "| RM | seed | whitened var | on-policy acc | off-policy acc | gold start | gold end | gold gain | "
+              "proxy gain | gold AUC |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
         cells = [fmt(r[f"{k}_ci"]) if r.get(f"{k}_ci") else f"{r[k]:.3f}"
@@ -414,7 +431,8 @@ def plot(report: dict[str, Any], output_dir: str, suffix: str = "") -> list[str]
 
     names = [r["name"] for r in report["reward_models"]]
     per_rm = report["summary"]["per_rm"]
-    paths = [os.path.join(output_dir, f"{f}{suffix}.png") for f in ("gold_curves", "variance_vs_gain", "accuracy_vs_gain")]
+    paths = [os.path.join(output_dir, f"{f}{suffix}.png")
+             for f in ("gold_curves", "variance_vs_gain", "accuracy_vs_gain")]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name in names:
         curves = [r["curve"] for r in report["runs"] if r["name"] == name]
@@ -423,7 +441,8 @@ def plot(report: dict[str, Any], output_dir: str, suffix: str = "") -> list[str]
         xs = steps[:len(bands)]
         line, = ax.plot(xs, [b["estimate"] for b in bands], marker="o", markersize=3, label=name)
         if len(curves) > 1:  # 95% t band over seeds
-            ax.fill_between(xs, [b["lower"] for b in bands], [b["upper"] for b in bands], color=line.get_color(), alpha=0.15)
+            ax.fill_between(xs, [b["lower"] for b in bands], [b["upper"] for b in bands], color=line.get_color(),
+                            alpha=0.15)
     ax.set_xlabel("RLOO step")
     ax.set_ylabel("gold reward (held-out prompts)")
     ax.legend(fontsize=7)
@@ -517,7 +536,8 @@ def verify(
     for spec in reward_models:
         if (spec.recipe is None) == (spec.reward is None):
             raise ConfigError(f"reward model {spec.name!r}: give exactly one of recipe (to train it) or reward")
-    for ref, what in [(n, "compare") for n in compare or []] + [(low_variance, "low_variance"), (on_policy_rm, "on_policy_rm")]:
+    for ref, what in ([(n, "compare") for n in compare or []]
+                      + [(low_variance, "low_variance"), (on_policy_rm, "on_policy_rm")]):
         if ref is not None and ref not in names:
             raise ConfigError(f"{what} names {ref!r}, which is not among the reward models {names}")
     if compare is not None and len(compare) < 2:
@@ -539,7 +559,8 @@ def verify(
     policies = [policy] if isinstance(policy, str) else list(policy)
     samples_files = [eval_samples] if isinstance(eval_samples, str) else list(eval_samples)
     if len(policies) != len(samples_files) or not policies:
-        raise ConfigError(f"give one eval_samples file per policy: {len(policies)} policies, {len(samples_files)} files")
+        raise ConfigError(f"give one eval_samples file per policy: {len(policies)} policies, "
+                          f"{len(samples_files)} files")
     policy_names = [os.path.basename(p.rstrip("/")) for p in policies]
     if len(set(policy_names)) != len(policy_names):
         raise ConfigError(f"policies need distinct last path parts (their names in the report): {policy_names}")
@@ -557,13 +578,15 @@ def verify(
                 rm = os.path.join(rm_dir, "checkpoints", "last.ckpt")
                 if not _done(rm_dir):
                     shutil.rmtree(rm_dir, ignore_errors=True)
-                    run_command(["fit", "--config", spec.recipe, *_flags(spec.overrides), "--seed_everything", str(seed),
-                                 "--data.init_args.seed", str(seed), "--trainer.default_root_dir", rm_dir, *quiet])
+                    run_command(["fit", "--config", spec.recipe, *_flags(spec.overrides), "--seed_everything",
+                                 str(seed), "--data.init_args.seed", str(seed), "--trainer.default_root_dir", rm_dir,
+                                 *quiet])
                     _mark_done(rm_dir, {"checkpoint": rm})
             train_s = time.time() - t0
             for pname, ppath, samples_file in zip(policy_names, policies, samples_files):
                 key = f"{pname}/{spec.name}/seed{seed}" if multi else f"{spec.name}/seed{seed}"
-                eval_dir, rloo_dir = (os.path.join(output_dir, part, *([pname] if multi else []), spec.name, f"seed{seed}")
+                eval_dir, rloo_dir = (os.path.join(output_dir, part, *([pname] if multi else []), spec.name,
+                                                   f"seed{seed}")
                                       for part in ("eval", "rloo"))
                 t1 = time.time()
                 if _done(eval_dir):
@@ -579,7 +602,8 @@ def verify(
                     shutil.rmtree(rloo_dir, ignore_errors=True)
                     run_command(["rloo", "--config", rloo_recipe, *_flags(rloo_overrides),
                                  "--model.init_args.policy_name_or_path", ppath, "--model.init_args.reward_model", rm,
-                                 "--model.init_args.gold", gold, "--model.init_args.reward_shift", str(metrics["shift"]),
+                                 "--model.init_args.gold", gold,
+                                 "--model.init_args.reward_shift", str(metrics["shift"]),
                                  "--model.init_args.reward_scale", str(metrics["scale"]), "--model.init_args.seed",
                                  str(seed), "--seed_everything", str(seed), "--data.init_args.seed", str(seed),
                                  "--trainer.default_root_dir", rloo_dir, *quiet])

@@ -74,3 +74,21 @@ def test_importing_every_module_prints_nothing_and_loads_no_bitsandbytes(tmp_pat
     result = json.loads(report.read_text())
     assert "varirm.cli" in result["modules"] and "varirm.console" in result["modules"]
     assert "bitsandbytes" not in result["loaded"] and "peft" not in result["loaded"], result["loaded"]
+
+
+def test_varirm_lines_through_lightning_stay_and_unhandled_library_warnings_go():
+    """varirm's data lines go through Lightning's console handler (``rank_zero_info``), which
+    Lightning adds only if the root logger has none: quiet mode must leave the root alone."""
+    code = textwrap.dedent("""
+        import logging
+        from varirm import console
+        console.quiet_third_party()
+        import varirm.commands
+        console.configure()
+        from lightning.pytorch.utilities import rank_zero_info
+        rank_zero_info("data/train: 4 pairs from 4 rows")
+        logging.getLogger("thirdparty.probe").warning("probe: unhandled library warning")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (proc.stdout + proc.stderr).strip() == "data/train: 4 pairs from 4 rows"

@@ -8,9 +8,11 @@ when a new reward model's score head is initialised, which is expected), dataset
 
 Two steps, because libraries can print while they are imported: :func:`quiet_third_party` runs
 before any heavy import (environment variables the libraries read at import, warning filters, and
-a root logging handler so that records of loggers without a handler of their own are dropped
-instead of reaching Python's last-resort stderr handler); :func:`configure` runs after the imports
-(Lightning's own handlers, transformers' and datasets' verbosity and loading bars).
+Python's last-resort logging handler replaced by one that drops records: a library's
+``logger.warning`` through a logger that no handler serves otherwise reaches stderr);
+:func:`configure` runs after the imports (Lightning's own handlers, transformers' and datasets'
+verbosity and loading bars). The root logger gets no handler: Lightning adds its own console
+handler only when the root has none, and varirm's data lines go through it.
 """
 
 from __future__ import annotations
@@ -49,9 +51,9 @@ QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "TRANSFORMERS_NO_ADVISORY_WARNIN
 
 
 class DropUnhandled(logging.NullHandler):
-    """The root logger's handler in quiet mode: a record that no handler of its own logger or its
+    """:data:`logging.lastResort` in quiet mode: a record that no handler of its logger or its
     parents took (e.g. a library's ``logger.warning`` at import time) ends here, silently, instead
-    of at :data:`logging.lastResort`, which writes warnings to stderr."""
+    of in Python's default last resort, which writes warnings to stderr."""
 
 
 def quiet_third_party() -> None:
@@ -66,9 +68,7 @@ def quiet_third_party() -> None:
     # every other library warning (Lightning's PossibleUserWarning, "modules in eval mode" for a
     # frozen reference policy, ...); varirm's own warnings stay
     warnings.filterwarnings("ignore", module=r"^(?!varirm)")
-    root = logging.getLogger()
-    if not any(isinstance(h, DropUnhandled) for h in root.handlers):
-        root.addHandler(DropUnhandled())
+    logging.lastResort = DropUnhandled()
 
 
 def configure() -> None:

@@ -62,7 +62,11 @@ def make_model_dir(path: str, args) -> str:
                          num_key_value_heads=args.num_kv_heads, max_position_embeddings=max(args.seq_len, 2048),
                          vocab_size=len(tokenizer), tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    AutoModelForCausalLM.from_config(config).to(torch.bfloat16).save_pretrained(path)
+    # initialised on the GPU when there is one: an 8B-shaped model takes minutes to initialise on CPU cores
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
+    model.save_pretrained(path)
+    del model
     tokenizer.save_pretrained(path)
     return path
 

@@ -1,0 +1,317 @@
+"""The GPU check: everything varirm wants measured on a GPU, in one run that fits a short GPU loan.
+
+Parts, in order, each in its own process with its own time limit; a part that fails or runs out of
+time is recorded and the next one runs:
+
+1. ``env``: device, versions, and the device's own dense bf16 matmul rate (an ``n x n x n`` product,
+   timed after warm-ups), the denominator of the RM benchmark's MFU;
+2. ``rm_1b``: ``scripts/bench_gpu_rm.py`` on a ~1B Llama-shaped random-init model (no Hub): full,
+   LoRA and QLoRA at 2048 tokens: tokens/s, MFU against the measured rate, peak memory;
+3. ``qlora_8b``: the same benchmark, QLoRA only, on a Llama-3.1-8B-shaped model: peak memory (target
+   under 24 GB);
+4. ``rloo_testbed``: RLOO throughput of the synthetic testbed's GPU recipe
+   (``recipes/rloo/verify_testbed_gpu.yaml``) from a testbed-shaped policy against the gold reward:
+   two runs of different lengths, so start-up cancels out of the prompts/s;
+5. ``verify_testbed``: one seed of ``recipes/verify/testbed_gpu.yaml``, shortened to fit (the changes
+   are listed in the summary), with its wall time.
+
+``--dry-run`` runs the same code paths on the CPU with tiny shapes (the test suite runs it), so the
+script is known to work before a GPU is lent. Outputs under OUT: ``summary.json``, ``summary.md``, one
+log per part, each benchmark's own JSON/Markdown. Run it through ``scripts/gpu_check.sh``.
+
+    python scripts/gpu_check.py OUT [--dry-run] [--parts env rm_1b ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PARTS = ["env", "rm_1b", "qlora_8b", "rloo_testbed", "verify_testbed"]
+# seconds per part on the GPU (the loan is about 15 minutes in all, 10 minutes per command at most)
+LIMITS = {"env": 60, "rm_1b": 240, "qlora_8b": 240, "rloo_testbed": 120, "verify_testbed": 300}
+DRY_LIMIT = 120
+
+SHAPES = {  # bench_gpu_rm.py model shapes
+    "1b": ["--hidden_size", "2048", "--intermediate_size", "8192", "--num_layers", "16", "--num_heads", "32",
+           "--num_kv_heads", "8"],
+    "8b": ["--hidden_size", "4096", "--intermediate_size", "14336", "--num_layers", "32", "--num_heads", "32",
+           "--num_kv_heads", "8"],
+    "tiny": ["--hidden_size", "64", "--intermediate_size", "128", "--num_layers", "2", "--num_heads", "4",
+             "--num_kv_heads", "2"],
+}
+# testbed world sizes of the verify recipe's prepare steps, for the dry run
+DRY_PREPARE = {"--hidden_size": "32", "--num_layers": "2", "--num_heads": "2", "--n_train": "64", "--n_val": "16",
+               "--n_test": "16", "--n_demos": "64", "--n_prompts": "64", "--n_eval_prompts": "8"}
+# RLOO batches for the dry run: prompts per step, samples per prompt, response length
+DRY_RLOO = {"data.init_args.batch_size": 4, "model.init_args.k": 2, "model.init_args.max_new_tokens": 8}
+DRY_REWARD_MODELS = ["onpolicy_0", "bt_reg", "gold", "flat_gold"]
+
+
+def matmul_tflops(n: int, repeats: int = 10, warmup: int = 3) -> dict[str, Any]:
+    """Dense bf16 ``(n, n) @ (n, n)`` rate in TFLOP/s (``2 n^3`` FLOPs a product), mean of ``repeats``
+    timed products after ``warmup`` untimed ones, on random normal data; CUDA when available."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        a @ b
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync()
+    seconds = (time.perf_counter() - start) / repeats
+    return {"n": n, "repeats": repeats, "seconds_per_product": seconds, "tflops": 2 * n**3 / seconds / 1e12}
+
+
+def env_part(out: str, dry: bool) -> None:
+    import importlib.metadata as md
+    import platform
+
+    import torch
+
+    versions = {}
+    for name in ("torch", "transformers", "lightning", "peft", "bitsandbytes", "datasets", "jsonargparse",
+                 "torchmetrics"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = None
+    cuda = torch.cuda.is_available()
+    result = {"python": platform.python_version(), "versions": versions, "cuda": torch.version.cuda if cuda else None,
+              "device": torch.cuda.get_device_name() if cuda else f"cpu ({platform.processor() or platform.machine()})",
+              "memory_gib": torch.cuda.get_device_properties(0).total_memory / 2**30 if cuda else None,
+              "matmul_bf16": matmul_tflops(256 if dry else 8192, repeats=2 if dry else 10)}
+    with open(os.path.join(out, "env.json"), "w") as f:
+        json.dump(result, f, indent=2)
+
+
+def rewrite_recipe(path: str, work: str, dry: bool) -> str:
+    """A copy of a testbed recipe under ``work/recipes`` with its artifacts and runs under ``work``
+    (and, for the dry run, the CPU instead of the GPU). Returns the copy's path."""
+    text = open(os.path.join(ROOT, path)).read()
+    text = text.replace("artifacts/testbed", f"{work}/testbed").replace("runs/", f"{work}/runs/")
+    text = text.replace("recipes/rloo/verify_testbed_gpu.yaml", f"{work}/recipes/verify_testbed_gpu.yaml")
+    text = text.replace("recipes/onpolicy_testbed_gpu.yaml", f"{work}/recipes/onpolicy_testbed_gpu.yaml")
+    if dry:
+        text = re.sub(r"accelerator: gpu\b", "accelerator: cpu", text)
+        text = text.replace("--trainer.accelerator, gpu", "--trainer.accelerator, cpu")
+    copy = os.path.join(work, "recipes", os.path.basename(path))
+    os.makedirs(os.path.dirname(copy), exist_ok=True)
+    with open(copy, "w") as f:
+        f.write(text)
+    return copy
+
+
+def shortened_verify(work: str, dry: bool) -> tuple[str, list[str]]:
+    """recipes/verify/testbed_gpu.yaml shortened to one seed and short runs (tiny world when dry).
+    Returns the recipe's path and the list of changes, for the summary."""
+    rewrite_recipe("recipes/rloo/verify_testbed_gpu.yaml", work, dry)
+    rewrite_recipe("recipes/onpolicy_testbed_gpu.yaml", work, dry)
+    recipe = yaml.safe_load(open(rewrite_recipe("recipes/verify/testbed_gpu.yaml", work, dry)))
+    rm_steps, rloo_steps = (2, 4) if dry else (300, 60)
+    changes = ["seeds [0] (the recipe has 3)", f"each trained RM: trainer.max_steps {rm_steps}",
+               f"each RLOO run: trainer.max_steps {rloo_steps} ({rloo_steps // 2} RLOO steps; the recipe has 100)",
+               f"artifacts and runs under {work}"]
+    recipe["seeds"] = [0]
+    recipe["output_dir"] = os.path.join(work, "verify")
+    recipe["rloo_overrides"] = {**(recipe.get("rloo_overrides") or {}), "trainer.max_steps": rloo_steps,
+                                **(DRY_RLOO if dry else {})}
+    for rm in recipe["reward_models"]:
+        if "recipe" in rm:
+            rm["overrides"] = {**(rm.get("overrides") or {}), "trainer.max_steps": rm_steps}
+    if dry:
+        recipe["reward_models"] = [rm for rm in recipe["reward_models"] if rm["name"] in DRY_REWARD_MODELS]
+        for step in recipe["prepare"]:
+            step["run"] = [DRY_PREPARE.get(prev, arg) if i else arg
+                           for i, (prev, arg) in enumerate(zip([None, *step["run"]], step["run"]))]
+        changes += [f"dry run: reward models {DRY_REWARD_MODELS}, world sizes {DRY_PREPARE}, RLOO {DRY_RLOO}, CPU"]
+    path = os.path.join(work, "recipes", "verify_testbed_short.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(recipe, f, sort_keys=False)
+    return path, changes
+
+
+def varirm(*args: str) -> list[str]:
+    return [sys.executable, "-m", "varirm", *args]
+
+
+def rloo_runs(work: str, dry: bool) -> list[tuple[str, list[str]]]:
+    """The testbed policy (make-tiny-model at the testbed's shape; throughput needs no SFT), the
+    prompts, and two RLOO runs of the GPU recipe that differ only in length."""
+    shape = (["--hidden_size", "32", "--num_layers", "2", "--num_heads", "2"] if dry
+             else ["--hidden_size", "256", "--num_layers", "4", "--num_heads", "8"])
+    sizes = ["--n_train", "64", "--n_val", "16", "--n_test", "16", "--n_demos", "16",
+             "--n_prompts", "256" if dry else "8192", "--n_eval_prompts", "16" if dry else "512"]
+    recipe = yaml.safe_load(open(rewrite_recipe("recipes/rloo/verify_testbed_gpu.yaml", work, dry)))
+    recipe["trainer"]["callbacks"] = []  # no gold-curve evaluations or checkpoints inside the timed runs
+    throughput = os.path.join(work, "recipes", "rloo_throughput.yaml")
+    with open(throughput, "w") as f:
+        yaml.safe_dump(recipe, f, sort_keys=False)
+    steps = (1, 2) if dry else (5, 45)  # RLOO steps; 2 optimizer steps each (ppo_epochs 2)
+    dry_batches = [arg for key, value in DRY_RLOO.items() for arg in (f"--{key}", str(value))] if dry else []
+    runs = [("policy", varirm("make-tiny-model", "--output", f"{work}/testbed/pi0", "--vocab_size", "1024", *shape)),
+            ("prompts", varirm("make-synthetic", "--output_dir", f"{work}/testbed/synthetic", *sizes))]
+    for n in steps:
+        runs.append((f"rloo_{n}", varirm("rloo", "--config", throughput, "--trainer.max_steps", str(2 * n),
+                                          "--trainer.default_root_dir", f"{work}/runs/rloo_{n}",
+                                          "--trainer.enable_progress_bar", "false", *dry_batches)))
+    return runs
+
+
+def run_logged(command: list[str], log, deadline: float) -> int:
+    """Run ``command`` (its own process group, output to ``log``) until done or ``deadline``; on
+    time-out the whole group is killed and 124 returned."""
+    log.write(f"$ {shlex.join(command)}\n")
+    log.flush()
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        return proc.wait(timeout=max(deadline - time.monotonic(), 1))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return 124
+
+
+def part_commands(name: str, out: str, work: str, dry: bool, env: dict, record: dict) -> list[tuple[str, list[str]]]:
+    """The (step name, command) list of part ``name``; what the summary should know about how the
+    part was set up goes into ``record``."""
+    bench = [sys.executable, os.path.join(ROOT, "scripts", "bench_gpu_rm.py")]
+    peak = env.get("matmul_bf16", {}).get("tflops") or 989.0
+    if name == "env":
+        flags = ["--env-only", "--dry-run"] if dry else ["--env-only"]
+        return [("env", [sys.executable, os.path.abspath(__file__), out, *flags])]
+    if name == "rm_1b":
+        sizes = (["--seq_len", "64", "--batch_sizes", "1", "--steps", "1", "--warmup", "1"] if dry
+                 else ["--seq_len", "2048", "--batch_sizes", "2", "8", "--steps", "5", "--warmup", "2"])
+        return [("bench", [*bench, *SHAPES["tiny" if dry else "1b"], *sizes, "--peak_tflops", f"{peak:.6g}",
+                           "--out", os.path.join(out, "rm_1b"), "--benchmarks_md", ""])]
+    if name == "qlora_8b":
+        sizes = (["--seq_len", "64", "--batch_sizes", "1", "--steps", "1", "--warmup", "1"] if dry
+                 else ["--seq_len", "2048", "--batch_sizes", "1", "--steps", "3", "--warmup", "1"])
+        return [("bench", [*bench, *SHAPES["tiny" if dry else "8b"], "--modes", "qlora", *sizes,
+                           "--out", os.path.join(out, "qlora_8b"), "--benchmarks_md", ""])]
+    if name == "rloo_testbed":
+        return rloo_runs(os.path.join(work, "rloo"), dry)
+    if name == "verify_testbed":
+        recipe, record["changes"] = shortened_verify(os.path.join(work, "verify"), dry)
+        return [("verify", varirm("verify", "--config", recipe))]
+    raise ValueError(name)
+
+
+def run_part(name: str, out: str, work: str, dry: bool, env: dict) -> dict[str, Any]:
+    limit = DRY_LIMIT if dry else LIMITS[name]
+    start = time.monotonic()
+    deadline = start + limit
+    record: dict[str, Any] = {"part": name, "limit_s": limit, "steps": []}
+    with open(os.path.join(out, f"{name}.log"), "w") as log:
+        try:
+            for step, command in part_commands(name, out, work, dry, env, record):
+                t0 = time.monotonic()
+                rc = run_logged(command, log, deadline)
+                record["steps"].append({"step": step, "rc": rc, "wall_s": round(time.monotonic() - t0, 2)})
+                if rc != 0:
+                    break
+        except Exception as e:  # a part's set-up failed: recorded, the next part runs
+            log.write(f"gpu_check: {type(e).__name__}: {e}\n")
+            record["steps"].append({"step": "setup", "rc": 1, "error": f"{type(e).__name__}: {e}"})
+    record["wall_s"] = round(time.monotonic() - start, 2)
+    last = record["steps"][-1]["rc"] if record["steps"] else 1
+    record["status"] = "ok" if last == 0 else ("timeout" if last == 124 else "failed")
+    return record
+
+
+def results(record: dict, out: str, work: str, dry: bool) -> None:
+    """Adds what each part measured to its record."""
+    name = record["part"]
+    if name in ("rm_1b", "qlora_8b") and os.path.exists(os.path.join(out, f"{name}.json")):
+        bench = json.load(open(os.path.join(out, f"{name}.json")))  # bench_gpu_rm.py --out OUT/name
+        record["modes"] = {mode: m["best"] and {k: m["best"].get(k) for k in
+                                                ("pairs", "tokens_per_s", "mfu", "peak_memory_gib")}
+                           for mode, m in bench["modes"].items()}
+    runs = [s for s in record["steps"] if s["step"].startswith("rloo_")]
+    if name == "rloo_testbed" and record["status"] == "ok" and len(runs) == 2:
+        short, long = runs
+        extra_steps = int(long["step"][5:]) - int(short["step"][5:])
+        batch = yaml.safe_load(open(os.path.join(work, "rloo", "recipes", "rloo_throughput.yaml")))
+        prompts = batch["data"]["init_args"]["batch_size"]
+        record["prompts_per_rloo_step"] = prompts
+        seconds = (long["wall_s"] - short["wall_s"]) / extra_steps
+        if seconds > 0:  # else the runs' start-up noise was larger than the extra steps (dry runs)
+            record["seconds_per_rloo_step"], record["prompts_per_s"] = seconds, prompts / seconds
+    if name == "verify_testbed":
+        report = os.path.join(work, "verify", "verify", "report.md")
+        record["report"] = report if os.path.exists(report) else None
+
+
+def markdown(summary: dict) -> str:
+    env = summary.get("env") or {}
+    lines = ["## GPU check", "", f"`{summary['command']}`{' (dry run: CPU, tiny shapes)' if summary['dry_run'] else ''}"
+             f" on {env.get('device', 'unknown device')}; torch {env.get('versions', {}).get('torch')}, CUDA "
+             f"{env.get('cuda')}. Measured dense bf16 matmul: "
+             f"{env.get('matmul_bf16', {}).get('tflops', float('nan')):.1f} TFLOP/s.", "",
+             "| part | status | wall s (limit) | measured |", "|---|---|---|---|"]
+    for r in summary["parts"]:
+        measured = ""
+        if "modes" in r:
+            measured = "; ".join(f"{mode}: " + (f"{m['pairs']} pairs/step, {m['tokens_per_s']:.0f} tokens/s, "
+                                                 + (f"MFU {m['mfu']:.1%}, " if m.get("mfu") is not None else "")
+                                                 + f"peak {m['peak_memory_gib']:.1f} GiB" if m else "none fits")
+                                 for mode, m in r["modes"].items())
+        if r["part"] == "rloo_testbed" and r["status"] == "ok" and "prompts_per_s" not in r:
+            measured = "not measurable: the longer run was not slower than the shorter one"
+        if "prompts_per_s" in r:
+            measured = (f"{r['prompts_per_s']:.1f} prompts/s ({r['seconds_per_rloo_step']:.2f} s per RLOO step of "
+                        f"{r['prompts_per_rloo_step']} prompts)")
+        if r["part"] == "verify_testbed":
+            measured = f"one seed, shortened ({'; '.join(r.get('changes', []))}); report {r.get('report')}"
+        lines.append(f"| {r['part']} | {r['status']} | {r['wall_s']:.0f} ({r['limit_s']}) | {measured} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", help="output folder (created)")
+    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes: the same code paths")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=PARTS)
+    parser.add_argument("--env-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    if args.env_only:
+        env_part(out, args.dry_run)
+        return
+    work = os.path.join(out, "work")
+    summary: dict[str, Any] = {"command": shlex.join(["python", "scripts/gpu_check.py", *sys.argv[1:]]),
+                               "dry_run": args.dry_run, "parts": []}
+    env: dict[str, Any] = {}
+    for name in args.parts:
+        record = run_part(name, out, work, args.dry_run, env)
+        if name == "env" and os.path.exists(os.path.join(out, "env.json")):
+            env = summary["env"] = json.load(open(os.path.join(out, "env.json")))
+        results(record, out, work, args.dry_run)
+        summary["parts"].append(record)
+        print(f"gpu_check: {name}: {record['status']} in {record['wall_s']:.0f} s", file=sys.stderr, flush=True)
+        with open(os.path.join(out, "summary.json"), "w") as f:  # after every part: a cut-off run keeps its parts
+            json.dump(summary, f, indent=2)
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write(markdown(summary))
+    print(markdown(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -22,8 +22,10 @@ if [ "$installer" = uv ] && [ "$(.venv/bin/uv --version 2>/dev/null | cut -d' ' 
   [ "$installer" = uv ] || echo "setup: uv $uv_version could not be installed; installing the lock with pip" >&2
 fi
 if [ "$installer" = uv ]; then
-  # sync: exactly the lock (packages not in it are removed); hashes checked; torch from /opt/wheels
-  .venv/bin/uv pip sync -q --python .venv/bin/python --require-hashes --find-links /opt/wheels requirements.lock
+  # sync: exactly the lock (packages not in it are removed); hashes checked; torch from /opt/wheels; bytecode
+  # compiled now, as pip does (else every run compiles what it imports where PYTHONDONTWRITEBYTECODE is set)
+  .venv/bin/uv pip sync -q --python .venv/bin/python --require-hashes --compile-bytecode --find-links /opt/wheels \
+    requirements.lock
   .venv/bin/uv pip install -q --python .venv/bin/python --no-deps --no-build-isolation -e .
 else
   .venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes --no-deps -r requirements.lock

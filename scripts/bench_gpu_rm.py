@@ -64,9 +64,11 @@ def make_model_dir(path: str, args) -> str:
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     # initialised on the GPU when there is one: an 8B-shaped model takes minutes to initialise on CPU cores
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(path)
     del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the workers, other processes, need that memory
     tokenizer.save_pretrained(path)
     return path
 
@@ -156,7 +158,7 @@ def markdown(result: dict) -> str:
                      f"{best['peak_memory_gib']:.1f} | {best['trainable_parameters'] / 1e6:.2f}M |")
     lines += ["", "Every run (pairs/step: tokens/s, peak memory GiB): " + "; ".join(
         f"{mode} " + ", ".join(f"{r['pairs']}: " + (f"{r['tokens_per_s']:.0f}, {r['peak_memory_gib']:.1f}" if r["fits"]
-                                                   else "out of memory") for r in m["runs"])
+                                                   else r.get("error", "out of memory")) for r in m["runs"])
         for mode, m in result["modes"].items()) + "."]
     return "\n".join(lines) + "\n"
 
@@ -197,9 +199,13 @@ def main() -> None:
                 spec = {"mode": mode, "pairs": pairs, "model_dir": model_dir, "seq_len": args.seq_len,
                         "steps": args.steps, "warmup": args.warmup,
                         "gradient_checkpointing": args.gradient_checkpointing, "seed": args.seed, "vocab_size": vocab}
-                res = run_worker(os.path.abspath(__file__), spec, work, f"{mode}-{pairs}", args.threads)
+                try:
+                    res = run_worker(os.path.abspath(__file__), spec, work, f"{mode}-{pairs}", args.threads)
+                except RuntimeError as e:  # a crashed run (not out of memory) is recorded; other modes still run
+                    print(e, file=sys.stderr, flush=True)
+                    res = {"mode": mode, "pairs": pairs, "fits": False, "error": str(e).splitlines()[0]}
                 print(f"{mode} {pairs} pairs/step: " + (f"{res['tokens_per_s']:.0f} tokens/s, peak "
-                      f"{res['peak_memory_gib']:.1f} GiB" if res["fits"] else "out of memory"),
+                      f"{res['peak_memory_gib']:.1f} GiB" if res["fits"] else res.get("error", "out of memory")),
                       file=sys.stderr, flush=True)
                 runs.append(res)
                 if not res["fits"]:
@@ -213,12 +219,14 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {"command": shlex.join(["python", "scripts/bench_gpu_rm.py", *sys.argv[1:]]),
-              "machine": machine(args.threads), "device": next(r["device"] for m in modes.values() for r in m["runs"]),
+              "machine": machine(args.threads),
+              "device": next((r["device"] for m in modes.values() for r in m["runs"] if "device" in r), None),
               "settings": {"model": f"hidden {args.hidden_size}, MLP {args.intermediate_size}, "
                                     f"{args.num_layers} layers, {args.num_heads} heads ({args.num_kv_heads} key-value)",
                            "seq_len": args.seq_len, "steps": args.steps, "warmup": args.warmup,
                            "gradient_checkpointing": args.gradient_checkpointing, "peak_tflops": args.peak_tflops},
-              "precision": next(r["precision"] for m in modes.values() for r in m["runs"]), "modes": modes}
+              "precision": next((r["precision"] for m in modes.values() for r in m["runs"] if "precision" in r), None),
+              "modes": modes}
     md = markdown(result)
     write_outputs(args.out, result, md, args.benchmarks_md, "gpu_rm")
     print(md)

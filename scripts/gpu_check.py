@@ -16,8 +16,9 @@ time is recorded and the next one runs:
    are listed in the summary), with its wall time.
 
 ``--dry-run`` runs the same code paths on the CPU with tiny shapes (the test suite runs it), so the
-script is known to work before a GPU is lent. Outputs under OUT: ``summary.json``, ``summary.md``, one
-log per part, each benchmark's own JSON/Markdown. Run it through ``scripts/gpu_check.sh``.
+script is known to work before a GPU is lent. Outputs under OUT: ``summary.json``, ``summary.md``,
+``env.json``, one log per part, each benchmark's own JSON/Markdown, ``verify_report.md``; the runs
+themselves under ``OUT/work``. Run it through ``scripts/gpu_check.sh``.
 
     python scripts/gpu_check.py OUT [--dry-run] [--parts env rm_1b ...]
 """
@@ -29,6 +30,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,8 +42,12 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARTS = ["env", "rm_1b", "qlora_8b", "rloo_testbed", "verify_testbed"]
 # seconds per part on the GPU (the loan is about 15 minutes in all, 10 minutes per command at most)
-LIMITS = {"env": 60, "rm_1b": 240, "qlora_8b": 240, "rloo_testbed": 120, "verify_testbed": 300}
+LIMITS = {"env": 60, "rm_1b": 200, "qlora_8b": 200, "rloo_testbed": 120, "verify_testbed": 300}
 DRY_LIMIT = 120
+# the whole command's default budget on the GPU: the device tool stops a command at 600 s. Parts that
+# would not fit are cut to the time left or skipped (recorded); run them in a second command (--parts).
+BUDGET = 540
+NOMINAL_TFLOPS = 989.0  # dense bf16 peak of an H100/H200 SXM, the usual MFU denominator
 
 SHAPES = {  # bench_gpu_rm.py model shapes
     "1b": ["--hidden_size", "2048", "--intermediate_size", "8192", "--num_layers", "16", "--num_heads", "32",
@@ -51,12 +57,14 @@ SHAPES = {  # bench_gpu_rm.py model shapes
     "tiny": ["--hidden_size", "64", "--intermediate_size", "128", "--num_layers", "2", "--num_heads", "4",
              "--num_kv_heads", "2"],
 }
-# testbed world sizes of the verify recipe's prepare steps, for the dry run
+# testbed world sizes of the verify recipe's prepare steps: shortened on the GPU (the recipe's 20000 pairs,
+# 20000 demonstrations and 22000 prompts do not fit in a part), tiny for the dry run
+GPU_PREPARE = {"--n_train": "4000", "--n_demos": "4000", "--n_prompts": "4000", "--n_eval_prompts": "256"}
 DRY_PREPARE = {"--hidden_size": "32", "--num_layers": "2", "--num_heads": "2", "--n_train": "64", "--n_val": "16",
                "--n_test": "16", "--n_demos": "64", "--n_prompts": "64", "--n_eval_prompts": "8"}
 # RLOO batches for the dry run: prompts per step, samples per prompt, response length
 DRY_RLOO = {"data.init_args.batch_size": 4, "model.init_args.k": 2, "model.init_args.max_new_tokens": 8}
-DRY_REWARD_MODELS = ["onpolicy_0", "bt_reg", "gold", "flat_gold"]
+SHORT_REWARD_MODELS = ["onpolicy_0", "bt_reg", "gold", "flat_gold"]  # of the recipe's 8
 
 
 def matmul_tflops(n: int, repeats: int = 10, warmup: int = 3) -> dict[str, Any]:
@@ -95,7 +103,7 @@ def env_part(out: str, dry: bool) -> None:
     result = {"python": platform.python_version(), "versions": versions, "cuda": torch.version.cuda if cuda else None,
               "device": torch.cuda.get_device_name() if cuda else f"cpu ({platform.processor() or platform.machine()})",
               "memory_gib": torch.cuda.get_device_properties(0).total_memory / 2**30 if cuda else None,
-              "matmul_bf16": matmul_tflops(256 if dry else 8192, repeats=2 if dry else 10)}
+              "matmul_bf16": matmul_tflops(256 if dry else 8192, repeats=2 if dry else 300)}  # ~0.4 s on an H200
     with open(os.path.join(out, "env.json"), "w") as f:
         json.dump(result, f, indent=2)
 
@@ -104,7 +112,9 @@ def rewrite_recipe(path: str, work: str, dry: bool) -> str:
     """A copy of a testbed recipe under ``work/recipes`` with its artifacts and runs under ``work``
     (and, for the dry run, the CPU instead of the GPU). Returns the copy's path."""
     text = open(os.path.join(ROOT, path)).read()
-    text = text.replace("artifacts/testbed", f"{work}/testbed").replace("runs/", f"{work}/runs/")
+    # paths as YAML values and list items: at the start of a value only, so ``work`` itself is never rewritten
+    text = re.sub(r"(?<![\w/.-])artifacts/testbed", f"{work}/testbed", text)
+    text = re.sub(r"(?<![\w/.-])runs/", f"{work}/runs/", text)
     text = text.replace("recipes/rloo/verify_testbed_gpu.yaml", f"{work}/recipes/verify_testbed_gpu.yaml")
     text = text.replace("recipes/onpolicy_testbed_gpu.yaml", f"{work}/recipes/onpolicy_testbed_gpu.yaml")
     if dry:
@@ -134,12 +144,13 @@ def shortened_verify(work: str, dry: bool) -> tuple[str, list[str]]:
     for rm in recipe["reward_models"]:
         if "recipe" in rm:
             rm["overrides"] = {**(rm.get("overrides") or {}), "trainer.max_steps": rm_steps}
+    recipe["reward_models"] = [rm for rm in recipe["reward_models"] if rm["name"] in SHORT_REWARD_MODELS]
+    sizes = DRY_PREPARE if dry else GPU_PREPARE
+    for step in recipe["prepare"]:  # a flag's value replaced where the flag is one of sizes'
+        step["run"] = [sizes.get(prev, arg) for prev, arg in zip([None, *step["run"]], step["run"])]
+    changes += [f"reward models {SHORT_REWARD_MODELS} (the recipe has 8)", f"world sizes {sizes}"]
     if dry:
-        recipe["reward_models"] = [rm for rm in recipe["reward_models"] if rm["name"] in DRY_REWARD_MODELS]
-        for step in recipe["prepare"]:
-            step["run"] = [DRY_PREPARE.get(prev, arg) if i else arg
-                           for i, (prev, arg) in enumerate(zip([None, *step["run"]], step["run"]))]
-        changes += [f"dry run: reward models {DRY_REWARD_MODELS}, world sizes {DRY_PREPARE}, RLOO {DRY_RLOO}, CPU"]
+        changes += [f"dry run: RLOO {DRY_RLOO}, CPU"]
     path = os.path.join(work, "recipes", "verify_testbed_short.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(recipe, f, sort_keys=False)
@@ -173,25 +184,39 @@ def rloo_runs(work: str, dry: bool) -> list[tuple[str, list[str]]]:
     return runs
 
 
+RUNNING: list[subprocess.Popen] = []  # the step running now, for the signal handler
+
+
+def kill_running_and_exit(signum, frame) -> None:
+    """SIGTERM/SIGINT (the device tool ending the command): the running step's whole process group
+    goes too, so nothing keeps the GPU busy after this command."""
+    for proc in RUNNING:
+        os.killpg(proc.pid, signal.SIGKILL)
+    sys.exit(128 + signum)
+
+
 def run_logged(command: list[str], log, deadline: float) -> int:
     """Run ``command`` (its own process group, output to ``log``) until done or ``deadline``; on
     time-out the whole group is killed and 124 returned."""
     log.write(f"$ {shlex.join(command)}\n")
     log.flush()
     proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    RUNNING.append(proc)
     try:
         return proc.wait(timeout=max(deadline - time.monotonic(), 1))
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         return 124
+    finally:
+        RUNNING.remove(proc)
 
 
 def part_commands(name: str, out: str, work: str, dry: bool, env: dict, record: dict) -> list[tuple[str, list[str]]]:
     """The (step name, command) list of part ``name``; what the summary should know about how the
     part was set up goes into ``record``."""
     bench = [sys.executable, os.path.join(ROOT, "scripts", "bench_gpu_rm.py")]
-    peak = env.get("matmul_bf16", {}).get("tflops") or 989.0
+    peak = env["matmul_bf16"]["tflops"] if env else NOMINAL_TFLOPS
     if name == "env":
         flags = ["--env-only", "--dry-run"] if dry else ["--env-only"]
         return [("env", [sys.executable, os.path.abspath(__file__), out, *flags])]
@@ -203,7 +228,9 @@ def part_commands(name: str, out: str, work: str, dry: bool, env: dict, record: 
     if name == "qlora_8b":
         sizes = (["--seq_len", "64", "--batch_sizes", "1", "--steps", "1", "--warmup", "1"] if dry
                  else ["--seq_len", "2048", "--batch_sizes", "1", "--steps", "3", "--warmup", "1"])
+        # gradient checkpointing, as QLoRA 8B on a 24 GB card is run (recipes/qlora_8b.yaml)
         return [("bench", [*bench, *SHAPES["tiny" if dry else "8b"], "--modes", "qlora", *sizes,
+                           "--gradient_checkpointing",
                            "--out", os.path.join(out, "qlora_8b"), "--benchmarks_md", ""])]
     if name == "rloo_testbed":
         return rloo_runs(os.path.join(work, "rloo"), dry)
@@ -213,8 +240,9 @@ def part_commands(name: str, out: str, work: str, dry: bool, env: dict, record: 
     raise ValueError(name)
 
 
-def run_part(name: str, out: str, work: str, dry: bool, env: dict) -> dict[str, Any]:
-    limit = DRY_LIMIT if dry else LIMITS[name]
+def run_part(name: str, out: str, work: str, dry: bool, env: dict, left: float) -> dict[str, Any]:
+    """Part ``name`` under its time limit, cut to ``left`` seconds of the command's budget."""
+    limit = int(min(DRY_LIMIT if dry else LIMITS[name], left))
     start = time.monotonic()
     deadline = start + limit
     record: dict[str, Any] = {"part": name, "limit_s": limit, "steps": []}
@@ -240,27 +268,35 @@ def results(record: dict, out: str, work: str, dry: bool) -> None:
     name = record["part"]
     if name in ("rm_1b", "qlora_8b") and os.path.exists(os.path.join(out, f"{name}.json")):
         bench = json.load(open(os.path.join(out, f"{name}.json")))  # bench_gpu_rm.py --out OUT/name
+        record["peak_tflops"] = bench["settings"]["peak_tflops"]  # the MFU denominator (measured rate)
         record["modes"] = {mode: m["best"] and {k: m["best"].get(k) for k in
                                                 ("pairs", "tokens_per_s", "mfu", "peak_memory_gib")}
                            for mode, m in bench["modes"].items()}
+        for m in record["modes"].values():  # the usual MFU too: against the nominal dense bf16 peak
+            if m and m.get("mfu") is not None:
+                m["mfu_nominal"] = m["mfu"] * record["peak_tflops"] / NOMINAL_TFLOPS
     runs = [s for s in record["steps"] if s["step"].startswith("rloo_")]
     if name == "rloo_testbed" and record["status"] == "ok" and len(runs) == 2:
         short, long = runs
         extra_steps = int(long["step"][5:]) - int(short["step"][5:])
         batch = yaml.safe_load(open(os.path.join(work, "rloo", "recipes", "rloo_throughput.yaml")))
-        prompts = batch["data"]["init_args"]["batch_size"]
+        prompts = DRY_RLOO["data.init_args.batch_size"] if dry else batch["data"]["init_args"]["batch_size"]
         record["prompts_per_rloo_step"] = prompts
         seconds = (long["wall_s"] - short["wall_s"]) / extra_steps
         if seconds > 0:  # else the runs' start-up noise was larger than the extra steps (dry runs)
             record["seconds_per_rloo_step"], record["prompts_per_s"] = seconds, prompts / seconds
     if name == "verify_testbed":
         report = os.path.join(work, "verify", "verify", "report.md")
-        record["report"] = report if os.path.exists(report) else None
+        record["report"] = None
+        if os.path.exists(report):  # beside the summary: work/ is not for bringing back
+            shutil.copy(report, os.path.join(out, "verify_report.md"))
+            record["report"] = os.path.join(out, "verify_report.md")
 
 
 def markdown(summary: dict) -> str:
     env = summary.get("env") or {}
-    lines = ["## GPU check", "", f"`{summary['command']}`{' (dry run: CPU, tiny shapes)' if summary['dry_run'] else ''}"
+    commands = ", ".join(f"`{c}`" for c in summary["commands"])
+    lines = ["## GPU check", "", f"{commands}{' (dry run: CPU, tiny shapes)' if summary['dry_run'] else ''}"
              f" on {env.get('device', 'unknown device')}; torch {env.get('versions', {}).get('torch')}, CUDA "
              f"{env.get('cuda')}. Measured dense bf16 matmul: "
              f"{env.get('matmul_bf16', {}).get('tflops', float('nan')):.1f} TFLOP/s.", "",
@@ -269,7 +305,9 @@ def markdown(summary: dict) -> str:
         measured = ""
         if "modes" in r:
             measured = "; ".join(f"{mode}: " + (f"{m['pairs']} pairs/step, {m['tokens_per_s']:.0f} tokens/s, "
-                                                 + (f"MFU {m['mfu']:.1%}, " if m.get("mfu") is not None else "")
+                                                 + (f"MFU {m['mfu']:.1%} of the measured matmul rate "
+                                                    f"({m['mfu_nominal']:.1%} of {NOMINAL_TFLOPS:.0f} TFLOP/s), "
+                                                    if m.get("mfu") is not None else "")
                                                  + f"peak {m['peak_memory_gib']:.1f} GiB" if m else "none fits")
                                  for mode, m in r["modes"].items())
         if r["part"] == "rloo_testbed" and r["status"] == "ok" and "prompts_per_s" not in r:
@@ -279,6 +317,8 @@ def markdown(summary: dict) -> str:
                         f"{r['prompts_per_rloo_step']} prompts)")
         if r["part"] == "verify_testbed":
             measured = f"one seed, shortened ({'; '.join(r.get('changes', []))}); report {r.get('report')}"
+        if r["status"] == "skipped":
+            measured = "not run: the command's budget was spent; run it with --parts in another command"
         lines.append(f"| {r['part']} | {r['status']} | {r['wall_s']:.0f} ({r['limit_s']}) | {measured} |")
     return "\n".join(lines) + "\n"
 
@@ -288,6 +328,8 @@ def main() -> None:
     parser.add_argument("out", help="output folder (created)")
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes: the same code paths")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=PARTS)
+    parser.add_argument("--budget", type=float, default=None,
+                        help=f"seconds for the whole command (default {BUDGET} on a GPU, none in a dry run)")
     parser.add_argument("--env-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     out = os.path.abspath(args.out)
@@ -295,16 +337,30 @@ def main() -> None:
     if args.env_only:
         env_part(out, args.dry_run)
         return
+    signal.signal(signal.SIGTERM, kill_running_and_exit)
+    signal.signal(signal.SIGINT, kill_running_and_exit)
+    budget = args.budget if args.budget is not None else (float("inf") if args.dry_run else BUDGET)
+    end = time.monotonic() + budget
     work = os.path.join(out, "work")
-    summary: dict[str, Any] = {"command": shlex.join(["python", "scripts/gpu_check.py", *sys.argv[1:]]),
-                               "dry_run": args.dry_run, "parts": []}
-    env: dict[str, Any] = {}
+    command = shlex.join(["python", "scripts/gpu_check.py", *sys.argv[1:]])
+    summary_path = os.path.join(out, "summary.json")
+    # a second command into the same folder (--parts) adds its parts to the first one's summary
+    summary: dict[str, Any] = (json.load(open(summary_path)) if os.path.exists(summary_path)
+                               else {"commands": [], "dry_run": args.dry_run, "parts": []})
+    summary["commands"].append(command)
+    env_path = os.path.join(out, "env.json")
+    env: dict[str, Any] = json.load(open(env_path)) if os.path.exists(env_path) else {}  # from an earlier command
     for name in args.parts:
-        record = run_part(name, out, work, args.dry_run, env)
-        if name == "env" and os.path.exists(os.path.join(out, "env.json")):
-            env = summary["env"] = json.load(open(os.path.join(out, "env.json")))
+        left = end - time.monotonic()
+        if left < 30:
+            record = {"part": name, "limit_s": 0, "steps": [], "wall_s": 0.0, "status": "skipped"}
+        else:
+            record = run_part(name, out, work, args.dry_run, env, left)
+        if name == "env" and os.path.exists(env_path):
+            env = json.load(open(env_path))
+        summary["env"] = env
         results(record, out, work, args.dry_run)
-        summary["parts"].append(record)
+        summary["parts"] = [p for p in summary["parts"] if p["part"] != name] + [record]
         print(f"gpu_check: {name}: {record['status']} in {record['wall_s']:.0f} s", file=sys.stderr, flush=True)
         with open(os.path.join(out, "summary.json"), "w") as f:  # after every part: a cut-off run keeps its parts
             json.dump(summary, f, indent=2)

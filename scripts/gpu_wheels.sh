@@ -19,7 +19,14 @@ platforms=""
 for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64; do
   platforms="$platforms --platform $p"
 done
-python3 -m pip download -q --no-deps --require-hashes --only-binary=:all: --python-version 3.12 --implementation cp \
-  $platforms -d .whl -r "$requirements" 2>&1 | grep -v "^WARNING: Location" || true
+log=$(mktemp)
+if ! python3 -m pip download -q --no-deps --require-hashes --only-binary=:all: --python-version 3.12 --implementation cp \
+    $platforms -d .whl -r "$requirements" > "$log" 2>&1; then
+  grep -v "^WARNING: Location" "$log" >&2; rm -f "$log"
+  echo "gpu_wheels: pip download failed; .whl/ is incomplete" >&2; exit 1
+fi
+rm -f "$log"
 ls .whl | sed 's/^/  /'
+wanted=$(echo $carry | wc -w)
+if [ "$(ls .whl | wc -l)" -ne "$wanted" ]; then echo "gpu_wheels: expected $wanted wheels" >&2; exit 1; fi
 echo "gpu_wheels: $(ls .whl | wc -l) wheels, $(du -sm .whl | cut -f1) MiB; with the working tree $(( $(du -sm .whl | cut -f1) + $(git ls-files -z | xargs -0 du -cm 2>/dev/null | tail -1 | cut -f1) )) MiB of the 64 the device tool carries"

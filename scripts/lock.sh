@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # requirements.lock: every package of the README commands, CI and the benchmarks at an exact version with its
-# hashes (pyproject's dependencies with the test and real extras and the dev group), for CPython 3.11 on Linux
-# x86_64, resolved by uv. pyproject keeps ranges; only scripts/setup.sh installs from the lock.
+# hashes (pyproject's dependencies with the test and real extras and the dev group; trl, the bench extra, is in
+# the test extra too), for CPython 3.11 on Linux x86_64, resolved by uv. pyproject keeps ranges; only
+# scripts/setup.sh installs from the lock.
 #   bash scripts/lock.sh           re-resolve to the newest releases that pyproject allows (then run the tests)
 #   bash scripts/lock.sh --check   exit 1 if the lock no longer matches pyproject (run by .ci/run); writes nothing
 set -euo pipefail

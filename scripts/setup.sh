@@ -28,7 +28,8 @@ if [ "$installer" = uv ]; then
     requirements.lock
   .venv/bin/uv pip install -q --python .venv/bin/python --no-deps --no-build-isolation -e .
 else
-  .venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes --no-deps -r requirements.lock
+  .venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes --no-deps --find-links /opt/wheels \
+    -r requirements.lock
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 fi
 export PATH="$PWD/.venv/bin:$PATH"

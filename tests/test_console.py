@@ -92,3 +92,16 @@ def test_varirm_lines_through_lightning_stay_and_unhandled_library_warnings_go()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert (proc.stdout + proc.stderr).strip() == "data/train: 4 pairs from 4 rows"
+
+
+def test_unhandled_library_errors_still_show_in_quiet_mode():
+    code = textwrap.dedent("""
+        import logging
+        from varirm import console
+        console.quiet_third_party()
+        logging.getLogger("thirdparty.probe").warning("probe: a warning")
+        logging.getLogger("thirdparty.probe").error("probe: an error")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == ""
+    assert proc.stderr.strip() == "probe: an error"

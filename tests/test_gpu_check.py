@@ -54,7 +54,10 @@ def test_shortened_verification_recipe(tmp_path, dry):
     assert trained and all(rm["overrides"]["trainer.max_steps"] == (2 if dry else 300) for rm in trained)
     assert recipe["rloo_overrides"]["trainer.max_steps"] == (4 if dry else 60)
     names = [rm["name"] for rm in recipe["reward_models"]]
-    assert names == (gpu_check.DRY_REWARD_MODELS if dry else [rm["name"] for rm in original["reward_models"]])
+    assert names == gpu_check.SHORT_REWARD_MODELS
+    assert set(names) < {rm["name"] for rm in original["reward_models"]}
+    make_synthetic = next(step["run"] for step in recipe["prepare"] if step["run"][0] == "make-synthetic")
+    assert make_synthetic[make_synthetic.index("--n_prompts") + 1] == ("64" if dry else "4000")
     assert all(str(tmp_path) in step["creates"] for step in recipe["prepare"])
     assert any("seeds [0]" in c for c in changes)
 
@@ -77,4 +80,23 @@ def test_dry_run_every_part(tmp_path):
     assert parts["qlora_8b"]["modes"]["qlora"]["peak_memory_gib"] > 0
     assert [s["step"] for s in parts["rloo_testbed"]["steps"]] == ["policy", "prompts", "rloo_1", "rloo_2"]
     assert parts["verify_testbed"]["report"] and "seeds [0] (the recipe has 3)" in parts["verify_testbed"]["changes"]
+    assert parts["rloo_testbed"].get("prompts_per_rloo_step", 4) == 4
     assert "## GPU check" in (out / "summary.md").read_text()
+
+
+def test_parts_past_the_budget_are_skipped_and_a_second_command_adds_to_the_summary(tmp_path, monkeypatch):
+    def commands(name, out, work, dry, env, record):
+        return [("step", [sys.executable, "-c", "import time; time.sleep(3)"])]
+
+    monkeypatch.setattr(gpu_check, "part_commands", commands)
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", str(out), "--parts", "rm_1b", "qlora_8b", "--budget", "32"])
+    gpu_check.main()  # rm_1b takes 3 s of 32, leaving under 30: qlora_8b is skipped
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(p["part"], p["status"]) for p in summary["parts"]] == [("rm_1b", "ok"), ("qlora_8b", "skipped")]
+    assert summary["parts"][0]["limit_s"] <= 32
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", str(out), "--parts", "qlora_8b", "--budget", "60"])
+    gpu_check.main()
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(p["part"], p["status"]) for p in summary["parts"]] == [("rm_1b", "ok"), ("qlora_8b", "ok")]
+    assert len(summary["commands"]) == 2

@@ -8,8 +8,8 @@ when a new reward model's score head is initialised, which is expected), dataset
 
 Two steps, because libraries can print while they are imported: :func:`quiet_third_party` runs
 before any heavy import (environment variables the libraries read at import, warning filters, and
-Python's last-resort logging handler replaced by one that drops records: a library's
-``logger.warning`` through a logger that no handler serves otherwise reaches stderr);
+Python's last-resort logging handler raised to errors: a library's ``logger.warning`` through a
+logger that no handler serves otherwise reaches stderr);
 :func:`configure` runs after the imports (Lightning's own handlers, transformers' and datasets'
 verbosity and loading bars). The root logger gets no handler: Lightning adds its own console
 handler only when the root has none, and varirm's data lines go through it.
@@ -50,12 +50,6 @@ QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "TRANSFORMERS_NO_ADVISORY_WARNIN
              "DATASETS_VERBOSITY": "error", "HF_HUB_VERBOSITY": "error"}
 
 
-class DropUnhandled(logging.NullHandler):
-    """:data:`logging.lastResort` in quiet mode: a record that no handler of its logger or its
-    parents took (e.g. a library's ``logger.warning`` at import time) ends here, silently, instead
-    of in Python's default last resort, which writes warnings to stderr."""
-
-
 def quiet_third_party() -> None:
     """The part of quieting that must come before third-party imports (see the module docstring).
     Idempotent; does nothing when verbose. The caller's own environment settings win."""
@@ -68,7 +62,10 @@ def quiet_third_party() -> None:
     # every other library warning (Lightning's PossibleUserWarning, "modules in eval mode" for a
     # frozen reference policy, ...); varirm's own warnings stay
     warnings.filterwarnings("ignore", module=r"^(?!varirm)")
-    logging.lastResort = DropUnhandled()
+    # a record that no handler of its logger or its parents took (e.g. a library's logger.warning at
+    # import time) ends at logging.lastResort, which writes WARNING and up to stderr: errors only now
+    if logging.lastResort is not None:
+        logging.lastResort.setLevel(logging.ERROR)
 
 
 def configure() -> None:

@@ -279,8 +279,9 @@ def results(record: dict, out: str, work: str, dry: bool) -> None:
     if name == "rloo_testbed" and record["status"] == "ok" and len(runs) == 2:
         short, long = runs
         extra_steps = int(long["step"][5:]) - int(short["step"][5:])
-        batch = yaml.safe_load(open(os.path.join(work, "rloo", "recipes", "rloo_throughput.yaml")))
-        prompts = DRY_RLOO["data.init_args.batch_size"] if dry else batch["data"]["init_args"]["batch_size"]
+        throughput = os.path.join(work, "rloo", "recipes", "rloo_throughput.yaml")  # the dry run overrides it
+        prompts = (DRY_RLOO["data.init_args.batch_size"] if dry
+                   else yaml.safe_load(open(throughput))["data"]["init_args"]["batch_size"])
         record["prompts_per_rloo_step"] = prompts
         seconds = (long["wall_s"] - short["wall_s"]) / extra_steps
         if seconds > 0:  # else the runs' start-up noise was larger than the extra steps (dry runs)

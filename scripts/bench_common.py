@@ -28,7 +28,7 @@ def cpu_description() -> str:
     (numbers from machines that differ here are not comparable)."""
     import torch
 
-    from varirm.model import cpu_bf16_is_native
+    from varirm.reward_model import cpu_bf16_is_native
 
     model = platform.processor() or platform.machine()
     try:
@@ -43,7 +43,7 @@ def cpu_description() -> str:
 def default_bf16(flag: Optional[bool]) -> bool:
     """A ``--bf16/--no-bf16`` flag left unset (None) means what ``varirm fit`` would choose: bf16
     only where this CPU multiplies bf16 natively."""
-    from varirm.model import cpu_bf16_is_native
+    from varirm.reward_model import cpu_bf16_is_native
 
     return cpu_bf16_is_native() if flag is None else flag
 

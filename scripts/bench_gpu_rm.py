@@ -4,7 +4,7 @@ Bradley-Terry step for a ~1B Llama-style reward model (random init), full fine-t
 The model: a Llama config of Llama-3.2-1B's shape (hidden 2048, MLP 8192, 16 layers, 32 query and
 8 key-value heads) with a small locally trained tokenizer (the vocabulary adds embedding rows only,
 which do no matmul work and are left out of the FLOPs), saved in bf16 and loaded the way every
-varirm run loads a model (``varirm.module.RewardModelModule`` -> ``varirm.model.load_reward_model``:
+varirm run loads a model (``varirm.reward_training.RewardModelModule`` -> ``varirm.reward_model.load_reward_model``:
 ``AutoModelForSequenceClassification``, ``score`` head, peft LoRA with ``score`` in
 ``modules_to_save``, bitsandbytes NF4 for QLoRA). Training: the module's real ``training_step``
 (chosen and rejected in one forward, BT loss) under a Lightning ``Trainer`` with
@@ -87,8 +87,8 @@ def worker(spec: dict) -> None:
     from lightning.pytorch import Callback, Trainer
     from torch.utils.data import DataLoader
 
-    from varirm.commands import cpu_precision
-    from varirm.module import RewardModelModule
+    from varirm.lightning_cli import cpu_precision
+    from varirm.reward_training import RewardModelModule
 
     torch.set_num_threads(spec["threads"])
     cuda = torch.cuda.is_available()

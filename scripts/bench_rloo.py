@@ -97,7 +97,7 @@ def gold_reward_trl(prompts, completions, **kwargs) -> list[float]:
 
 
 class ScoreTimer:
-    """Times every reward computation of a step: varirm's labeler (``varirm.scoring.resolve_labeler``
+    """Times every reward computation of a step: varirm's labeler (``varirm.scoring.load_reward_function``
     wrapped, so RM directories and reward functions alike) or TRL's ``RLOOTrainer._calculate_rewards``."""
 
     def __init__(self, tool: str):
@@ -115,7 +115,7 @@ class ScoreTimer:
         if self.tool == "varirm":
             import varirm.scoring as owner
 
-            name, original = "resolve_labeler", owner.resolve_labeler
+            name, original = "load_reward_function", owner.load_reward_function
             patched = lambda *a, **kw: self._timed(original(*a, **kw))  # noqa: E731
         else:
             from trl import RLOOTrainer as owner
@@ -225,7 +225,7 @@ def make_reward_model(model_dir: str, output: str) -> str:
     import torch
 
     from varirm.chat import load_tokenizer
-    from varirm.model import load_reward_model
+    from varirm.reward_model import load_reward_model
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer(model_dir)

@@ -24,7 +24,7 @@ optimizer and callbacks, nothing of the set-up). Throughput: pairs/s and non-pad
 tokens of chosen + rejected in the timed steps' batches). Set-up (model load, data reading and
 tokenization, trainer construction; imports excluded) is reported apart. After training both models
 are scored on the held-out pairs by one function (``varirm.scoring.score`` on
-``varirm.model.RewardModel`` around the trained transformers model: same rendering, same reading of
+``varirm.reward_model.RewardModel`` around the trained transformers model: same rendering, same reading of
 the last token). Runs alternate (varirm, TRL, varirm, TRL, ...) ``--repeats`` times per data set;
 medians, min/max and the varirm / TRL ratio go to JSON, Markdown and BENCHMARKS.md.
 
@@ -159,7 +159,7 @@ def heldout_accuracy(hf_model, model_dir: str, path: str, max_length: int) -> di
     training, reward at the last non-pad token) on the trained transformers model, in fp32."""
     from varirm.chat import load_tokenizer
     from varirm.formats import load_preference_rows
-    from varirm.model import RewardModel
+    from varirm.reward_model import RewardModel
     from varirm.scoring import score
 
     rows, _ = load_preference_rows(path, "train", "auto", {}, False)
@@ -267,7 +267,7 @@ def run_trl(spec: dict) -> dict:
         max_length=spec["max_length"], report_to="none", save_strategy="no", eval_strategy="no",
         logging_steps=10**9, disable_tqdm=True, dataloader_num_workers=0)
     peft_config = None
-    if spec["lora_r"]:  # the LoraConfig varirm.model.load_reward_model builds
+    if spec["lora_r"]:  # the LoraConfig varirm.reward_model.load_reward_model builds
         from peft import LoraConfig, TaskType
 
         peft_config = LoraConfig(r=spec["lora_r"], lora_alpha=spec["lora_alpha"], lora_dropout=0.0,

@@ -169,7 +169,7 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from varirm.model import cpu_bf16_is_native
+    from varirm.reward_model import cpu_bf16_is_native
     from varirm.sampling import SamplingConfig, generate_responses, generation_dtype, load_policy, read_prompts
     from varirm.synthetic import write_task
     from varirm.tiny import make_tiny_model

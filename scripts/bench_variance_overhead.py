@@ -27,8 +27,8 @@ sys.path.insert(0, ROOT)
 
 from bench_common import cpu_description, default_bf16, write_outputs  # noqa: E402
 
-from varirm.data import PreferenceDataModule  # noqa: E402
-from varirm.module import RewardModelModule  # noqa: E402
+from varirm.preference_data import PreferenceDataModule  # noqa: E402
+from varirm.reward_training import RewardModelModule  # noqa: E402
 from varirm.synthetic import write_task  # noqa: E402
 from varirm.tiny import make_tiny_model  # noqa: E402
 

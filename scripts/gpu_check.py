@@ -59,9 +59,9 @@ SHAPES = {  # bench_gpu_rm.py model shapes
 }
 # testbed world sizes of the verify recipe's prepare steps: shortened on the GPU (the recipe's 20000 pairs,
 # 20000 demonstrations and 22000 prompts do not fit in a part), tiny for the dry run
-GPU_PREPARE = {"--n_train": "4000", "--n_demos": "4000", "--n_prompts": "4000", "--n_eval_prompts": "256"}
-DRY_PREPARE = {"--hidden_size": "32", "--num_layers": "2", "--num_heads": "2", "--n_train": "64", "--n_val": "16",
-               "--n_test": "16", "--n_demos": "64", "--n_prompts": "64", "--n_eval_prompts": "8"}
+GPU_PREPARE = {"n_train": 4000, "n_demos": 4000, "n_prompts": 4000, "n_eval_prompts": 256}
+DRY_PREPARE = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "n_train": 64, "n_val": 16, "n_test": 16,
+               "n_demos": 64, "n_prompts": 64, "n_eval_prompts": 8}
 # RLOO batches for the dry run: prompts per step, samples per prompt, response length
 DRY_RLOO = {"data.init_args.batch_size": 4, "model.init_args.k": 2, "model.init_args.max_new_tokens": 8}
 SHORT_REWARD_MODELS = ["onpolicy_0", "bt_reg", "gold", "flat_gold"]  # of the recipe's 8
@@ -119,7 +119,6 @@ def rewrite_recipe(path: str, work: str, dry: bool) -> str:
     text = text.replace("recipes/onpolicy_testbed_gpu.yaml", f"{work}/recipes/onpolicy_testbed_gpu.yaml")
     if dry:
         text = re.sub(r"accelerator: gpu\b", "accelerator: cpu", text)
-        text = text.replace("--trainer.accelerator, gpu", "--trainer.accelerator, cpu")
     copy = os.path.join(work, "recipes", os.path.basename(path))
     os.makedirs(os.path.dirname(copy), exist_ok=True)
     with open(copy, "w") as f:
@@ -146,8 +145,8 @@ def shortened_verify(work: str, dry: bool) -> tuple[str, list[str]]:
             rm["overrides"] = {**(rm.get("overrides") or {}), "trainer.max_steps": rm_steps}
     recipe["reward_models"] = [rm for rm in recipe["reward_models"] if rm["name"] in SHORT_REWARD_MODELS]
     sizes = DRY_PREPARE if dry else GPU_PREPARE
-    for step in recipe["prepare"]:  # a flag's value replaced where the flag is one of sizes'
-        step["run"] = [sizes.get(prev, arg) for prev, arg in zip([None, *step["run"]], step["run"])]
+    for step in recipe["prepare"]:  # an argument's value replaced where it is one of sizes'
+        step["args"] = {key: sizes.get(key, value) for key, value in step["args"].items()}
     changes += [f"reward models {SHORT_REWARD_MODELS} (the recipe has 8)", f"world sizes {sizes}"]
     if dry:
         changes += [f"dry run: RLOO {DRY_RLOO}, CPU"]

@@ -96,9 +96,9 @@ def main() -> None:
                                     corpus_files=[args.dpo_file], seed=args.seed)
         os.environ["VARIRM_CACHE"] = os.path.join(work, "cache")
         simple = SimpleProfiler(dirpath=work, filename="simple")
-        from varirm.commands import VarirmCLI, run_lightning
-        from varirm.data import PreferenceDataModule
-        from varirm.module import RewardModelModule
+        from varirm.lightning_cli import VarirmCLI, run_lightning
+        from varirm.preference_data import PreferenceDataModule
+        from varirm.reward_training import RewardModelModule
 
         class ProfiledCLI(VarirmCLI):
             def instantiate_trainer(self, **kwargs):

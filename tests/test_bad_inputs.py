@@ -174,8 +174,8 @@ def recipe(tmp_path, tiny_model_dir) -> Path:
     path = tmp_path / "recipe.yaml"
     path.write_text(f"""
 trainer: {{accelerator: cpu, max_steps: 2, enable_progress_bar: false}}
-model: {{class_path: varirm.module.RewardModelModule, init_args: {{model_name_or_path: {tiny_model_dir}}}}}
-data: {{class_path: varirm.data.PreferenceDataModule, init_args: {{max_length: 32, batch_size: 2}}}}
+model: {{class_path: varirm.reward_training.RewardModelModule, init_args: {{model_name_or_path: {tiny_model_dir}}}}}
+data: {{class_path: varirm.preference_data.PreferenceDataModule, init_args: {{max_length: 32, batch_size: 2}}}}
 """)
     return path
 
@@ -259,7 +259,7 @@ def test_trusted_checkpoint_flag_lets_a_pickled_checkpoint_past_the_safe_loader(
     code, err = run_cli(["--trust-checkpoints", "evaluate", "--rm", str(path), "--samples", str(samples),
                          "--output", str(tmp_path / "eval")], monkeypatch, capfd)
     # unpickled now; it is then refused for what it is (no reward-model hyper_parameters to build)
-    assert code == 2 and "refused" not in err and "do not fit varirm.module.RewardModelModule" in err, err
+    assert code == 2 and "refused" not in err and "do not fit varirm.reward_training.RewardModelModule" in err, err
 
 
 def test_real_exit_code_and_stderr_of_the_installed_command(tmp_path):

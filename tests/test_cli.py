@@ -4,9 +4,9 @@ import pytest
 import yaml
 from conftest import REPO
 
-import varirm.commands
+import varirm.lightning_cli
 from varirm.cli import cli_main
-from varirm.commands import cpu_precision
+from varirm.lightning_cli import cpu_precision
 
 
 @pytest.fixture(autouse=True)
@@ -16,7 +16,7 @@ def no_env_override(monkeypatch):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_on_cpu_becomes_fp32_only_without_native_bf16(monkeypatch, native):
-    monkeypatch.setattr(varirm.commands, "cpu_bf16_is_native", lambda: native)
+    monkeypatch.setattr(varirm.lightning_cli, "cpu_bf16_is_native", lambda: native)
     precision, note = cpu_precision("bf16-mixed", "cpu")
     assert (precision, bool(note)) == (("bf16-mixed", False) if native else ("32-true", True))
     assert cpu_precision("32-true", "cpu") == ("32-true", "")  # fp32 is never touched
@@ -24,13 +24,13 @@ def test_bf16_on_cpu_becomes_fp32_only_without_native_bf16(monkeypatch, native):
 
 
 def test_env_keeps_bf16_on_any_cpu(monkeypatch):
-    monkeypatch.setattr(varirm.commands, "cpu_bf16_is_native", lambda: False)
+    monkeypatch.setattr(varirm.lightning_cli, "cpu_bf16_is_native", lambda: False)
     monkeypatch.setenv("VARIRM_CPU_BF16", "1")
     assert cpu_precision("bf16-mixed", "cpu") == ("bf16-mixed", "")
 
 
 def test_fit_runs_and_saves_the_precision_it_used(tmp_path, monkeypatch, capsys, tiny_model_dir, synthetic_dir):
-    monkeypatch.setattr(varirm.commands, "cpu_bf16_is_native", lambda: False)
+    monkeypatch.setattr(varirm.lightning_cli, "cpu_bf16_is_native", lambda: False)
     run = tmp_path / "run"
     cli = cli_main(["fit", "--config", str(REPO / "recipes" / "quickstart.yaml"),
                     "--trainer.default_root_dir", str(run), "--trainer.max_steps", "2",

@@ -83,7 +83,7 @@ def test_varirm_lines_through_lightning_stay_and_unhandled_library_warnings_go()
         import logging
         from varirm import console
         console.quiet_third_party()
-        import varirm.commands
+        import varirm.lightning_cli
         console.configure()
         from lightning.pytorch.utilities import rank_zero_info
         rank_zero_info("data/train: 4 pairs from 4 rows")

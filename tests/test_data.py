@@ -15,11 +15,12 @@ import torch
 from torch.testing import assert_close
 from torch.utils.data import DataLoader
 
-import varirm.data
+import varirm.preference_data
 from varirm.chat import encode_prompt_response, fit_to_length, load_tokenizer
-from varirm.data import LengthGroupedSampler, PreferenceDataModule, collate_pairs, padding_fraction
 from varirm.errors import DataError
 from varirm.formats import load_preference_rows
+from varirm.loaders import LengthGroupedSampler, collate_pairs, padding_fraction
+from varirm.preference_data import PreferenceDataModule
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -191,7 +192,7 @@ def test_cache_is_reused_and_invalidated_by_max_length_and_file_content(tmp_path
     def refuse(*args, **kwargs):
         raise Retokenized
 
-    monkeypatch.setattr(varirm.data, "tokenize_pairs", refuse)
+    monkeypatch.setattr(varirm.preference_data, "tokenize_pairs", refuse)
     again = build(tiny_model_dir, train, max_length=12, cache_dir=str(cache))
     for column in ("chosen_ids", "rejected_ids", "margin", "overlong", "row"):
         assert again.splits["train"][column] == first.splits["train"][column]
@@ -385,8 +386,9 @@ def test_cli_bad_row_is_one_line_and_exit_2(tmp_path, tiny_model_dir):
     config = {
         "trainer": {"default_root_dir": str(tmp_path / "run"), "max_steps": 1, "accelerator": "cpu", "devices": 1,
                     "enable_progress_bar": False},
-        "model": {"class_path": "varirm.module.RewardModelModule", "init_args": {"model_name_or_path": tiny_model_dir}},
-        "data": {"class_path": "varirm.data.PreferenceDataModule",
+        "model": {"class_path": "varirm.reward_training.RewardModelModule",
+                  "init_args": {"model_name_or_path": tiny_model_dir}},
+        "data": {"class_path": "varirm.preference_data.PreferenceDataModule",
                  "init_args": {"train": bad, "max_length": 64, "batch_size": 2}},
     }
     (tmp_path / "config.yaml").write_text(json.dumps(config, indent=2))  # JSON is YAML
@@ -408,7 +410,7 @@ def _samples(path, rows):
 
 
 def test_on_policy_pair_rows_take_two_samples_with_different_labels():
-    from varirm.data import on_policy_pair_rows
+    from varirm.on_policy import on_policy_pair_rows
 
     samples = [{"prompt": "p0", "responses": ["a", "b", "c"]}, {"prompt": [{"role": "user", "content": "p1"}],
                "responses": ["x", "y", "z"]}, {"prompt": "p2", "responses": ["u", "v", "w"]}]
@@ -421,7 +423,7 @@ def test_on_policy_pair_rows_take_two_samples_with_different_labels():
 
 
 def test_on_policy_bt_label_noise_flips_at_the_bradley_terry_rate():
-    from varirm.data import on_policy_pair_rows
+    from varirm.on_policy import on_policy_pair_rows
 
     # one pair per prompt with labels 1 and 0: P(right) = sigmoid(1 / 0.5) = 0.881
     samples = [{"prompt": f"p{i}", "responses": ["good", "bad"]} for i in range(4000)]
@@ -470,7 +472,7 @@ def test_on_policy_fraction_needs_samples_and_labeler(tiny_model_dir):
 def test_group_draws_do_not_depend_on_how_a_global_batch_is_split():
     """Process ``r`` of ``R`` gets positions ``r, r + R, ...`` of a global batch; its group ``c``
     is the group ``c * R + r`` that one process holding the whole batch draws."""
-    from varirm.data import GroupSource, PairsWithGroups
+    from varirm.on_policy import GroupSource, PairsWithGroups
 
     source = GroupSource([{"ids": [[i + 3], [i + 4]], "gold": None} for i in range(50)])
     examples = [{"chosen_ids": [10 + i, 11], "rejected_ids": [12, 13 + i], "margin": 0.0} for i in range(12)]

@@ -56,8 +56,8 @@ def test_shortened_verification_recipe(tmp_path, dry):
     names = [rm["name"] for rm in recipe["reward_models"]]
     assert names == gpu_check.SHORT_REWARD_MODELS
     assert set(names) < {rm["name"] for rm in original["reward_models"]}
-    make_synthetic = next(step["run"] for step in recipe["prepare"] if step["run"][0] == "make-synthetic")
-    assert make_synthetic[make_synthetic.index("--n_prompts") + 1] == ("64" if dry else "4000")
+    make_synthetic = next(step["args"] for step in recipe["prepare"] if step["job"] == "make-synthetic")
+    assert make_synthetic["n_prompts"] == (64 if dry else 4000)
     assert all(str(tmp_path) in step["creates"] for step in recipe["prepare"])
     assert any("seeds [0]" in c for c in changes)
 

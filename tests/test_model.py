@@ -4,8 +4,8 @@ from torch.testing import assert_close
 from transformers import AutoModelForSequenceClassification
 
 from varirm.chat import load_tokenizer
-from varirm.data import collate_pairs
-from varirm.model import load_reward_model
+from varirm.loaders import collate_pairs
+from varirm.reward_model import load_reward_model
 from varirm.tiny import make_tiny_model
 
 

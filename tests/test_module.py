@@ -187,7 +187,7 @@ def test_lora_run_checkpoints_only_trainable_weights_and_tests_from_them(tmp_pat
 def test_variance_coef_warms_up_linearly(tiny_model_dir):
     from types import SimpleNamespace
 
-    from varirm.module import RewardModelModule
+    from varirm.reward_training import RewardModelModule
 
     module = RewardModelModule(tiny_model_dir, variance_coef=0.2, variance_warmup_ratio=0.5)
     assert module.variance_coef_now() == 0.2  # no trainer: full weight
@@ -241,11 +241,12 @@ def test_policy_samples_are_regenerated_every_n_steps(tmp_path, tiny_model_dir, 
     cli = cli_main(fit_args(run, tiny_model_dir, synthetic_dir, "--trainer.max_epochs", "1",
                       "--model.init_args.variance_coef", "0.1",
                       "--data.init_args.policy_samples", str(samples), "--data.init_args.groups_per_batch", "2",
-                      "--trainer.callbacks+=varirm.sampling.RegenerateSamples",
+                      "--trainer.callbacks+=varirm.callbacks.RegenerateSamples",
                       "--trainer.callbacks.policy", str(tiny_model_dir), "--trainer.callbacks.prompts", str(prompts),
                       "--trainer.callbacks.every_n_steps", "5", "--trainer.callbacks.k", "3",
                       "--trainer.callbacks.max_new_tokens", "4"))
-    from varirm.sampling import RegenerateSamples, tokenize_groups
+    from varirm.callbacks import RegenerateSamples
+    from varirm.sampling import tokenize_groups
 
     callback = next(c for c in cli.trainer.callbacks if isinstance(c, RegenerateSamples))
     assert callback.regenerations == 512 // 32 // 5  # 16 steps, every 5 -> 3 regenerations

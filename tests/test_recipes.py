@@ -1,13 +1,14 @@
 """Every shipped recipe parses and instantiates its classes (no weights loaded, no Hub access),
 so a recipe cannot rot. (litgpt tests/test_config_hub.py)"""
 
+import inspect
 from pathlib import Path
 
 import pytest
 
-from varirm.commands import VarirmCLI
-from varirm.data import PreferenceDataModule
-from varirm.module import RewardModelModule
+from varirm.lightning_cli import VarirmCLI
+from varirm.preference_data import PreferenceDataModule
+from varirm.reward_training import RewardModelModule
 
 ALL = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
 SAMPLE_RECIPES = [p for p in ALL if p.parent.name == "sample"]
@@ -92,7 +93,7 @@ def test_sft_recipe_parses(recipe):
 
 @pytest.mark.parametrize("recipe", RLOO_RECIPES, ids=[p.stem for p in RLOO_RECIPES])
 def test_rloo_recipe_parses(recipe):
-    from varirm.commands import PolicyCLI
+    from varirm.lightning_cli import PolicyCLI
     from varirm.rloo import PromptDataModule, RLOOModule
 
     class ParseOnlyPolicy(PolicyCLI):
@@ -112,9 +113,12 @@ def test_verify_recipe_parses_with_every_recipe_it_names(recipe, monkeypatch):
     overrides it applies (no weights loaded)."""
     from jsonargparse import ArgumentParser
 
-    from varirm.commands import PolicyCLI
-    from varirm.rloo import PolicyEvaluation, PromptDataModule, RLOOModule
-    from varirm.verify import _flags, verify
+    from varirm.callbacks import PolicyEvaluation
+    from varirm.jobs import JOBS, apply_overrides, load_recipe
+    from varirm.lightning_cli import PolicyCLI
+    from varirm.rloo import PromptDataModule, RLOOModule
+    from varirm.sft import SFTDataModule, SFTModule
+    from varirm.verify import verify
 
     monkeypatch.chdir(recipe.parents[2])  # recipe paths are relative to the repository root
     parser = ArgumentParser()
@@ -129,7 +133,7 @@ def test_verify_recipe_parses_with_every_recipe_it_names(recipe, monkeypatch):
         assert (spec.recipe is None) != (spec.reward is None), spec
         if spec.recipe:
             cli = ParseOnly(RewardModelModule, PreferenceDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                            run=False, args=["--config", spec.recipe, *_flags(spec.overrides)],
+                            run=False, args=apply_overrides(load_recipe(spec.recipe), spec.overrides),
                             auto_configure_optimizers=False)
             assert isinstance(cli.model, RewardModelModule)
 
@@ -137,12 +141,21 @@ def test_verify_recipe_parses_with_every_recipe_it_names(recipe, monkeypatch):
         instantiate_classes = ParseOnly.instantiate_classes
 
     cli = ParseOnlyPolicy(RLOOModule, PromptDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
-                          args=["--config", cfg.rloo_recipe, *_flags(cfg.rloo_overrides)],
+                          args=apply_overrides(load_recipe(cfg.rloo_recipe), cfg.rloo_overrides),
                           auto_configure_optimizers=False)
     callbacks = cli.config_init["trainer"]["callbacks"]
     assert any(isinstance(c, PolicyEvaluation) for c in callbacks), "the RLOO recipe needs the gold-curve callback"
-    for step in cfg.prepare:
-        assert step.run[0] in {"make-tiny-model", "make-synthetic", "sft", "sample"}, step
+    for step in cfg.prepare:  # each names a job and arguments that job takes
+        assert step.job in {"make-tiny-model", "make-synthetic", "sft", "sample"}, step
+        if step.job == "sft":
+            assert set(step.args) <= {"recipe", "overrides"}, step
+            ParseOnly(SFTModule, SFTDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,
+                      args=apply_overrides(load_recipe(step.args["recipe"]), step.args.get("overrides")),
+                      auto_configure_optimizers=False)
+        else:
+            arguments = {**(load_recipe(step.args["config"]) if "config" in step.args else {}), **step.args}
+            arguments.pop("config", None)
+            inspect.signature(JOBS[step.job]).bind(**arguments)
 
 
 def test_regimes_recipe_parses_with_every_setting_it_runs(monkeypatch):
@@ -152,10 +165,10 @@ def test_regimes_recipe_parses_with_every_setting_it_runs(monkeypatch):
 
     from jsonargparse import ArgumentParser
 
-    from varirm.commands import PolicyCLI
+    from varirm.jobs import apply_overrides, load_recipe
+    from varirm.lightning_cli import PolicyCLI
     from varirm.regimes import regimes
     from varirm.rloo import PromptDataModule, RLOOModule
-    from varirm.verify import _flags
 
     recipe = REGIMES_RECIPES[0]
     monkeypatch.chdir(recipe.parents[2])  # recipe paths are relative to the repository root
@@ -173,6 +186,6 @@ def test_regimes_recipe_parses_with_every_setting_it_runs(monkeypatch):
         overrides = {**cfg.rloo_overrides, "model.init_args.optimizer": opt, "model.init_args.lr": cfg.lr[opt],
                      "model.init_args.beta": beta, "model.init_args.advantage_normalization": norm}
         cli = ParseOnlyPolicy(RLOOModule, PromptDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                              run=False, args=["--config", cfg.rloo_recipe, *_flags(overrides)],
+                              run=False, args=apply_overrides(load_recipe(cfg.rloo_recipe), overrides),
                               auto_configure_optimizers=False)
         assert cli.model.hparams.optimizer == opt and cli.model.hparams.advantage_normalization == norm

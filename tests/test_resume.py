@@ -16,7 +16,7 @@ import torch
 from conftest import REPO
 from torch.testing import assert_close
 
-from varirm.data import EpochShuffleSampler, LengthGroupedSampler, LoaderPosition, ResumableLoader
+from varirm.loaders import EpochShuffleSampler, LengthGroupedSampler, LoaderPosition, ResumableLoader
 from varirm.synthetic import make_demos, make_prompts
 
 TESTS = os.path.dirname(__file__)
@@ -169,7 +169,7 @@ def test_random_state_gives_each_process_its_own_generators_back():
     the same number of processes gets state ``r`` back, of another number rank 0's."""
     from types import SimpleNamespace
 
-    from varirm.commands import RandomState
+    from varirm.callbacks import RandomState
 
     states = []
     for seed in (1, 2):

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from varirm.rloo import RLOOModule, clipped_policy_loss, group_std_advantages, kl_estimate, rloo_advantages
+from varirm.objectives import clipped_policy_loss, group_std_advantages, kl_estimate, rloo_advantages
+from varirm.rloo import RLOOModule
 
 
 def test_rloo_advantages_by_hand():
@@ -89,7 +90,8 @@ def test_rloo_against_the_gold_reward_raises_it(tmp_path, tiny_model_dir):
     cli = cli_main(["rloo", "--config", str(REPO / "recipes" / "rloo" / "synthetic_gold.yaml"),
                     "--trainer.default_root_dir", str(tmp_path / "rloo"), "--trainer.max_steps", "40",
                     "--trainer.log_every_n_steps", "2", "--trainer.enable_progress_bar", "false",
-                    "--trainer.callbacks+=varirm.rloo.PolicyEvaluation", "--trainer.callbacks.prompts", str(held_out),
+                    "--trainer.callbacks+=varirm.callbacks.PolicyEvaluation",
+                    "--trainer.callbacks.prompts", str(held_out),
                     "--trainer.callbacks.every_n_steps", "100",
                     "--model.init_args.policy_name_or_path", str(tmp_path / "pi0"),
                     "--data.init_args.prompts", str(prompts)])
@@ -115,7 +117,8 @@ def test_lora_policy_uses_its_adapter_disabled_base_as_reference(tmp_path, tiny_
 
     from lightning.pytorch import Trainer
 
-    from varirm.rloo import PolicyEvaluation, PromptDataModule, RLOOModule, token_logprobs
+    from varirm.callbacks import PolicyEvaluation
+    from varirm.rloo import PromptDataModule, RLOOModule, token_logprobs
 
     module = RLOOModule(tiny_model_dir, "varirm.synthetic.gold_reward", gold="varirm.synthetic.gold_reward", k=2,
                         max_new_tokens=6, lora_r=4, lr=0.05, reward_shift=0.0, reward_scale=1.0)
@@ -151,7 +154,7 @@ def test_policy_and_rm_with_different_tokenizers(tmp_path, tiny_model_dir, synth
     """The policy's samples are decoded, re-templated and re-tokenized by the RM's own tokenizer:
     the rewards RLOO uses equal scoring the decoded texts with the RM directly."""
     from varirm.chat import load_tokenizer
-    from varirm.model import load_reward_model
+    from varirm.reward_model import load_reward_model
     from varirm.rloo import RLOOModule
     from varirm.sampling import read_prompts
     from varirm.scoring import load_scorer, score
@@ -205,7 +208,7 @@ def test_rloo_under_ddp_ranks_agree_and_resume(tmp_path, tiny_model_dir, synthet
     from conftest import REPO
     from lightning.pytorch.strategies import SingleDeviceStrategy
 
-    from varirm.rloo import PolicyEvaluation
+    from varirm.callbacks import PolicyEvaluation
 
     def run(run_dir, *extra):
         evaluation = {"prompts": str(synthetic_dir / "eval_prompts.jsonl"), "num_prompts": 6, "k": 2,
@@ -213,7 +216,7 @@ def test_rloo_under_ddp_ranks_agree_and_resume(tmp_path, tiny_model_dir, synthet
         callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                       "init_args": {"dirpath": str(run_dir / "checkpoints"), "every_n_train_steps": 4,
                                     "save_last": True, "save_top_k": -1}},
-                     {"class_path": "varirm.rloo.PolicyEvaluation", "init_args": evaluation},
+                     {"class_path": "varirm.callbacks.PolicyEvaluation", "init_args": evaluation},
                      {"class_path": "conftest.RankSnapshot"}, *extra]
         config = tmp_path / f"callbacks_{run_dir.name}.yaml"
         config.write_text(json.dumps({"trainer": {"callbacks": callbacks}}))

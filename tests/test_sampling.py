@@ -115,14 +115,14 @@ def test_sample_tokens_matches_greedy_generate(tmp_path, arch):
 def test_generation_precision(monkeypatch):
     import torch
 
-    import varirm.model
+    import varirm.reward_model
     from varirm.errors import ConfigError
     from varirm.sampling import generation_dtype
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(varirm.model, "cpu_bf16_is_native", lambda: True)
+    monkeypatch.setattr(varirm.reward_model, "cpu_bf16_is_native", lambda: True)
     assert generation_dtype(cpu, "auto") == torch.bfloat16 and generation_dtype(cpu, "fp32") is None
-    monkeypatch.setattr(varirm.model, "cpu_bf16_is_native", lambda: False)
+    monkeypatch.setattr(varirm.reward_model, "cpu_bf16_is_native", lambda: False)
     assert generation_dtype(cpu, "auto") is None and generation_dtype(cpu, "bf16") == torch.bfloat16
     assert generation_dtype(torch.device("cuda"), "auto") == torch.bfloat16
     with pytest.raises(ConfigError, match="precision must be"):

@@ -4,8 +4,8 @@ from torch.testing import assert_close
 
 from varirm.chat import encode_prompt_response, load_tokenizer
 from varirm.errors import VarirmError
-from varirm.model import load_reward_model
-from varirm.scoring import load_scorer, resolve_labeler, score
+from varirm.reward_model import load_reward_model
+from varirm.scoring import load_reward_function, load_scorer, score
 
 
 def test_score_matches_one_by_one_forward_in_input_order(tiny_model_dir):
@@ -33,10 +33,10 @@ def test_load_scorer_from_a_saved_lora_rm(tiny_model_dir, tmp_path):
     assert_close(score(loaded, tok, *args), score(rm.eval(), tokenizer, *args))
 
 
-def test_resolve_labeler_callable_and_errors():
-    labeler = resolve_labeler("varirm.synthetic.gold_reward")
+def test_load_reward_function_callable_and_errors():
+    labeler = load_reward_function("varirm.synthetic.gold_reward")
     assert labeler(["List some fruit words.", "Write tool words."], ["apple pear", "apple"]) == [0.25, -0.125]
     with pytest.raises(VarirmError, match="neither a reward-model directory nor an importable callable"):
-        resolve_labeler("varirm.synthetic.no_such_function")
+        load_reward_function("varirm.synthetic.no_such_function")
     with pytest.raises(VarirmError, match="checkpoint not found"):
         load_scorer("/nonexistent/last.ckpt")

@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from varirm.variance import on_policy_accuracy, variance_regularizer, variance_report, whiten, within_prompt_variance
+from varirm.objectives import variance_regularizer
+from varirm.variance import on_policy_accuracy, variance_report, whiten, within_prompt_variance
 
 
 def test_regularizer_worked_example():

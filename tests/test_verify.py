@@ -4,18 +4,11 @@ import os
 
 import pytest
 
+from varirm.claims import across_policies, checks
 from varirm.errors import ConfigError, VarirmError
-from varirm.verify import (
-    RewardModelSpec,
-    _flags,
-    across_policies,
-    checks,
-    curve_summary,
-    render_markdown,
-    spearman,
-    summarize,
-    verify,
-)
+from varirm.report import render_markdown, summarize
+from varirm.stats import spearman
+from varirm.verify import RewardModelSpec, curve_summary, verify
 
 
 def test_spearman_by_hand():
@@ -37,11 +30,6 @@ def test_curve_summary_by_hand():
     assert s["gold_auc"] == pytest.approx(0.2) and s["steps"] == 10
     with pytest.raises(VarirmError, match="fewer than 2 points"):
         curve_summary(curve[:1])
-
-
-def test_flags_keep_strings_and_encode_the_rest():
-    assert _flags({"a.b": 0.25, "c": "x/y.jsonl", "d": None, "e": [1, 2]}) == [
-        "--a.b", "0.25", "--c", "x/y.jsonl", "--d", "null", "--e", "[1, 2]"]
 
 
 def _rows():
@@ -147,7 +135,7 @@ def test_verify_end_to_end_tiny(tmp_path, tiny_model_dir, synthetic_dir):
     samples = tmp_path / "eval_k4.jsonl"
     cli_main(["sample", "--policy", tiny_model_dir, "--prompts", str(synthetic_dir / "eval_prompts.jsonl"),
               "--output", str(samples), "--k", "4", "--num_prompts", "12", "--max_new_tokens", "8"])
-    callback = [{"class_path": "varirm.rloo.PolicyEvaluation",
+    callback = [{"class_path": "varirm.callbacks.PolicyEvaluation",
                  "init_args": {"prompts": str(synthetic_dir / "eval_prompts.jsonl"), "num_prompts": 8, "k": 2,
                                "every_n_steps": 2}}]
     rms = [RewardModelSpec("bt", recipe=str(REPO / "recipes" / "onpolicy_synthetic.yaml"), overrides={
@@ -209,7 +197,7 @@ def _verify_config(tmp_path, tiny_model_dir, synthetic_dir) -> str:
 
     demos.write_text("".join(json.dumps(r) + "\n" for r in make_demos(640, seed=0)))
     pi0, samples = tmp_path / "pi0", tmp_path / "eval_k4.jsonl"
-    callback = [{"class_path": "varirm.rloo.PolicyEvaluation",
+    callback = [{"class_path": "varirm.callbacks.PolicyEvaluation",
                  "init_args": {"prompts": str(synthetic_dir / "eval_prompts.jsonl"), "num_prompts": 8, "k": 2,
                                "every_n_steps": 2}}]
     config = {
@@ -228,14 +216,14 @@ def _verify_config(tmp_path, tiny_model_dir, synthetic_dir) -> str:
                 "trainer.max_epochs": 1, "trainer.limit_train_batches": 6, "trainer.limit_val_batches": 1}},
             {"name": "gold", "reward": "varirm.synthetic.gold_reward"}],
         "prepare": [
-            {"creates": str(pi0 / "config.json"),
-             "run": ["sft", "--config", str(REPO / "recipes" / "sft_synthetic.yaml"), "--trainer.max_epochs", "3",
-                     "--trainer.default_root_dir", str(tmp_path / "sft"), "--trainer.enable_progress_bar", "false",
-                     "--model.init_args.model_name_or_path", tiny_model_dir, "--model.init_args.save_dir", str(pi0),
-                     "--data.init_args.train", str(demos)]},
-            {"creates": str(samples),
-             "run": ["sample", "--policy", str(pi0), "--prompts", str(synthetic_dir / "eval_prompts.jsonl"), "--output",
-                     str(samples), "--k", "4", "--num_prompts", "12", "--max_new_tokens", "8"]}]}
+            {"creates": str(pi0 / "config.json"), "job": "sft",
+             "args": {"recipe": str(REPO / "recipes" / "sft_synthetic.yaml"), "overrides": {
+                 "trainer.max_epochs": 3, "trainer.default_root_dir": str(tmp_path / "sft"),
+                 "trainer.enable_progress_bar": False, "model.init_args.model_name_or_path": tiny_model_dir,
+                 "model.init_args.save_dir": str(pi0), "data.init_args.train": str(demos)}}},
+            {"creates": str(samples), "job": "sample",
+             "args": {"policy": str(pi0), "prompts": str(synthetic_dir / "eval_prompts.jsonl"), "output": str(samples),
+                      "k": 4, "num_prompts": 12, "max_new_tokens": 8}}]}
     path = tmp_path / "verify.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)
@@ -309,7 +297,7 @@ def test_verify_under_two_policies(tmp_path, tiny_model_dir, synthetic_dir):
         cli_main(["sample", "--policy", policy, "--prompts", str(synthetic_dir / "eval_prompts.jsonl"), "--output",
                   str(path), "--k", "4", "--num_prompts", "12", "--max_new_tokens", "8"])
         samples.append(str(path))
-    callback = [{"class_path": "varirm.rloo.PolicyEvaluation",
+    callback = [{"class_path": "varirm.callbacks.PolicyEvaluation",
                  "init_args": {"prompts": str(synthetic_dir / "eval_prompts.jsonl"), "num_prompts": 8, "k": 2,
                                "every_n_steps": 2}}]
     out = tmp_path / "verify"

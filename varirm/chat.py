@@ -58,7 +58,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
     - pad must differ from eos: with pad == eos the final eos of every row is masked as padding
       and the score can be read from the wrong position (chosen and rejected then often score
       the same). A dedicated ``<|pad|>`` token is added when there is no pad or it equals eos;
-      the model's embeddings are resized to ``len(tokenizer)`` by :mod:`varirm.model`.
+      the model's embeddings are resized to ``len(tokenizer)`` by :mod:`varirm.reward_model`.
     - right padding: the score is read at the last non-pad token.
     - a chat template is always present (:data:`DEFAULT_CHAT_TEMPLATE` when the tokenizer has none).
 

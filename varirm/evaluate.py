@@ -19,7 +19,7 @@ from varirm.errors import VarirmError
 from varirm.files import atomic_write_text, path_fingerprint
 from varirm.formats import load_preference_rows
 from varirm.sampling import read_samples, resolve_device, sample
-from varirm.scoring import label_samples, resolve_labeler
+from varirm.scoring import RewardFunction, label_samples, load_reward_function
 from varirm.stats import bootstrap_interval, fmt
 from varirm.variance import on_policy_accuracy, variance_report, whiten, within_prompt_variance
 
@@ -106,6 +106,19 @@ def plot(rewards: torch.Tensor, gold: Optional[torch.Tensor], output: str, title
     return paths
 
 
+def off_policy_accuracy(scorer: RewardFunction, pairs: str, split: str = "test") -> dict[str, Any]:
+    """Share of the preference pairs in ``pairs`` whose chosen response the scorer ranks higher,
+    with a 95% bootstrap interval over pairs."""
+    pair_rows, _ = load_preference_rows(pairs, split, "auto", {}, skip_bad=False)
+    prompts = [r["prompt_messages"] or r["prompt_text"] for r in pair_rows]
+    chosen = torch.tensor(scorer(prompts, [r["chosen"] for r in pair_rows]))
+    rejected = torch.tensor(scorer(prompts, [r["rejected"] for r in pair_rows]))
+    right = (chosen > rejected).double()
+    return {"pairs_file": pairs, "off_policy_pairs": len(pair_rows), "off_policy_acc": right.mean().item(),
+            "off_policy_acc_ci": bootstrap_interval(lambda i: right[i].mean().item(), len(right),
+                                                    method="bootstrap over pairs")}
+
+
 def evaluate(
     rm: str,
     output: str,
@@ -161,7 +174,7 @@ def evaluate(
         samples = sample(policy, prompts, os.path.join(output, "samples.jsonl"), k=k, temperature=temperature,
                          top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, num_prompts=num_prompts, device=device)
     rows = read_samples(samples)
-    scorer = resolve_labeler(rm, batch_size, device, max_length)
+    scorer = load_reward_function(rm, batch_size, device, max_length)
     k = len(rows[0]["responses"])
     flat_prompts = [row["prompt"] for row in rows for _ in range(k)]
     flat_responses = [r for row in rows for r in row["responses"]]
@@ -175,14 +188,7 @@ def evaluate(
     metrics.update(variance_report(rewards, gold_rewards))
     metrics.update(prompt_intervals(rewards, gold_rewards))
     if pairs is not None:
-        pair_rows, _ = load_preference_rows(pairs, pairs_split, "auto", {}, skip_bad=False)
-        prompts_p = [r["prompt_messages"] or r["prompt_text"] for r in pair_rows]
-        chosen = torch.tensor(scorer(prompts_p, [r["chosen"] for r in pair_rows]))
-        rejected = torch.tensor(scorer(prompts_p, [r["rejected"] for r in pair_rows]))
-        right = (chosen > rejected).double()
-        metrics.update({"pairs_file": pairs, "off_policy_pairs": len(pair_rows), "off_policy_acc": right.mean().item(),
-                        "off_policy_acc_ci": bootstrap_interval(lambda i: right[i].mean().item(), len(right),
-                                                                method="bootstrap over pairs")})
+        metrics.update(off_policy_accuracy(scorer, pairs, pairs_split))
     atomic_write_text(os.path.join(output, "metrics.json"), json.dumps(metrics, indent=2))
     atomic_write_text(os.path.join(output, "report.md"), render_markdown(metrics))
     if plots:

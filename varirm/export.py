@@ -25,7 +25,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from varirm.errors import VarirmError
 from varirm.files import atomic_write_text, path_fingerprint
-from varirm.model import RewardModel
+from varirm.reward_model import RewardModel
 from varirm.stats import fmt, fmt_over_seeds
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model_cards", "variance_card.md")
@@ -258,20 +258,26 @@ def export(
                 "reward_scale": evals[0]["scale"] if evals else None,
                 "verification": verified}
         _write_card(tmp, info)
-        os.chmod(tmp, 0o755)
-        if os.path.exists(output):
-            backup = tmp + ".old"
-            os.replace(output, backup)
-            os.replace(tmp, output)
-            shutil.rmtree(backup)
-        else:
-            os.replace(tmp, output)
+        _move_into_place(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if push_to_hub:
         upload(output, push_to_hub, private)
     return output
+
+
+def _move_into_place(tmp: str, output: str) -> None:
+    """The finished export ``tmp`` becomes ``output``; an existing ``output`` is replaced only now,
+    so a failed export leaves it as it was."""
+    os.chmod(tmp, 0o755)
+    if os.path.exists(output):
+        backup = tmp + ".old"
+        os.replace(output, backup)
+        os.replace(tmp, output)
+        shutil.rmtree(backup)
+    else:
+        os.replace(tmp, output)
 
 
 def upload(folder: str, repo_id: str, private: bool = False) -> str:

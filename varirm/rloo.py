@@ -12,93 +12,34 @@ measured on the initial policy's samples at the start of training unless given.
 
 Data parallel (Lightning's ``ddp``): each process samples its own share of the prompts, the
 normalization is measured on all processes' first batches, step metrics are averaged over
-processes, and :class:`PolicyEvaluation` splits its prompts over processes and writes once.
+processes, and :class:`varirm.callbacks.PolicyEvaluation` splits its prompts over processes and
+writes once.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
 from typing import Any, Literal, Optional, Union
 
 import torch
-from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch import LightningDataModule, LightningModule
 from torch.utils.data import DataLoader
 
-from varirm.data import EpochShuffleSampler, LoaderPosition, ResumableLoader
 from varirm.errors import ConfigError
-from varirm.files import atomic_write_text
+from varirm.loaders import EpochShuffleSampler, LoaderPosition, LoaderPositionInCheckpoints, ResumableLoader
+from varirm.objectives import KLEstimator, clipped_policy_loss, group_std_advantages, kl_estimate, rloo_advantages
 from varirm.sampling import (
     Precision,
     SamplingConfig,
     clean_response,
     generate_ids,
-    generate_responses,
     load_policy,
     read_prompts,
     response_suffix,
     stop_ids,
 )
 
-KLEstimator = Literal["k1", "k3"]
 Optimizer = Literal["adamw", "sgd"]
 AdvantageNormalization = Literal["none", "group_std"]
-
-
-def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
-    """Leave-one-out advantages ``A_i = r_i - mean_{j != i} r_j = k / (k - 1) * (r_i - mean_j r_j)``.
-    ``(b, k) -> (b, k)``.
-
-    >>> rloo_advantages(torch.tensor([[1.0, 2.0, 6.0]]))  # 1 - 4, 2 - 3.5, 6 - 1.5
-    tensor([[-3.0000, -1.5000,  4.5000]])
-    """
-    k = rewards.shape[1]
-    if k < 2:
-        raise ValueError("RLOO needs k >= 2 samples per prompt")
-    return k / (k - 1) * (rewards - rewards.mean(dim=1, keepdim=True))
-
-
-def group_std_advantages(advantages: torch.Tensor, rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    """GRPO's advantage scaling (Shao et al. 2024; TRL's ``scale_rewards``): each prompt's
-    advantages divided by the standard deviation of that prompt's rewards plus ``eps``
-    (unbiased std over the ``k`` samples, as TRL computes it). ``(b, k), (b, k) -> (b, k)``.
-    It makes the update blind to the reward's scale within a prompt: a low-variance RM's
-    advantages are scaled up to the same size as a high-variance RM's.
-
-    >>> group_std_advantages(torch.tensor([[-3.0, -1.5, 4.5]]), torch.tensor([[1.0, 2.0, 6.0]]), eps=0.0)
-    tensor([[-1.1339, -0.5669,  1.7008]])
-    """
-    return advantages / (rewards.std(dim=1, keepdim=True) + eps)
-
-
-def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
-                estimator: KLEstimator = "k1") -> torch.Tensor:
-    """Sequence KL(pi || ref) estimates from sampled tokens, summed over response tokens.
-
-    ``k1 = log pi - log ref`` (unbiased, can be negative); ``k3 = (rho - 1) - log rho`` with
-    ``rho = ref / pi`` (Schulman 2020: unbiased, always >= 0). ``logp``, ``ref_logp``, ``mask``:
-    ``(n, t)``. Returns ``(n,)``.
-    """
-    log_ratio = logp - ref_logp
-    per_token = log_ratio if estimator == "k1" else torch.expm1(-log_ratio) + log_ratio
-    return (per_token * mask).sum(-1)
-
-
-def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
-                        clip_eps: Optional[float]) -> torch.Tensor:
-    """Sequence-level policy-gradient loss per sample.
-
-    Without clipping: ``-A * log pi(y|x)`` (REINFORCE; the gradient is ``-A * grad log pi``).
-    With ``clip_eps``: ``-min(rho A, clip(rho, 1 - eps, 1 + eps) A)`` with ``rho = pi / pi_old``
-    (Schulman et al. 2017), whose gradient at ``pi = pi_old`` equals the unclipped one.
-    ``logp``, ``old_logp``: sequence log-probabilities ``(n,)``; ``advantages``: ``(n,)``.
-    """
-    if clip_eps is None:
-        return -advantages * logp
-    ratio = torch.exp(logp - old_logp)
-    return -torch.min(ratio * advantages, ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages)
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int = 0,
@@ -124,11 +65,11 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return logp, ent
 
 
-class PromptDataModule(LightningDataModule):
+class PromptDataModule(LoaderPositionInCheckpoints, LightningDataModule):
     """Batches of prompts for RLOO.
 
     Under data parallelism each process takes its share of every global batch of
-    ``R * batch_size`` prompts (:class:`varirm.data.EpochShuffleSampler`).
+    ``R * batch_size`` prompts (:class:`varirm.loaders.EpochShuffleSampler`).
 
     Args:
         prompts: jsonl/json file (or Hub dataset id) of prompts.
@@ -157,13 +98,6 @@ class PromptDataModule(LightningDataModule):
         return ResumableLoader(self.prompts, batch_size=hp.batch_size, collate_fn=list,
                                sampler=EpochShuffleSampler(len(self.prompts), hp.batch_size, hp.seed, world, rank),
                                position=self.train_position)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"train_position": self.train_position.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "train_position" in state:
-            self.train_position.load_state_dict(state["train_position"])
 
 
 class RLOOModule(LightningModule):
@@ -236,7 +170,7 @@ class RLOOModule(LightningModule):
     def configure_model(self) -> None:
         if self.policy is not None:
             return
-        from varirm.scoring import resolve_labeler
+        from varirm.scoring import load_reward_function
 
         hp = self.hparams
         self.policy, self.tokenizer = load_policy(hp.policy_name_or_path)
@@ -251,8 +185,8 @@ class RLOOModule(LightningModule):
             self.reference.eval().requires_grad_(False)
         self.policy.train()
         # the RM scores through varirm.scoring.score (RM checkpoints/directories) or is a function
-        self.reward_fn = resolve_labeler(hp.reward_model)
-        self.gold_fn = resolve_labeler(hp.gold) if hp.gold else None
+        self.reward_fn = load_reward_function(hp.reward_model)
+        self.gold_fn = load_reward_function(hp.gold) if hp.gold else None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Token log-probabilities ``(n, t - 1 - start)`` of the policy (see :func:`token_logprobs`)."""
@@ -348,90 +282,3 @@ class RLOOModule(LightningModule):
         self.strict_loading = False
 
 
-class PolicyEvaluation(Callback):
-    """Evaluates the policy being trained on fixed held-out prompts, at the start, every
-    ``every_n_steps`` RLOO steps (batches of samples; each makes ``ppo_epochs`` optimizer steps)
-    and at the end: ``k`` samples per prompt with a fixed seed
-    (the training RNG is left untouched), scored by the RM (raw and normalized by the module's
-    ``reward_norm``) and the gold reward when the module has one. Logs ``eval/*`` and writes the
-    whole curve to ``<run dir>/policy_eval.json`` after each point (``varirm verify`` reads it).
-    Under data parallelism process ``r`` generates the batches ``r, r + R, ...`` of prompts (each
-    seeded as in one process, so the numbers are one process's) and the results are summed over
-    processes; the global-rank-0 process writes.
-
-    Args:
-        prompts: jsonl/json file (or Hub dataset id) of held-out prompts.
-        prompt_field: Field holding the prompt.
-        num_prompts: Use only the first this many.
-        split: Split to read when ``prompts`` is a Hub dataset id (held-out prompts: ``test``).
-        k: Samples per prompt.
-        every_n_steps: Evaluate every this many RLOO steps.
-        seed: Sampling seed (the same samples for the same policy).
-        batch_size: Prompts per generation batch.
-    """
-
-    def __init__(self, prompts: str, prompt_field: str = "prompt", num_prompts: Optional[int] = None,
-                 split: str = "train", k: int = 4, every_n_steps: int = 10, seed: int = 1234, batch_size: int = 64):
-        self.prompts_file, self.prompt_field, self.num_prompts, self.split = prompts, prompt_field, num_prompts, split
-        self.k, self.every_n_steps, self.seed, self.batch_size = k, every_n_steps, seed, batch_size
-        self.curve: list[dict[str, float]] = []
-        self.prompts: list = []
-
-    def _evaluate(self, trainer: Trainer, module: RLOOModule) -> None:
-        step = trainer.global_step // module.hparams.ppo_epochs  # RLOO steps done
-        if self.curve and self.curve[-1]["step"] == step:
-            return
-        if not self.prompts:
-            self.prompts = read_prompts(self.prompts_file, self.prompt_field, self.num_prompts, self.split)
-        hp = module.hparams
-        n, size = len(self.prompts), self.batch_size
-        rows, responses = [], []  # this process's prompts (generation batches rank, rank + R, ...), their samples
-        devices = [module.device] if module.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            for b in range(trainer.global_rank, math.ceil(n / size), trainer.world_size):
-                # batch b seeded with seed + b, as generate_responses seeds it over all prompts
-                config = SamplingConfig(k=self.k, temperature=hp.temperature, top_p=hp.top_p,
-                                        max_new_tokens=hp.max_new_tokens, seed=self.seed + b, batch_size=size,
-                                        precision=hp.sampling_precision)
-                batch = list(range(b * size, min(n, (b + 1) * size)))
-                rows += batch
-                responses += generate_responses(module.policy, module.tokenizer, [self.prompts[i] for i in batch],
-                                                config, progress=False)
-        flat_prompts = [self.prompts[i] for i in rows for _ in range(self.k)]
-        flat = [r for group in responses for r in group]
-        # (prompt, sample, [proxy, gold, words]): each process fills its prompts' rows; the sum is all of them
-        table = torch.zeros(n, self.k, 3, dtype=torch.float64)
-        if flat:
-            gold = module.gold_fn(flat_prompts, flat) if module.gold_fn is not None else [0.0] * len(flat)
-            table[rows] = torch.tensor([module.reward_fn(flat_prompts, flat), gold, [len(r.split()) for r in flat]],
-                                       dtype=torch.float64).T.reshape(-1, self.k, 3)
-        table = trainer.strategy.reduce(table.to(module.device), reduce_op="sum").cpu()
-        proxy = table[..., 0].reshape(-1)
-        point = {"step": step, "proxy_reward_raw": proxy.mean().item(), "response_words": table[..., 2].mean().item()}
-        shift, scale = module.reward_norm.tolist()
-        if scale == scale:  # not NaN: normalization known
-            point["proxy_reward"] = ((proxy - shift) / scale).mean().item()
-        if module.gold_fn is not None:
-            point["gold_reward"] = table[..., 1].mean().item()
-        self.curve.append(point)
-        for logger in trainer.loggers:
-            logger.log_metrics({f"eval/{k}": v for k, v in point.items() if k != "step"}, step=step)
-        self._write(trainer)
-
-    @rank_zero_only
-    def _write(self, trainer: Trainer) -> None:
-        root = trainer.default_root_dir
-        os.makedirs(root, exist_ok=True)
-        atomic_write_text(os.path.join(root, "policy_eval.json"),
-                          json.dumps({"prompts": self.prompts_file, "num_prompts": len(self.prompts), "k": self.k,
-                                      "seed": self.seed, "curve": self.curve}, indent=2))
-
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._evaluate(trainer, pl_module)
-
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
-        if (trainer.global_step // pl_module.hparams.ppo_epochs) % self.every_n_steps == 0:
-            self._evaluate(trainer, pl_module)
-
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._evaluate(trainer, pl_module)

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal, Optional
 
 import torch
-from lightning.pytorch import Callback
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -50,11 +49,11 @@ def generation_dtype(device: torch.device, precision: Precision = "auto") -> Opt
     """The dtype generation computes in: ``torch.bfloat16`` (autocast) or ``None`` (the weights' own).
 
     ``auto`` is bf16 on CUDA and on CPUs with native bf16 matrix multiplies (AVX512-BF16, AMX;
-    :func:`varirm.model.cpu_bf16_is_native`), where it is several times faster than fp32 for
+    :func:`varirm.reward_model.cpu_bf16_is_native`), where it is several times faster than fp32 for
     decoding; on other CPUs bf16 runs in a slow scalar fallback, so ``auto`` keeps fp32 there.
     ``bf16`` and ``fp32`` force one or the other.
     """
-    from varirm.model import cpu_bf16_is_native
+    from varirm.reward_model import cpu_bf16_is_native
 
     if precision not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"precision must be auto, bf16 or fp32, got {precision!r}")
@@ -67,7 +66,7 @@ def generation_dtype(device: torch.device, precision: Precision = "auto") -> Opt
 
 def load_policy(name_or_path: str, dtype: Optional[str] = None, trust_remote_code: bool = False):
     """A causal LM and its tokenizer (pad != eos, chat template ensured by :func:`load_tokenizer`)."""
-    from varirm.model import DTYPES
+    from varirm.reward_model import DTYPES
 
     tokenizer = load_tokenizer(name_or_path, trust_remote_code)
     kwargs = {"trust_remote_code": trust_remote_code}
@@ -123,8 +122,8 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float) -> torch
 
     Inverse-CDF sampling: one uniform draw ``u`` per row and the first token whose cumulative
     probability exceeds ``u``. ``torch.multinomial``, which ``generate`` uses, draws one exponential
-    per vocabulary entry on CPU (0.21 of a SmolLM2-135M sampling pass's CPU time at 64 rows x 49k
-    tokens, in ``scripts/bench_sampling.py``'s profile); this is a cumulative sum. No top-k cut
+    per vocabulary entry on CPU (its share of a sampling pass: ``scripts/bench_sampling.py``'s
+    profile, BENCHMARKS.md); this is a cumulative sum. No top-k cut
     (``generate`` cuts to the top 50 unless told otherwise): RLOO's log-probabilities and KL are
     those of the full distribution, which is the one sampled here.
 
@@ -350,57 +349,3 @@ def sample(policy: str, prompts: str, output: str, k: int = 4, temperature: floa
     return output
 
 
-class RegenerateSamples(Callback):
-    """Refresh the policy-sample groups that feed the variance regularizer during ``fit``: every
-    ``every_n_steps`` optimizer steps, load ``policy`` (from disk again, so a policy that is being
-    trained elsewhere and saved there is picked up), sample ``k`` responses for the prompts and
-    swap them into the data module's :class:`varirm.data.GroupSource`.
-
-    Needs ``data.policy_samples`` (the initial groups) and ``data.num_workers: 0``.
-
-    Args:
-        policy: Hub id or local directory of the policy (causal LM).
-        prompts: jsonl/json file of prompts.
-        every_n_steps: Regenerate after every this many optimizer steps.
-        k: Samples per prompt.
-        num_prompts: Use only the first this many prompts.
-        temperature: Sampling temperature.
-        top_p: Nucleus sampling threshold.
-        max_new_tokens: Longest response.
-        seed: Base seed (each regeneration uses seed + step + rank).
-        batch_size: Prompts per generate call.
-    """
-
-    def __init__(self, policy: str, prompts: str, every_n_steps: int = 100, k: int = 4,
-                 num_prompts: Optional[int] = None, temperature: float = 1.0, top_p: float = 1.0,
-                 max_new_tokens: int = 32, seed: int = 0, batch_size: int = 16):
-        if every_n_steps < 1:
-            raise ConfigError(f"every_n_steps must be at least 1, got {every_n_steps}")
-        self.policy, self.prompts, self.every_n_steps, self.num_prompts = policy, prompts, every_n_steps, num_prompts
-        self.config = SamplingConfig(k=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                                     seed=seed, batch_size=batch_size)
-        self.regenerations = 0
-        self._last_step = 0
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        dm = trainer.datamodule
-        if getattr(dm, "group_source", None) is None:
-            raise ConfigError("RegenerateSamples needs data.policy_samples (the first groups)")
-        if dm.hparams.num_workers:
-            raise ConfigError("RegenerateSamples needs data.num_workers: 0 (workers would keep the old samples)")
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if step > self._last_step and step % self.every_n_steps == 0:
-            self._last_step = step
-            self.regenerate(trainer, pl_module, step)
-
-    def regenerate(self, trainer, pl_module, step: int) -> None:
-        dm = trainer.datamodule
-        policy, tokenizer = load_policy(self.policy)
-        prompts = read_prompts(self.prompts, limit=self.num_prompts)
-        config = SamplingConfig(**{**asdict(self.config), "seed": self.config.seed + step + 7919 * trainer.global_rank})
-        responses = generate_responses(policy.to(pl_module.device), tokenizer, prompts, config, progress=False)
-        dm.group_source.groups = tokenize_groups(dm.tokenizer, prompts, responses, dm.hparams.max_length)
-        self.regenerations += 1
-        pl_module.log("train/samples_regenerated", float(self.regenerations), rank_zero_only=True)

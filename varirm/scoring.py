@@ -1,4 +1,4 @@
-"""Scoring (prompt, response) texts with a reward model, and labelers.
+"""Scoring (prompt, response) texts with a reward model, and reward functions from recipe strings.
 
 Everything that scores text outside training (``varirm evaluate``, labelers that turn policy
 samples into preference pairs) goes through :func:`score`, which tokenizes with
@@ -17,12 +17,14 @@ from transformers import PreTrainedTokenizerBase
 from varirm.chat import Prompt, encode_prompt_response, fit_to_length, load_tokenizer, pad_right
 from varirm.errors import VarirmError
 from varirm.files import TRUST_ENV
-from varirm.model import RewardModel, load_reward_model
+from varirm.reward_model import RewardModel, load_reward_model
 
-Labeler = Callable[[list[Prompt], list[str]], list[float]]
+RewardFunction = Callable[[list[Prompt], list[str]], list[float]]
 
 
-REWARD_MODULE = "varirm.module.RewardModelModule"
+REWARD_MODULE = "varirm.reward_training.RewardModelModule"
+# checkpoints written before the module was renamed (varirm.module) hold the same class
+REWARD_MODULES = {REWARD_MODULE, "varirm.module.RewardModelModule"}
 
 
 def read_checkpoint(path: str) -> dict:
@@ -52,14 +54,14 @@ def read_checkpoint(path: str) -> dict:
 
 
 def load_checkpoint_module(path: str, quantized: bool = True):
-    """The :class:`varirm.module.RewardModelModule` of a ``varirm fit`` checkpoint, model built and
+    """The :class:`varirm.reward_training.RewardModelModule` of a ``varirm fit`` checkpoint, model built and
     weights loaded (read by :func:`read_checkpoint`). ``quantized=False`` builds a QLoRA
     checkpoint's base without 4-bit quantization (its adapters and score head fit either)."""
-    from varirm.module import RewardModelModule
+    from varirm.reward_training import RewardModelModule
 
     ckpt = read_checkpoint(path)
     class_path = ckpt["hyper_parameters"].get("_class_path", REWARD_MODULE)
-    if class_path != REWARD_MODULE:
+    if class_path not in REWARD_MODULES:
         raise VarirmError(f"{path}: a checkpoint of {class_path}, not a reward model; give a `varirm fit` "
                           f"checkpoint ({REWARD_MODULE}) or an exported reward-model directory")
     # LightningCLI adds private keys (``_class_path``, ``_instantiator``) to the saved hparams
@@ -118,12 +120,14 @@ def score(rm: RewardModel, tokenizer: PreTrainedTokenizerBase, prompts: list[Pro
     return out
 
 
-def resolve_labeler(spec: str, batch_size: int = 32, device: Optional[str] = None,
-                    max_length: Optional[int] = None) -> Labeler:
-    """A labeler from a recipe string: a reward model (a directory, a ``.ckpt``, or a Hub id such
-    as ``Skywork/Skywork-Reward-Llama-3.1-8B-v0.2``: anything with a ``/``), scored with
-    :func:`score`; or the dotted path of a Python callable ``(prompt, response) -> float``, e.g.
-    ``varirm.synthetic.gold_reward``. ``max_length`` cuts RM inputs as training does."""
+def load_reward_function(spec: str, batch_size: int = 32, device: Optional[str] = None,
+                         max_length: Optional[int] = None) -> RewardFunction:
+    """A reward function ``(prompts, responses) -> rewards`` from a recipe string: what RLOO trains
+    against, what evaluation scores and what labels policy samples. A reward model (a directory, a
+    ``.ckpt``, or a Hub id such as ``Skywork/Skywork-Reward-Llama-3.1-8B-v0.2``: anything with a
+    ``/``), loaded here and scored with :func:`score`; or the dotted path of a Python callable
+    ``(prompt, response) -> float``, e.g. ``varirm.synthetic.gold_reward``. ``max_length`` cuts RM inputs as
+    training does."""
     if "/" in spec or os.path.isdir(spec) or spec.endswith(".ckpt"):
         rm, tokenizer = load_scorer(spec, device or ("cuda" if torch.cuda.is_available() else "cpu"))
         return lambda prompts, responses: score(rm, tokenizer, prompts, responses, batch_size, max_length).tolist()
@@ -141,7 +145,7 @@ def label_samples(samples: list[dict], labeler: Optional[str] = None,
     """Labels ``(p, k)`` of a samples file's rows: from ``labeler`` when given (it wins), else the
     rows' own ``gold`` field. The labeler RM (if any) is loaded for this call only."""
     if labeler:
-        label = resolve_labeler(labeler, device=device)
+        label = load_reward_function(labeler, device=device)
         flat = label([row["prompt"] for row in samples for _ in row["responses"]],
                      [r for row in samples for r in row["responses"]])
         k = len(samples[0]["responses"])

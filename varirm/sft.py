@@ -17,10 +17,10 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from torch.utils.data import DataLoader
 
 from varirm.chat import encode_prompt_response, fit_to_length, load_tokenizer, pad_right
-from varirm.data import EpochShuffleSampler, LoaderPosition, ResumableLoader
 from varirm.errors import DataError
 from varirm.files import atomic_directory
 from varirm.formats import read_raw_rows
+from varirm.loaders import EpochShuffleSampler, LoaderPosition, LoaderPositionInCheckpoints, ResumableLoader
 from varirm.sampling import load_policy
 from varirm.schedules import warmup_schedule
 
@@ -50,7 +50,7 @@ def collate_sft(examples: list[dict[str, Any]], pad_token_id: int) -> dict[str, 
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-class SFTDataModule(LightningDataModule):
+class SFTDataModule(LoaderPositionInCheckpoints, LightningDataModule):
     """Demonstrations for SFT.
 
     Args:
@@ -101,13 +101,6 @@ class SFTDataModule(LightningDataModule):
             return []
         return DataLoader(self.splits["val"], batch_size=self.hparams.batch_size,
                           collate_fn=partial(collate_sft, pad_token_id=self.tokenizer.pad_token_id))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"train_position": self.train_position.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "train_position" in state:
-            self.train_position.load_state_dict(state["train_position"])
 
 
 class SFTModule(LightningModule):

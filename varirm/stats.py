@@ -4,9 +4,12 @@
 - :func:`t_interval`: mean over seeds with a Student-t interval (few seeds: the t quantile, not 1.96).
 - :func:`paired`: the same seeds under two conditions: difference (t interval) and ratio of means
   (paired bootstrap over seeds).
+- :func:`spearman`, :func:`spearman_draws`, :func:`spearman_interval`: rank correlation across
+  RMs of a per-RM mean with the mean gold gain, with a bootstrap over seeds within each RM.
+- :func:`over_seeds`, :func:`per_seed`: one RM's runs summarized, or lined up by seed.
 - :func:`judge`: PASS only when the interval clears a threshold, MISS when it lies wholly on the
   wrong side, otherwise INCONCLUSIVE, with the number of seeds that would resolve it at the
-  observed spread (half-width shrinks as ``1 / sqrt(n)``).
+  observed spread (half-width shrinks as ``1 / sqrt(n)``); :func:`all_of` combines the parts of a claim.
 
 An interval is a dict ``{"estimate", "lower", "upper", "level", "method", "n"}``.
 """
@@ -14,7 +17,8 @@ An interval is a dict ``{"estimate", "lower", "upper", "level", "method", "n"}``
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+import statistics
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -134,3 +138,81 @@ def fmt_over_seeds(m: dict[str, object], digits: int = 3) -> str:
     if not (lo == lo and hi == hi):
         return f"{m['mean']:.{digits}f}"
     return f"{m['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman rank correlation (ties get their average rank), via torchmetrics. NaN when either
+    side is constant or there are fewer than 3 points."""
+    from torchmetrics.functional import spearman_corrcoef
+
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return float("nan")
+    return spearman_corrcoef(torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)).item()
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    """Mean and sample std of the non-NaN values (std 0 for one value; both NaN for none)."""
+    values = [v for v in values if v == v]
+    if not values:
+        return {"mean": float("nan"), "std": float("nan")}
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def over_seeds(values: list[float]) -> dict[str, Any]:
+    """Mean, std and the 95% t interval over seeds (``lower``/``upper``)."""
+    ci = t_interval(values)
+    return {**mean_std(values), "lower": ci["lower"], "upper": ci["upper"], "n": ci["n"], "method": ci["method"]}
+
+
+def spearman_draws(rows: list[dict[str, Any]], names: list[str], metric: str, resamples: int = RESAMPLES,
+                    seed: int = 0) -> tuple[float, list[float]]:
+    """Spearman(per-RM mean of ``metric``, per-RM mean gold gain) across RMs, and its values on
+    ``resamples`` bootstrap draws that resample seeds within each RM. The draws depend only on
+    ``seed`` and the number of runs per RM, so two metrics' draws pair up."""
+    by_rm = {n: [(r[metric], r["gold_gain"]) for r in rows if r["name"] == n] for n in names}
+    g = torch.Generator().manual_seed(seed)
+
+    def on_means(pick: dict[str, list[int]]) -> float:
+        xs = [statistics.mean(by_rm[n][i][0] for i in pick[n]) for n in names]
+        ys = [statistics.mean(by_rm[n][i][1] for i in pick[n]) for n in names]
+        return spearman(xs, ys)
+
+    estimate = on_means({n: list(range(len(by_rm[n]))) for n in names})
+    if max(len(v) for v in by_rm.values()) < 2:
+        return estimate, []
+    return estimate, [on_means({n: torch.randint(len(by_rm[n]), (len(by_rm[n]),), generator=g).tolist() for n in names})
+                      for _ in range(resamples)]
+
+
+def percentile_interval(estimate: float, draws: list[float], n: int) -> dict[str, Any]:
+    """An estimate with the 2.5% and 97.5% quantiles of its bootstrap ``draws`` over seeds within each RM
+    (NaN draws left out; a NaN interval when none is left). ``n``: the number of seeds."""
+    kept = torch.tensor([d for d in draws if d == d], dtype=torch.float64)
+    if kept.numel() == 0:
+        return interval(estimate, float("nan"), float("nan"), "bootstrap over seeds within each RM", n)
+    lo, hi = torch.quantile(kept, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return interval(estimate, lo, hi, "bootstrap over seeds within each RM", n)
+
+
+def spearman_interval(rows: list[dict[str, Any]], names: list[str], seeds: list[int], metric: str) -> dict[str, Any]:
+    """Spearman(per-RM mean of ``metric``, per-RM mean gold gain) with a 95% bootstrap interval
+    that resamples seeds within each RM."""
+    return percentile_interval(*spearman_draws(rows, names, metric), len(seeds))
+
+
+def per_seed(rows: list[dict[str, Any]], name: str, seeds: list[int], metric: str) -> list[float]:
+    """``metric`` of RM ``name``'s runs in the order of ``seeds`` (paired comparisons line up by seed)."""
+    by_seed = {r["seed"]: r[metric] for r in rows if r["name"] == name}
+    return [by_seed[s] for s in seeds]
+
+
+def all_of(verdicts: list[dict[str, Any]]) -> dict[str, Any]:
+    """A claim made of several parts: MISS if any part misses, PASS if all pass, else INCONCLUSIVE
+    (seeds needed: the most any part needs)."""
+    kinds = [v["verdict"] for v in verdicts]
+    if "MISS" in kinds:
+        return {"verdict": "MISS"}
+    if all(k == "PASS" for k in kinds):
+        return {"verdict": "PASS"}
+    needed = [v.get("seeds_needed") for v in verdicts if v["verdict"] == "INCONCLUSIVE"]
+    return {"verdict": "INCONCLUSIVE", "seeds_needed": None if None in needed else max(needed)}

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import zlib
 from functools import partial
 from typing import Any, Literal, Optional, Union
 
@@ -21,12 +19,22 @@ import datasets
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
-from varirm.chat import encode_prompt_response, fit_to_length, load_tokenizer, pad_right, tokenizer_fingerprint
+from varirm.chat import encode_prompt_response, fit_to_length, load_tokenizer, tokenizer_fingerprint
 from varirm.errors import ConfigError, DataError
 from varirm.files import atomic_write_text, labeler_fingerprint, path_fingerprint
 from varirm.formats import LOCAL_SUFFIXES, Format, load_preference_rows
+from varirm.loaders import (
+    LengthGroupedSampler,
+    LoaderPosition,
+    LoaderPositionInCheckpoints,
+    ResumableLoader,
+    collate_groups,
+    collate_pairs,
+    padding_fraction,
+)
+from varirm.on_policy import GroupSource, PairsWithGroups, on_policy_pair_rows
 from varirm.sampling import read_samples, tokenize_groups
 from varirm.scoring import label_samples
 
@@ -66,231 +74,7 @@ def _source_key(source: str, split: str) -> str:
         raise DataError(source, None, None, f"cannot load split {split!r}: {type(e).__name__}: {e}") from None
 
 
-def padding_fraction(lengths: list[int], batches: list[list[int]]) -> float:
-    """Fraction of padded positions when each batch is padded to its longest row."""
-    total = sum(len(b) * max(lengths[i] for i in b) for b in batches if b)
-    return 1.0 - sum(lengths[i] for b in batches for i in b) / total if total else 0.0
-
-
-class LengthGroupedSampler(DistributedSampler):
-    """Shuffled order in which each consecutive ``batch_size`` indices have similar lengths.
-
-    Indices are shuffled, cut into mega-batches of ``bucket_batches`` global batches, sorted by
-    length inside each mega-batch, cut into global batches of ``batch_size * num_replicas`` and
-    the full global batches shuffled (a smaller last one stays last). Rank ``r`` takes positions
-    ``r, r + R, ...`` of each global batch, so one process with batch ``B`` and ``R`` processes
-    with ``B / R`` see the same global batches (DDP runs match single-process runs). Like
-    ``DistributedSampler``, indices are repeated only to make the total a multiple of ``R``; one
-    process sees every row exactly once. Subclassing ``DistributedSampler`` stops Lightning from
-    wrapping it in a sampler that would re-shuffle the indices.
-    """
-
-    def __init__(self, lengths: list[int], batch_size: int, num_replicas: int = 1, rank: int = 0,
-                 shuffle: bool = True, seed: int = 0, bucket_batches: int = 64):
-        super().__init__(lengths, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
-        self.lengths, self.batch_size, self.bucket_batches = lengths, batch_size, bucket_batches
-        self.skip_batches = 0  # global batches to leave out of the next iteration (resuming mid-epoch)
-        self.num_samples = math.ceil(len(lengths) / num_replicas)
-        self.total_size = self.num_samples * num_replicas
-
-    def global_batches(self) -> list[list[int]]:
-        n, global_batch = len(self.lengths), self.batch_size * self.num_replicas
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(n, generator=g).tolist() if self.shuffle else list(range(n))
-        if n:  # repeat rows so every rank gets the same number (several times over for tiny splits)
-            order = (order * math.ceil(self.total_size / n))[: self.total_size]
-        mega = global_batch * self.bucket_batches
-        batches = []
-        for start in range(0, len(order), mega):
-            chunk = sorted(order[start:start + mega], key=lambda i: -self.lengths[i])
-            batches += [chunk[j:j + global_batch] for j in range(0, len(chunk), global_batch)]
-        if self.shuffle:
-            full = len(batches) - (len(batches[-1]) < global_batch if batches else 0)
-            batches = [batches[i] for i in torch.randperm(full, generator=g).tolist()] + batches[full:]
-        return batches
-
-    def __iter__(self):
-        skip, self.skip_batches = self.skip_batches, 0
-        for batch in self.global_batches()[skip:]:
-            yield from batch[self.rank::self.num_replicas]
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-
-class EpochShuffleSampler(DistributedSampler):
-    """The order of ``DataLoader(shuffle=True, generator=torch.Generator().manual_seed(seed))``,
-    epoch by epoch, computed from the epoch number alone, so a resumed run can start an epoch in
-    its middle (``skip_batches``). Per epoch that loader draws from its generator one int64 (the
-    iterator's worker seed), then ``randperm(n)`` (the order) and ``randperm(n)[:0]`` (``RandomSampler``'s
-    remainder); replaying those draws gives the same orders as before this sampler existed (a
-    test checks it). Used by SFT and RLOO data.
-
-    With ``num_replicas = R`` processes, the order is padded (like ``DistributedSampler``, by
-    repeating its start) to a multiple of ``R`` and process ``rank`` takes positions ``rank, rank + R,
-    ...``: its ``i``-th batch of ``batch_size`` is its share of the ``i``-th global batch of
-    ``R * batch_size``, the batch one process with ``R * batch_size`` would see."""
-
-    def __init__(self, n: int, batch_size: int, seed: int = 0, num_replicas: int = 1, rank: int = 0):
-        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
-        self.n, self.batch_size, self.skip_batches = n, batch_size, 0
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed)
-        for _ in range(self.epoch):
-            torch.empty((), dtype=torch.int64).random_(generator=g)
-            torch.randperm(self.n, generator=g)
-            torch.randperm(self.n, generator=g)
-        torch.empty((), dtype=torch.int64).random_(generator=g)
-        order = torch.randperm(self.n, generator=g).tolist()
-        if self.num_replicas > 1 and order:
-            order = (order * math.ceil(self.total_size / self.n))[:self.total_size][self.rank::self.num_replicas]
-        skip, self.skip_batches = self.skip_batches, 0
-        yield from order[skip * self.batch_size:]
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-
-class LoaderPosition:
-    """Where the training loader is in its epoch: saved in checkpoints through the data module's
-    and the loader's ``state_dict`` (Lightning calls both), restored before training resumes."""
-
-    def __init__(self):
-        self.epoch, self.batches, self.resume = 0, 0, None
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batches": self.batches}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.resume = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
-
-
-class ResumableLoader(DataLoader):
-    """A ``DataLoader`` over a sampler with ``epoch`` and ``skip_batches`` (the samplers above)
-    that counts the batches it hands out in each epoch, so a run resumed from a mid-epoch
-    checkpoint continues with the next unseen batch instead of replaying the epoch. Lightning
-    fetches from sized loaders without prefetching, so the count is the number of batches trained
-    on when a checkpoint is written."""
-
-    def __init__(self, *args, position: Optional[LoaderPosition] = None, **kwargs):
-        # Its own generator for the per-epoch worker seed that DataLoader draws when an iteration
-        # starts: drawn from the global RNG, it would shift every later draw of a resumed run.
-        kwargs.setdefault("generator", torch.Generator().manual_seed(0))
-        super().__init__(*args, **kwargs)
-        self.position = position or LoaderPosition()
-
-    def __iter__(self):
-        position, sampler = self.position, self.sampler
-        resume, position.resume = position.resume, None
-        position.epoch, position.batches = sampler.epoch, 0
-        if resume is not None and resume["epoch"] == sampler.epoch:
-            sampler.skip_batches = position.batches = resume["batches"]
-        for batch in super().__iter__():
-            position.batches += 1
-            yield batch
-
-    def state_dict(self) -> dict[str, int]:
-        return self.position.state_dict()
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.position.load_state_dict(state)
-
-
-def collate_pairs(examples: list[dict[str, Any]], pad_token_id: int,
-                  pad_to_multiple_of: int = 1) -> dict[str, torch.Tensor]:
-    """``input_ids``/``attention_mask`` of shape ``(2b, t)``: rows ``[:b]`` chosen, ``[b:]``
-    rejected, right-padded with ``pad_token_id``; ``margin`` of shape ``(b,)``."""
-    seqs = [e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples]
-    input_ids, attention_mask = pad_right(seqs, pad_token_id, pad_to_multiple_of)
-    margin = torch.tensor([float(e["margin"]) for e in examples], dtype=torch.float32)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "margin": margin}
-
-
-def collate_groups(groups: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """``group_input_ids``/``group_attention_mask`` ``(g * k, t)`` right-padded, prompt-major (the
-    ``k`` samples of a prompt are consecutive rows); ``group_gold`` ``(g, k)`` when labelled."""
-    input_ids, attention_mask = pad_right([ids for g in groups for ids in g["ids"]], pad_token_id)
-    out = {"group_input_ids": input_ids, "group_attention_mask": attention_mask, "group_size": len(groups[0]["ids"])}
-    if all(g["gold"] is not None for g in groups):
-        out["group_gold"] = torch.tensor([g["gold"] for g in groups], dtype=torch.float32)
-    return out
-
-
-class GroupSource:
-    """The policy-sample groups that feed the variance term. :class:`varirm.sampling.RegenerateSamples`
-    swaps in fresh samples from a changing policy while training; the collator reads the current ones."""
-
-    def __init__(self, groups: list[dict[str, Any]]):
-        self.groups = groups
-
-    def draw(self, n: int, generator: torch.Generator) -> list[dict[str, Any]]:
-        return [self.groups[i] for i in torch.randint(len(self.groups), (n,), generator=generator).tolist()]
-
-
-class PairsWithGroups:
-    """Collator: a batch of pairs plus ``groups_per_batch`` policy-sample groups drawn at random.
-
-    Group ``c`` is drawn by a generator seeded by ``seed``, its global index ``c * R + rank`` and a
-    hash of the token ids of the batch's examples ``c, c + groups_per_batch, ...``, so the draw does
-    not depend on process history (a resumed run draws the same groups), and it does not depend on
-    how a global batch is split over ``R`` processes: :class:`LengthGroupedSampler` gives process
-    ``r`` the global positions ``r, r + R, ...``, so its examples ``c, c + G, ...`` are the global
-    batch's positions ``c * R + r, c * R + r + G * R, ...``, exactly what one process with ``R``
-    times the batch and the groups hashes for its group ``c * R + r``. With the regularizer's
-    statistics taken over all processes (:meth:`varirm.module.RewardModelModule._all_groups`), a
-    DDP run is step for step a single-process run with ``R`` times ``batch_size`` and
-    ``groups_per_batch``. Needs ``num_workers=0`` when samples are regenerated during training
-    (workers hold copies)."""
-
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int, source: GroupSource, groups_per_batch: int,
-                 seed: int, rank: int = 0, num_replicas: int = 1):
-        self.pad_token_id, self.pad_to_multiple_of = pad_token_id, pad_to_multiple_of
-        self.source, self.groups_per_batch, self.seed = source, groups_per_batch, seed
-        self.rank, self.num_replicas = rank, num_replicas
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = collate_pairs(examples, self.pad_token_id, self.pad_to_multiple_of)
-        groups = []
-        for c in range(self.groups_per_batch):
-            chunk = examples[c::self.groups_per_batch]
-            key = zlib.crc32(b"".join(torch.tensor(e["chosen_ids"] + e["rejected_ids"]).numpy().tobytes()
-                                      for e in chunk))
-            index = c * self.num_replicas + self.rank  # the group's index in the global batch
-            groups += self.source.draw(1, torch.Generator().manual_seed(self.seed * 7919 + index * 104729 + key))
-        batch.update(collate_groups(groups, self.pad_token_id))
-        return batch
-
-
-def on_policy_pair_rows(samples: list[dict[str, Any]], labels: list[list[float]], seed: int,
-                        bt_temperature: float = 0.0) -> list[dict[str, Any]]:
-    """One labelled preference pair per prompt, as in Razin et al.: two of the policy's samples
-    drawn at random among those with different labels; the higher label is chosen, or with
-    ``bt_temperature > 0`` a Bradley-Terry draw ``P(a > b) = sigmoid((l_a - l_b) / bt_temperature)``
-    decides (label noise)."""
-    rng = torch.Generator().manual_seed(seed)
-    rows = []
-    for index, (row, label) in enumerate(zip(samples, labels)):
-        responses = row["responses"]
-        pairs = [(a, b) for a in range(len(responses)) for b in range(a + 1, len(responses))
-                 if label[a] != label[b] and responses[a] != responses[b]]
-        if not pairs:
-            continue
-        a, b = pairs[int(torch.randint(len(pairs), (1,), generator=rng))]
-        if bt_temperature > 0:
-            p_a = torch.sigmoid(torch.tensor((label[a] - label[b]) / bt_temperature, dtype=torch.float64))
-            if torch.rand((), generator=rng, dtype=torch.float64) >= p_a:
-                a, b = b, a
-        elif label[b] > label[a]:
-            a, b = b, a
-        prompt = row["prompt"]
-        rows.append({"prompt_messages": prompt if isinstance(prompt, list) else [],
-                     "prompt_text": prompt if isinstance(prompt, str) else "", "chosen": responses[a],
-                     "rejected": responses[b], "margin": 0.0, "row": index})
-    return rows
-
-
-class PreferenceDataModule(LightningDataModule):
+class PreferenceDataModule(LoaderPositionInCheckpoints, LightningDataModule):
     """Preference pairs for Bradley-Terry reward-model training.
 
     Args:
@@ -587,13 +371,6 @@ class PreferenceDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.hparams.batch_size, shuffle=True)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"train_position": self.train_position.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "train_position" in state:  # checkpoints from before exact resume have none
-            self.train_position.load_state_dict(state["train_position"])
 
     def val_dataloader(self):
         """Preference pairs (``dataloader_idx`` 0) and, with ``val_policy_samples``, policy-sample

@@ -10,21 +10,21 @@ from lightning.pytorch import LightningModule
 
 from varirm.chat import load_tokenizer
 from varirm.errors import ConfigError
-from varirm.losses import bradley_terry_loss, center_rewards_penalty
 from varirm.metrics import GroupRewardMetrics, pairwise_metrics, update_pairwise
-from varirm.model import RewardModel, load_reward_model
+from varirm.objectives import bradley_terry_loss, center_rewards_penalty, variance_regularizer
+from varirm.reward_model import RewardModel, load_reward_model
 from varirm.schedules import warmup_schedule
-from varirm.variance import Normalization, variance_regularizer, whiten, within_prompt_variance
+from varirm.variance import Normalization, whiten, within_prompt_variance
 
 
 class RewardModelModule(LightningModule):
-    """Trains a :class:`varirm.model.RewardModel` with the Bradley-Terry loss on preference pairs,
+    """Trains a :class:`varirm.reward_model.RewardModel` with the Bradley-Terry loss on preference pairs,
     optionally plus ``variance_coef`` times the variance regularizer on policy-sample groups:
 
         loss = mean_i BT(r_c,i, r_r,i, m_i) + center_rewards_coef * mean_i (r_c,i + r_r,i)^2
-               + variance_coef * mean_g varirm.variance.variance_regularizer(r_g)
+               + variance_coef * mean_g varirm.objectives.variance_regularizer(r_g)
 
-    Batches come from :class:`varirm.data.PreferenceDataModule`: ``input_ids`` ``(2b, t)`` with
+    Batches come from :class:`varirm.preference_data.PreferenceDataModule`: ``input_ids`` ``(2b, t)`` with
     chosen rows first, and with ``data.policy_samples`` also ``group_input_ids`` ``(g * k, t')``;
     pairs and groups go through the model in one forward.
 

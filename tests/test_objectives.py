@@ -1,7 +1,7 @@
 import torch
 from torch.testing import assert_close
 
-from varirm.losses import bradley_terry_loss, center_rewards_penalty
+from varirm.objectives import bradley_terry_loss, center_rewards_penalty
 
 
 def test_bradley_terry_loss_by_hand():

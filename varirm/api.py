@@ -1,0 +1,71 @@
+"""varirm from Python: one plain function per job, the same ones the ``varirm`` command runs.
+
+    from varirm import api
+
+    run = api.train_rm("recipes/quickstart.yaml", {"trainer.max_epochs": 1})  # -> run directory
+    metrics = api.evaluate(f"{run}/checkpoints/last.ckpt", "runs/eval", samples="artifacts/samples/pi0_eval_k10.jsonl",
+                           gold="varirm.synthetic.gold_reward")             # -> variance, accuracies
+    report = api.verify("recipes/verify/synthetic.yaml", seeds=[0, 1])     # -> report.md
+
+A recipe is a YAML path (or a list of them, merged in order) or a dict; ``overrides`` are dotted
+keys as on the command line. Lightning jobs return their run directory, tools what they wrote,
+``verify``/``regimes`` the report's path.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from jsonargparse import ArgumentParser
+
+from varirm import regimes as regimes_module
+from varirm import verify as verify_module
+from varirm.jobs import (
+    JOBS,
+    Recipe,
+    apply_overrides,
+    card,
+    evaluate,
+    export,
+    load_recipe,
+    make_real_model,
+    make_synthetic,
+    make_tiny_model,
+    rloo,
+    sample,
+    sft,
+    test_rm,
+    train_rm,
+    validate_rm,
+)
+
+__all__ = ["apply_overrides", "card", "evaluate", "export", "load_recipe", "make_real_model", "make_synthetic",
+           "make_tiny_model", "regimes", "rloo", "sample", "sft", "test_rm", "train_rm", "validate_rm", "verify",
+           "API"]
+
+
+def function_arguments(function: Callable[..., Any], config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` checked against ``function``'s signature and converted as the command line does
+    (nested dataclasses such as :class:`varirm.verify.RewardModelSpec` built from their dicts)."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_function_arguments(function, as_positional=False)
+    namespace = parser.instantiate_classes(parser.parse_object(config))
+    return {key: namespace[key] for key in config if key in namespace}
+
+
+def verify(recipe: Recipe, **settings: Any) -> str:
+    """Verify a set of RMs by RLOO (:func:`varirm.verify.verify`) from a recipe such as
+    ``recipes/verify/synthetic.yaml``; ``settings`` replace the recipe's (``seeds=[0, 1]``,
+    ``output_dir=...``). Returns the path of ``report.md``."""
+    config = {**load_recipe(recipe), **settings}
+    return verify_module.verify(**function_arguments(verify_module.verify, config))
+
+
+def regimes(recipe: Recipe, **settings: Any) -> str:
+    """When does variance matter (:func:`varirm.regimes.regimes`), from a recipe such as
+    ``recipes/verify/regimes.yaml``; ``settings`` replace the recipe's. Returns ``regimes.md``'s path."""
+    config = {**load_recipe(recipe), **settings}
+    return regimes_module.regimes(**function_arguments(regimes_module.regimes, config))
+
+
+API: dict[str, Callable[..., Any]] = {**JOBS, "verify": verify, "regimes": regimes}

@@ -1,0 +1,160 @@
+"""Every training objective in one place: small pure functions, tensors in, losses out.
+
+- Reward model: :func:`bradley_terry_loss`, :func:`center_rewards_penalty`, and
+  :func:`variance_regularizer` (raises reward variance within each prompt of the policy's samples,
+  Razin et al. 2025; the statistics it is built from are in :mod:`varirm.variance`).
+- Policy (RLOO): :func:`rloo_advantages`, :func:`group_std_advantages` (GRPO's scaling),
+  :func:`kl_estimate`, :func:`clipped_policy_loss`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, Optional
+
+import torch
+import torch.nn.functional as F
+
+from varirm.variance import Normalization, whiten, within_prompt_variance
+
+KLEstimator = Literal["k1", "k3"]
+
+
+# Reward model
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor,
+                       margin: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Bradley-Terry negative log-likelihood, per pair.
+
+    ``loss_i = -log sigmoid(r_c,i - r_r,i - m_i)`` (Bradley & Terry 1952; with a margin as in
+    Llama 2, Touvron et al. 2023). ``chosen``, ``rejected``, ``margin``: ``(b,)``. Returns ``(b,)``.
+
+    >>> bradley_terry_loss(torch.tensor([0.0]), torch.tensor([0.0]))  # log 2
+    tensor([0.6931])
+    """
+    diff = chosen - rejected
+    if margin is not None:
+        diff = diff - margin
+    return -F.logsigmoid(diff)
+
+
+def center_rewards_penalty(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """Keeps rewards centred at zero: ``(r_c + r_r)^2`` per pair (Eisenstein et al. 2023,
+    "Helping or Herding?"). ``chosen``, ``rejected``: ``(b,)``. Returns ``(b,)``.
+
+    >>> center_rewards_penalty(torch.tensor([1.0]), torch.tensor([-3.0]))
+    tensor([4.])
+    """
+    return (chosen + rejected) ** 2
+
+
+def variance_regularizer(rewards: torch.Tensor, normalization: Normalization = "batch",
+                         target: Optional[float] = None, reference: Optional[torch.Tensor] = None,
+                         gather: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+    """Per-prompt variance term, to be *minimised* alongside the Bradley-Terry loss.
+
+    ``rewards``: ``(b, k)``, the RM's rewards for ``k`` policy samples of each of ``b`` prompts.
+    With ``normalization="batch"``: ``z = (r - mean(r)) / std(r)`` over all ``b * k`` rewards,
+    ``v_i = Var_j z_ij`` (unbiased), and the loss is ``-v_i``, or ``relu(target - v_i)`` with a
+    ``target`` (a floor: the term stops pushing once a prompt's whitened variance reaches it).
+    Returns ``(b,)``.
+
+    Scale invariance: ``z`` is unchanged by ``r -> c r + d`` for any ``c > 0``, so the term cannot be
+    lowered by inflating the reward scale. Gradients flow through the batch mean and std on
+    purpose: with the statistics detached, multiplying every reward by ``c`` would raise ``v_i`` by
+    ``c^2`` and the cheapest way to "increase variance" would be to grow the scale. With gradients
+    through them the term's gradient is orthogonal to rescaling; what it can change is the split
+    of the batch's reward variance between prompts (``mean_i v_i = k/(k-1) * (1 - between-prompt
+    share)`` in the population form), i.e. it makes rewards separate the samples of each prompt
+    rather than the prompts from each other. ``normalization="none"`` uses raw ``r`` (not scale
+    invariant; for ablations only). ``normalization="pairs"`` whitens by the mean and std of
+    ``reference`` instead, the rewards of the step's preference pairs ``(2b,)`` (gradients through
+    them too): still invariant to ``r -> c r + d`` of the whole RM, but the groups' own
+    between-prompt spread no longer enters the scale, so the term can only be lowered by separating
+    each prompt's samples more, measured in units of the pair rewards' spread (which the
+    Bradley-Terry loss keeps from collapsing).
+
+    Worked example: ``r = [[0, 2], [1, 3]]``: mean 1.5, population std ``sqrt(1.25)``; each row's
+    raw variance is 2, so ``v = 2 / 1.25 = 1.6`` and the loss is ``[-1.6, -1.6]``.
+
+    ``gather`` (data parallel): maps this process's ``(b, k)`` rewards to every process's,
+    ``(R * b, k)``, with gradients flowing back to each process (e.g. the system's
+    ``all_gather(r, sync_grads=True)``); the whitening mean and std are then taken over all ``R * b``
+    prompts while ``v_i`` is returned for this process's ``b``. With equal ``b`` per process, the
+    average of the processes' ``mean_i`` terms (what data-parallel gradients average) is the term of
+    one process holding all ``R * b`` prompts. E.g. ``r = [[0, 2]]`` here and ``[[1, 3]]`` in the
+    other process: ``[-1.6]`` in each, as in the worked example. With ``normalization="pairs"`` the
+    ``reference`` is gathered the same way (as a ``(2b, 1)`` column).
+    """
+    if rewards.dim() != 2 or rewards.shape[1] < 2:
+        raise ValueError(f"rewards must be (prompts, k >= 2), got {tuple(rewards.shape)}")
+    everyone = rewards if gather is None or normalization != "batch" else gather(rewards)  # (R * b, k)
+    if normalization == "batch" and everyone.shape[0] < 2:
+        # one prompt whitened by its own statistics has variance k/(k-1) whatever r is: no gradient
+        raise ValueError("batch normalization needs at least 2 prompts per batch")
+    if normalization == "pairs":
+        if reference is None or reference.numel() < 2:
+            raise ValueError("pairs normalization needs the pair rewards as reference")
+        pairs = reference if gather is None else gather(reference.reshape(-1, 1))
+        z = whiten(rewards, pairs.mean(), pairs.std(correction=0))
+    else:
+        z = whiten(rewards, everyone.mean(), everyone.std(correction=0)) if normalization == "batch" else rewards
+    v = within_prompt_variance(z)  # (b,)
+    return -v if target is None else torch.relu(target - v)
+
+
+# Policy (RLOO)
+
+
+def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """Leave-one-out advantages ``A_i = r_i - mean_{j != i} r_j = k / (k - 1) * (r_i - mean_j r_j)``.
+    ``(b, k) -> (b, k)``.
+
+    >>> rloo_advantages(torch.tensor([[1.0, 2.0, 6.0]]))  # 1 - 4, 2 - 3.5, 6 - 1.5
+    tensor([[-3.0000, -1.5000,  4.5000]])
+    """
+    k = rewards.shape[1]
+    if k < 2:
+        raise ValueError("RLOO needs k >= 2 samples per prompt")
+    return k / (k - 1) * (rewards - rewards.mean(dim=1, keepdim=True))
+
+
+def group_std_advantages(advantages: torch.Tensor, rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO's advantage scaling (Shao et al. 2024; TRL's ``scale_rewards``): each prompt's
+    advantages divided by the standard deviation of that prompt's rewards plus ``eps``
+    (unbiased std over the ``k`` samples, as TRL computes it). ``(b, k), (b, k) -> (b, k)``.
+    It makes the update blind to the reward's scale within a prompt: a low-variance RM's
+    advantages are scaled up to the same size as a high-variance RM's.
+
+    >>> group_std_advantages(torch.tensor([[-3.0, -1.5, 4.5]]), torch.tensor([[1.0, 2.0, 6.0]]), eps=0.0)
+    tensor([[-1.1339, -0.5669,  1.7008]])
+    """
+    return advantages / (rewards.std(dim=1, keepdim=True) + eps)
+
+
+def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
+                estimator: KLEstimator = "k1") -> torch.Tensor:
+    """Sequence KL(pi || ref) estimates from sampled tokens, summed over response tokens.
+
+    ``k1 = log pi - log ref`` (unbiased, can be negative); ``k3 = (rho - 1) - log rho`` with
+    ``rho = ref / pi`` (Schulman 2020: unbiased, always >= 0). ``logp``, ``ref_logp``, ``mask``:
+    ``(n, t)``. Returns ``(n,)``.
+    """
+    log_ratio = logp - ref_logp
+    per_token = log_ratio if estimator == "k1" else torch.expm1(-log_ratio) + log_ratio
+    return (per_token * mask).sum(-1)
+
+
+def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+                        clip_eps: Optional[float]) -> torch.Tensor:
+    """Sequence-level policy-gradient loss per sample.
+
+    Without clipping: ``-A * log pi(y|x)`` (REINFORCE; the gradient is ``-A * grad log pi``).
+    With ``clip_eps``: ``-min(rho A, clip(rho, 1 - eps, 1 + eps) A)`` with ``rho = pi / pi_old``
+    (Schulman et al. 2017), whose gradient at ``pi = pi_old`` equals the unclipped one.
+    ``logp``, ``old_logp``: sequence log-probabilities ``(n,)``; ``advantages``: ``(n,)``.
+    """
+    if clip_eps is None:
+        return -advantages * logp
+    ratio = torch.exp(logp - old_logp)
+    return -torch.min(ratio * advantages, ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages)

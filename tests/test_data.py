@@ -1,5 +1,6 @@
-"""varirm/data.py: chat-template tokenization, truncation and dropping, the cache, collation, the
-length-grouped sampler, bad-row counts, and the CLI's one-line data errors."""
+"""varirm/preference_data.py, loaders.py, on_policy.py: chat-template tokenization, truncation and
+dropping, the cache, collation, the length-grouped sampler, on-policy pairs and sample groups,
+bad-row counts, and the CLI's one-line data errors."""
 
 from __future__ import annotations
 

@@ -122,6 +122,17 @@ def test_verify_rejects_bad_sets_before_any_work(tmp_path):
     with pytest.raises(VarirmError, match="--overwrite true"):
         verify([RewardModelSpec("a", reward="g")], **base)
     assert (tmp_path / "out" / "report.md").read_text() == "earlier"  # nothing written is lost
+    # a missing samples file stops the run before any RM is trained
+    with pytest.raises(VarirmError, match="s.jsonl"):
+        verify([RewardModelSpec("a", recipe="x.yaml")], **{**base, "output_dir": str(tmp_path / "fresh")})
+    assert not (tmp_path / "fresh" / "rms").exists()
+    # a prepare step's arguments are checked as on the command line
+    with pytest.raises(ConfigError, match="prepare step for .*make-tiny-model: .*no_such_argument"):
+        verify([RewardModelSpec("a", reward="g")], prepare=[{"creates": str(tmp_path / "m" / "config.json"),
+                                                             "job": "make-tiny-model",
+                                                             "args": {"output": "m", "no_such_argument": 1}}],
+               **{**base, "output_dir": str(tmp_path / "fresh2")})
+    assert not (tmp_path / "m").exists()
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@
                            gold="varirm.synthetic.gold_reward")             # -> variance, accuracies
     report = api.verify("recipes/verify/synthetic.yaml", seeds=[0, 1])     # -> report.md
 
-A recipe is a YAML path (or a list of them, merged in order) or a dict; ``overrides`` are dotted
+A recipe is a YAML path or a dict (``verify``/``regimes`` also take a list, merged in order); ``overrides`` are dotted
 keys as on the command line. Lightning jobs return their run directory, tools what they wrote,
 ``verify``/``regimes`` the report's path.
 """
@@ -15,8 +15,6 @@ keys as on the command line. Lightning jobs return their run directory, tools wh
 from __future__ import annotations
 
 from typing import Any, Callable
-
-from jsonargparse import ArgumentParser
 
 from varirm import regimes as regimes_module
 from varirm import verify as verify_module
@@ -27,6 +25,7 @@ from varirm.jobs import (
     card,
     evaluate,
     export,
+    function_arguments,
     load_recipe,
     make_real_model,
     make_synthetic,
@@ -39,18 +38,9 @@ from varirm.jobs import (
     validate_rm,
 )
 
-__all__ = ["apply_overrides", "card", "evaluate", "export", "load_recipe", "make_real_model", "make_synthetic",
-           "make_tiny_model", "regimes", "rloo", "sample", "sft", "test_rm", "train_rm", "validate_rm", "verify",
-           "API"]
-
-
-def function_arguments(function: Callable[..., Any], config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` checked against ``function``'s signature and converted as the command line does
-    (nested dataclasses such as :class:`varirm.verify.RewardModelSpec` built from their dicts)."""
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_function_arguments(function, as_positional=False)
-    namespace = parser.instantiate_classes(parser.parse_object(config))
-    return {key: namespace[key] for key in config if key in namespace}
+__all__ = ["API", "apply_overrides", "card", "evaluate", "export", "function_arguments", "load_recipe",
+           "make_real_model", "make_synthetic", "make_tiny_model", "regimes", "rloo", "sample", "sft", "test_rm",
+           "train_rm", "validate_rm", "verify"]
 
 
 def verify(recipe: Recipe, **settings: Any) -> str:

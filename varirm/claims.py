@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from varirm.stats import all_of, fmt, judge, paired, per_seed, percentile_interval, spearman_draws
+from varirm.stats import all_of, fmt, judge, paired, per_seed, percentile_interval, seeds_to_resolve, spearman_draws
 
 Rows = list[dict[str, Any]]
 GAIN_RATIO = 1.2  # the regularizer's gold gain over plain BT
@@ -69,14 +69,14 @@ def low_variance_teaches_slower(summary: dict[str, Any], rows: Rows, seeds: list
 
 def gain_ratio_verdict(ratio: dict[str, Any], target: float = GAIN_RATIO) -> dict[str, Any]:
     """A gain ratio's verdict: PASS when its estimate reaches ``target`` and its interval excludes
-    1.0 (the regularized RM gains more at all), MISS when the interval lies wholly below
-    ``target``, otherwise :func:`judge`'s INCONCLUSIVE against ``target``."""
-    at_target = judge(ratio, target)
-    if at_target["verdict"] == "MISS":
-        return at_target
+    1.0 (:func:`judge` against 1: the regularized RM gains more at all), MISS when the interval
+    lies wholly below ``target`` (:func:`judge` against ``target``), otherwise INCONCLUSIVE with
+    the seeds that would resolve it against ``target``."""
     if ratio["estimate"] >= target and judge(ratio, 1.0)["verdict"] == "PASS":
         return {"verdict": "PASS"}
-    return {"verdict": "INCONCLUSIVE", "seeds_needed": at_target.get("seeds_needed")}
+    if judge(ratio, target)["verdict"] == "MISS":
+        return {"verdict": "MISS"}
+    return {"verdict": "INCONCLUSIVE", "seeds_needed": seeds_to_resolve(ratio, target)}
 
 
 def regularizer_beats_plain(rows: Rows, seeds: list[int], plain: str, reg: str,

@@ -18,6 +18,7 @@ import os
 from typing import Any, Callable, Optional, Union
 
 import yaml
+from jsonargparse import ArgumentParser
 
 from varirm.errors import ConfigError
 from varirm.evaluate import evaluate
@@ -33,7 +34,7 @@ Recipe = Union[str, os.PathLike, dict, list]
 
 def load_recipe(recipe: Recipe) -> dict[str, Any]:
     """A recipe as a dict (a copy): from a YAML path, or a list of paths/dicts merged in order
-    (later top-level keys replace earlier ones, as several ``--config`` do)."""
+    (later top-level keys replace earlier ones, as several ``--config`` of ``varirm verify`` do)."""
     if isinstance(recipe, dict):
         return copy.deepcopy(recipe)
     if isinstance(recipe, (list, tuple)):
@@ -51,6 +52,15 @@ def load_recipe(recipe: Recipe) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ConfigError(f"{recipe}: a recipe is a mapping of settings, got {type(config).__name__}")
     return config
+
+
+def function_arguments(function: Callable[..., Any], config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` checked against ``function``'s signature and converted as the command line does
+    (nested dataclasses such as :class:`varirm.verify.RewardModelSpec` built from their dicts)."""
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_function_arguments(function, as_positional=False)
+    namespace = parser.instantiate_classes(parser.parse_object(config))
+    return {key: namespace[key] for key in config if key in namespace}
 
 
 def apply_overrides(config: dict[str, Any], overrides: Optional[dict[str, Any]]) -> dict[str, Any]:
@@ -78,6 +88,8 @@ def apply_overrides(config: dict[str, Any], overrides: Optional[dict[str, Any]])
 
 def _lightning(job: str, subcommand: str, recipe: Recipe, overrides: Optional[dict[str, Any]],
                ckpt_path: Optional[str]):
+    if isinstance(recipe, (list, tuple)):  # LightningCLI merges nested groups; a list would merge differently
+        raise ConfigError(f"varirm {job}: give one recipe (a path or a dict) and change it with overrides")
     config = apply_overrides(load_recipe(recipe), overrides)
     if ckpt_path is not None:
         config["ckpt_path"] = ckpt_path

@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import time
+from argparse import ArgumentError
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple, Optional, Union
 
@@ -175,6 +176,7 @@ def verify(
     start_output_dir(output_dir, resume, overwrite)
     start, times = time.time(), {}
     prepare_inputs(steps)
+    samples_rows = [read_samples(p.samples) for p in policies]  # a bad file fails before any training
     device = resolve_device(device)
     # the three stages: get every RM, evaluate each under each policy, run RLOO against each
     rms = get_reward_models(specs, seeds, output_dir, times)
@@ -184,8 +186,8 @@ def verify(
     runs = [run_row(spec.name, seed, p.name, rms[spec.name, seed], metrics[p.name, spec.name, seed],
                     curves[p.name, spec.name, seed])
             for seed in seeds for spec in specs for p in policies]
-    report = build_report(specs, policies, runs, seeds, gold, test_pairs, rloo_recipe, rloo_overrides, compare,
-                          low_variance, on_policy_rm, command, device)
+    report = build_report(specs, policies, samples_rows, runs, seeds, gold, test_pairs, rloo_recipe, rloo_overrides,
+                          compare, low_variance, on_policy_rm, command, device)
     report.update(timings=timings(times, specs, seeds, policies), seconds=time.time() - start)
     path = write_report(report, output_dir)
     print(render_markdown(report))
@@ -241,18 +243,14 @@ def prepare_inputs(steps: list[PrepareStep]) -> None:
         args = dict(step.args)
         if step.job in jobs.LIGHTNING_JOBS:
             args.setdefault("ckpt_path", "last")
-        elif "config" in args:  # arguments from a YAML file, as `varirm sample --config FILE` reads them
-            args = {**jobs.load_recipe(args.pop("config")), **args}
+        else:  # checked and converted as the command line does; `config`: arguments from a YAML file
+            try:
+                args = jobs.function_arguments(jobs.JOBS[step.job], {**jobs.load_recipe(args.pop("config", {})),
+                                                                     **args})
+            except ArgumentError as e:
+                raise ConfigError(f"prepare step for {step.creates}: {step.job}: {' '.join(str(e).split())}") from None
         print(f"verify: prepare {step.creates}: varirm {step.job} ...", flush=True)
         jobs.JOBS[step.job](**args)
-
-
-def _done(path: str) -> bool:
-    return os.path.exists(os.path.join(path, "done.json"))
-
-
-def _mark_done(path: str, info: dict[str, Any]) -> None:
-    atomic_write_text(os.path.join(path, "done.json"), json.dumps(info, indent=2))
 
 
 def _run_dir(output_dir: str, stage: str, policy: Policy, multi: bool, name: str, seed: int) -> str:
@@ -352,7 +350,8 @@ def timings(times: dict, specs: list[RewardModelSpec], seeds: list[int], policie
     return out
 
 
-def build_report(specs: list[RewardModelSpec], policies: list[Policy], runs: list[dict[str, Any]], seeds: list[int],
+def build_report(specs: list[RewardModelSpec], policies: list[Policy], samples_rows: list[list[dict[str, Any]]],
+                 runs: list[dict[str, Any]], seeds: list[int],
                  gold: str, test_pairs: Optional[str], rloo_recipe: str, rloo_overrides: dict,
                  compare: Optional[list[str]], low_variance: Optional[str], on_policy_rm: Optional[str],
                  command: Optional[str], device: str) -> dict[str, Any]:
@@ -360,8 +359,8 @@ def build_report(specs: list[RewardModelSpec], policies: list[Policy], runs: lis
     policies, how they compare (:func:`varirm.claims.across_policies`)."""
     names, trained = [s.name for s in specs], [s.name for s in specs if s.recipe is not None]
     per_policy = []
-    for p in policies:
-        rows, mine = read_samples(p.samples), [r for r in runs if r["policy"] == p.name]
+    for p, rows in zip(policies, samples_rows):
+        mine = [r for r in runs if r["policy"] == p.name]
         summary = summarize(mine, names, seeds)
         per_policy.append({"name": p.name, "policy": p.path, "eval_samples": p.samples, "eval_prompts": len(rows),
                            "eval_k": len(rows[0]["responses"]), "summary": summary,

@@ -43,19 +43,23 @@ __all__ = ["API", "apply_overrides", "card", "evaluate", "export", "function_arg
            "train_rm", "validate_rm", "verify"]
 
 
+def _from_recipe(function: Callable[..., str], recipe: Recipe, settings: dict[str, Any]) -> str:
+    """``function`` called with the recipe's arguments, ``settings`` replacing them, checked and
+    converted as the command line does."""
+    return function(**function_arguments(function, {**load_recipe(recipe), **settings}))
+
+
 def verify(recipe: Recipe, **settings: Any) -> str:
     """Verify a set of RMs by RLOO (:func:`varirm.verify.verify`) from a recipe such as
     ``recipes/verify/synthetic.yaml``; ``settings`` replace the recipe's (``seeds=[0, 1]``,
     ``output_dir=...``). Returns the path of ``report.md``."""
-    config = {**load_recipe(recipe), **settings}
-    return verify_module.verify(**function_arguments(verify_module.verify, config))
+    return _from_recipe(verify_module.verify, recipe, settings)
 
 
 def regimes(recipe: Recipe, **settings: Any) -> str:
     """When does variance matter (:func:`varirm.regimes.regimes`), from a recipe such as
     ``recipes/verify/regimes.yaml``; ``settings`` replace the recipe's. Returns ``regimes.md``'s path."""
-    config = {**load_recipe(recipe), **settings}
-    return regimes_module.regimes(**function_arguments(regimes_module.regimes, config))
+    return _from_recipe(regimes_module.regimes, recipe, settings)
 
 
 API: dict[str, Callable[..., Any]] = {**JOBS, "verify": verify, "regimes": regimes}

@@ -176,7 +176,7 @@ def verify(
     start_output_dir(output_dir, resume, overwrite)
     start, times = time.time(), {}
     prepare_inputs(steps)
-    samples_rows = [read_samples(p.samples) for p in policies]  # a bad file fails before any training
+    shapes = [samples_shape(p.samples) for p in policies]  # a bad file fails before any training
     device = resolve_device(device)
     # the three stages: get every RM, evaluate each under each policy, run RLOO against each
     rms = get_reward_models(specs, seeds, output_dir, times)
@@ -186,7 +186,7 @@ def verify(
     runs = [run_row(spec.name, seed, p.name, rms[spec.name, seed], metrics[p.name, spec.name, seed],
                     curves[p.name, spec.name, seed])
             for seed in seeds for spec in specs for p in policies]
-    report = build_report(specs, policies, samples_rows, runs, seeds, gold, test_pairs, rloo_recipe, rloo_overrides,
+    report = build_report(specs, policies, shapes, runs, seeds, gold, test_pairs, rloo_recipe, rloo_overrides,
                           compare, low_variance, on_policy_rm, command, device)
     report.update(timings=timings(times, specs, seeds, policies), seconds=time.time() - start)
     path = write_report(report, output_dir)
@@ -251,6 +251,12 @@ def prepare_inputs(steps: list[PrepareStep]) -> None:
                 raise ConfigError(f"prepare step for {step.creates}: {step.job}: {' '.join(str(e).split())}") from None
         print(f"verify: prepare {step.creates}: varirm {step.job} ...", flush=True)
         jobs.JOBS[step.job](**args)
+
+
+def samples_shape(path: str) -> tuple[int, int]:
+    """Prompts and samples per prompt of a samples file (read whole, so a bad file fails here)."""
+    rows = read_samples(path)
+    return len(rows), len(rows[0]["responses"])
 
 
 def _run_dir(output_dir: str, stage: str, policy: Policy, multi: bool, name: str, seed: int) -> str:
@@ -350,7 +356,7 @@ def timings(times: dict, specs: list[RewardModelSpec], seeds: list[int], policie
     return out
 
 
-def build_report(specs: list[RewardModelSpec], policies: list[Policy], samples_rows: list[list[dict[str, Any]]],
+def build_report(specs: list[RewardModelSpec], policies: list[Policy], shapes: list[tuple[int, int]],
                  runs: list[dict[str, Any]], seeds: list[int],
                  gold: str, test_pairs: Optional[str], rloo_recipe: str, rloo_overrides: dict,
                  compare: Optional[list[str]], low_variance: Optional[str], on_policy_rm: Optional[str],
@@ -359,11 +365,11 @@ def build_report(specs: list[RewardModelSpec], policies: list[Policy], samples_r
     policies, how they compare (:func:`varirm.claims.across_policies`)."""
     names, trained = [s.name for s in specs], [s.name for s in specs if s.recipe is not None]
     per_policy = []
-    for p, rows in zip(policies, samples_rows):
+    for p, (prompts, k) in zip(policies, shapes):
         mine = [r for r in runs if r["policy"] == p.name]
         summary = summarize(mine, names, seeds)
-        per_policy.append({"name": p.name, "policy": p.path, "eval_samples": p.samples, "eval_prompts": len(rows),
-                           "eval_k": len(rows[0]["responses"]), "summary": summary,
+        per_policy.append({"name": p.name, "policy": p.path, "eval_samples": p.samples, "eval_prompts": prompts,
+                           "eval_k": k, "summary": summary,
                            "checks": checks(summary, low_variance, compare, trained, mine, seeds, on_policy_rm)})
     first, multi = per_policy[0], len(policies) > 1
     return {

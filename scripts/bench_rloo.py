@@ -398,8 +398,8 @@ def main() -> None:
             "(counted the same way for both) normalizes for any difference.",
             "Reward normalization: varirm divides rewards by a shift/scale measured on the first batch; TRL uses raw "
             "rewards (normalize_advantages=False, its default). Negligible compute.",
-            "KL estimate: varirm uses its recipe's k3 estimator on the sequence; TRL its own (both from the same "
-            "reference log-probabilities, one extra no-grad forward each).",
+            "KL estimate: varirm puts its recipe's penalty where kl_in says (k1 in the reward by default); TRL its "
+            "own (both from the same reference log-probabilities, one extra no-grad forward each).",
             "Log-probabilities: both compute logits for completion tokens only (logits_to_keep). varirm takes the "
             "sampling policy's log-probabilities (for the ratio and the KL) and the logged entropy from the first "
             "update's forward, where the ratio is exactly 1; TRL runs a separate no-grad forward for them.",

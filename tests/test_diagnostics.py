@@ -23,14 +23,19 @@ def _gold(between: float) -> torch.Tensor:
 def test_diagnostics_by_hand():
     diag = world_diagnostics(_runs(), FRACTIONS, _gold(1.0))
     assert diag["variance_ratio"]["estimate"] == pytest.approx(0.32 / 0.88)  # the module docstring's example
-    # paired bootstrap over 2 seeds: the ratio of means over resampled seed pairs, 0.30/0.90 .. 0.34/0.86
-    assert diag["variance_ratio"]["lower"] == pytest.approx(0.30 / 0.90)
-    assert diag["variance_ratio"]["upper"] == pytest.approx(0.34 / 0.86)
+    # paired t interval over 2 seeds (delta method): residuals 0.30 - r 0.90, 0.34 - r 0.86 (r = 0.32 / 0.88),
+    # half-width t_{0.975, 1} x sd / (sqrt(2) x 0.88)
+    r = 0.32 / 0.88
+    sd = abs((0.30 - r * 0.90) - (0.34 - r * 0.86)) / 2 ** 0.5
+    half = 12.706 * sd / 2 ** 0.5 / 0.88
+    ratio = diag["variance_ratio"]
+    assert (ratio["lower"], ratio["upper"]) == pytest.approx((r - half, r + half))
     assert diag["off_policy_acc_difference"]["estimate"] == pytest.approx(0.105)
     verdicts = [c["verdict"] for c in diag["checks"]]
     # gold: half of the variance between prompts -> whitened within-prompt variance about 0.5
     assert 0.3 < diag["gold_whitened_variance"]["estimate"] < 0.7
-    assert verdicts[1:] == ["PASS", "PASS", "PASS", "PASS"]
+    # two seeds: the ratio's t interval (up to 0.76) cannot exclude the 0.6 target; the rest pass
+    assert verdicts[1:] == ["INCONCLUSIVE", "PASS", "PASS", "PASS"]
     text = render_markdown(diag)
     assert "| `on0` | 0% |" in text and "PASS: RLOO against gold raises the gold reward" in text
 

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch.testing import assert_close
 
@@ -25,3 +26,91 @@ def test_bradley_terry_gradient_pushes_chosen_up():
 
 def test_center_rewards_penalty_by_hand():
     assert_close(center_rewards_penalty(torch.tensor([1.0, 2.0]), torch.tensor([-3.0, 0.5])), torch.tensor([4.0, 6.25]))
+
+
+# The KL penalty of RLOO: its exact expected gradient, by enumeration, against autograd of the
+# divergence it names (varirm.objectives.KLIn).
+
+
+def _categorical(theta):
+    """One-token responses from a 6-way softmax: sequences (6, 1) and their token log-probs."""
+    seqs = torch.arange(6).view(6, 1)
+    return seqs, torch.log_softmax(theta, -1)[seqs[:, 0]].view(6, 1)
+
+
+def _two_token(theta):
+    """Two-token responses over 3 tokens: theta = first-token logits (3) then next-token logits
+    given the first (3 x 3). Sequences (9, 2) and their token log-probs (9, 2)."""
+    first, second = torch.log_softmax(theta[:3], -1), torch.log_softmax(theta[3:].view(3, 3), -1)
+    seqs = torch.cartesian_prod(torch.arange(3), torch.arange(3))
+    return seqs, torch.stack([first[seqs[:, 0]], second[seqs[:, 0], seqs[:, 1]]], -1)
+
+
+def _expected_penalty_gradient(policy, theta, ref_theta, kl_in, k=2, beta=1.0, k3_in_reward=False):
+    """The exact expectation, over every k-tuple of sampled sequences, of the gradient of RLOO's loss
+    (reward 0, so only the KL penalty acts) as the module computes it: advantages and loss from
+    varirm.objectives, old log-probs = the current ones detached."""
+    from varirm.objectives import kl_estimate, policy_advantages, policy_loss, rloo_advantages
+
+    theta = theta.clone().requires_grad_(True)
+    seqs, logp_tok = policy(theta)
+    ref_tok = policy(ref_theta)[1]
+    m = len(seqs)
+    tuples = torch.cartesian_prod(*[torch.arange(m)] * k).view(-1, k)  # (m^k, k) sequence indices
+    rows = tuples.reshape(-1)
+    lp, ref, mask = logp_tok[rows], ref_tok[rows], torch.ones_like(logp_tok[rows])
+    weight = logp_tok.sum(-1).detach().exp()[tuples].prod(-1)  # (m^k,) probability of each tuple
+    reward = torch.zeros(len(rows), dtype=theta.dtype)
+    if k3_in_reward:  # the removed setting, for contrast
+        adv = rloo_advantages((reward - beta * kl_estimate(lp.detach(), ref, mask, "k3")).view(-1, k)).reshape(-1)
+    else:
+        adv = policy_advantages(reward, lp.detach(), ref, mask, k, beta, kl_in)[0]
+    loss = policy_loss(lp, lp.detach(), ref, mask, adv, beta, kl_in, clip_eps=0.2).view(-1, k).mean(-1)
+    (grad,) = torch.autograd.grad((weight * loss).sum(), theta)
+    return grad
+
+
+def _kl_pi_ref(policy, theta, ref_theta):
+    """KL(pi || ref) of the whole sequence, exactly."""
+    _, logp = policy(theta)
+    _, ref = policy(ref_theta)
+    return (logp.sum(-1).exp() * (logp.sum(-1) - ref.sum(-1))).sum()
+
+
+def _kl_ref_pi_per_token(policy, theta, ref_theta):
+    """sum_t E_{prefix ~ pi, held fixed} KL(ref(.|prefix) || pi(.|prefix)), exactly: the divergence
+    GRPO's k3-in-the-loss differentiates."""
+    if policy is _categorical:
+        p, r = torch.log_softmax(theta, -1), torch.log_softmax(ref_theta, -1)
+        return (r.exp() * (r - p)).sum()
+    p1, r1 = torch.log_softmax(theta[:3], -1), torch.log_softmax(ref_theta[:3], -1)
+    p2, r2 = torch.log_softmax(theta[3:].view(3, 3), -1), torch.log_softmax(ref_theta[3:].view(3, 3), -1)
+    return (r1.exp() * (r1 - p1)).sum() + (p1.detach().exp() * (r2.exp() * (r2 - p2)).sum(-1)).sum()
+
+
+@pytest.mark.parametrize("policy,size", [(_categorical, 6), (_two_token, 12)])
+@pytest.mark.parametrize("kl_in", ["reward", "loss"])
+def test_kl_penalty_expected_gradient_is_the_named_divergences_gradient(policy, size, kl_in):
+    g = torch.Generator().manual_seed(3)
+    ref_theta = torch.randn(size, generator=g, dtype=torch.float64)
+    for drift in (0.05, 1.0):  # a small and a large distance from the reference
+        theta = ref_theta + drift * torch.randn(size, generator=g, dtype=torch.float64)
+        expected = _expected_penalty_gradient(policy, theta, ref_theta, kl_in, beta=0.7)
+        t = theta.clone().requires_grad_(True)
+        named = _kl_pi_ref if kl_in == "reward" else _kl_ref_pi_per_token
+        divergence = named(policy, t, ref_theta)
+        (true,) = torch.autograd.grad(0.7 * divergence, t)
+        assert_close(expected, true, rtol=1e-4, atol=1e-10)
+
+
+def test_k3_in_the_reward_has_the_wrong_gradient():
+    """Why kl_estimator k3 (in the reward) was removed: at a small drift its expected gradient is
+    a small fraction of grad KL(pi || ref), and points elsewhere."""
+    g = torch.Generator().manual_seed(3)
+    ref_theta = torch.randn(6, generator=g, dtype=torch.float64)
+    theta = ref_theta + 0.05 * torch.randn(6, generator=g, dtype=torch.float64)
+    biased = _expected_penalty_gradient(_categorical, theta, ref_theta, "reward", k3_in_reward=True)
+    t = theta.clone().requires_grad_(True)
+    (true,) = torch.autograd.grad(_kl_pi_ref(_categorical, t, ref_theta), t)
+    assert biased.norm() < 0.2 * true.norm()
+    assert torch.nn.functional.cosine_similarity(biased, true, dim=0) < 0.9

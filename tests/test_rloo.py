@@ -273,3 +273,41 @@ def test_rloo_under_ddp_ranks_agree_and_resume(tmp_path, tiny_model_dir, synthet
     resumed = {r["step"]: r["rloo/gold_reward"] for v in ("version_0", "version_1")
                for r in csv.DictReader(open(split / "csv" / v / "metrics.csv")) if r.get("rloo/gold_reward")}
     assert resumed == {r["step"]: r["rloo/gold_reward"] for r in rows if r.get("rloo/gold_reward")}
+
+
+def test_kl_penalty_keeps_the_policy_near_its_reference_in_every_setting(tmp_path, tiny_model_dir, synthetic_dir):
+    """Against a fixed random reward, RLOO drifts from the reference; with beta 1 the final KL (the
+    mean of the last steps' unbiased k1 estimates) is far below the KL with beta 0, for each
+    accepted kl_in; the removed kl_estimator setting is a clear error."""
+    from lightning.pytorch import Callback, Trainer
+
+    from varirm.errors import ConfigError
+    from varirm.rloo import PromptDataModule, RLOOModule
+
+    class KeepKL(Callback):
+        def __init__(self):
+            self.kl = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.kl.append(float(trainer.callback_metrics["rloo/kl"]))
+
+    def final_kl(beta, kl_in):
+        torch.manual_seed(0)
+        module = RLOOModule(tiny_model_dir, "conftest.random_reward", k=4, beta=beta, kl_in=kl_in, lr=3e-3,
+                            max_new_tokens=6, reward_shift=0.5, reward_scale=0.3, num_minibatches=2)
+        keep = KeepKL()
+        trainer = Trainer(max_steps=40, accelerator="cpu", logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, enable_checkpointing=False, callbacks=[keep],
+                          default_root_dir=str(tmp_path / f"{kl_in}{beta}"))
+        trainer.fit(module, PromptDataModule(str(synthetic_dir / "prompts.jsonl"), num_prompts=64, batch_size=8))
+        return sum(keep.kl[-5:]) / 5
+
+    free = final_kl(0.0, "reward")
+    assert free > 1.0, free  # the random reward moves the policy far from its reference
+    for kl_in in ("reward", "loss"):
+        held = final_kl(1.0, kl_in)
+        assert held < 0.25 * free, (kl_in, held, free)
+    with pytest.raises(ConfigError, match="kl_estimator .* was removed.*kl_in: reward"):
+        RLOOModule(tiny_model_dir, "conftest.random_reward", kl_estimator="k3")
+    with pytest.raises(ConfigError, match="kl_in must be"):
+        RLOOModule(tiny_model_dir, "conftest.random_reward", kl_in="both")

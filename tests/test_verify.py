@@ -7,7 +7,7 @@ import pytest
 from varirm.claims import across_policies, checks
 from varirm.errors import ConfigError, VarirmError
 from varirm.report import render_markdown, summarize
-from varirm.stats import spearman
+from varirm.stats import seeds_to_resolve, spearman
 from varirm.verify import RewardModelSpec, curve_summary, verify
 
 
@@ -28,85 +28,124 @@ def test_curve_summary_by_hand():
     assert s["gold_gain"] == pytest.approx(0.4) and s["proxy_gain"] == pytest.approx(1.2)
     # gains 0, 0.2, 0.4: area 5 * 0.1 + 5 * 0.3 = 2, over 10 steps
     assert s["gold_auc"] == pytest.approx(0.2) and s["steps"] == 10
+    assert s["gold_early"] == pytest.approx(0.08)  # at step 2 of 10: 0.2 x 2 / 5
+    grouped = [dict(p, gold_by_group={"kept": p["gold_reward"], "squashed": 0.0}) for p in curve]
+    by = curve_summary(grouped)
+    assert by["gold_auc_kept"] == pytest.approx(0.2) and by["gold_gain_squashed"] == 0.0
     with pytest.raises(VarirmError, match="fewer than 2 points"):
         curve_summary(curve[:1])
 
 
-def _rows():
-    # variance orders the gains exactly; off-policy accuracy runs against them
+def _rows(seeds=(0, 1, 2)):
+    # variance orders the AUCs exactly; off-policy accuracy runs against them
     table = {"a": (0.2, 0.9, 0.95, 0.05), "b": (0.5, 0.8, 0.9, 0.10), "c": (0.9, 0.7, 0.8, 0.30),
-             "reg": (0.95, 0.7, 0.8, 0.40), "flat": (0.01, 1.0, 1.0, 0.01)}
+             "reg": (0.95, 0.7, 0.8, 0.40), "flat": (0.01, 1.0, 1.0, 0.01), "gold": (0.6, 1.0, 1.0, 0.2)}
     return [{"name": n, "seed": s, "whitened_variance_mean": v, "on_policy_acc": on, "off_policy_acc": off,
-             "gold_gain": g + 0.01 * s, "proxy_gain": 1.0, "gold_auc": g / 2}
-            for s in (0, 1) for n, (v, on, off, g) in table.items()]
+             "gold_gain": 2 * g, "proxy_gain": 1.0, "gold_auc": g + 0.01 * s, "gold_early": g / 2}
+            for s in seeds for n, (v, on, off, g) in table.items()]
+
+
+NAMES = ["a", "b", "c", "reg", "flat", "gold"]
 
 
 def test_summary_and_checks_pass_and_miss_by_their_intervals():
-    names = ["a", "b", "c", "reg", "flat"]
-    rows = _rows()
-    summary = summarize(rows, names, [0, 1])
-    gain = summary["per_rm"]["c"]["gold_gain"]
-    assert gain["mean"] == pytest.approx(0.305)
-    assert gain["std"] == pytest.approx(0.01 / math.sqrt(2))
-    # t interval over 2 seeds: 0.305 ± t_{0.975,1} (12.706) x 0.00707 / sqrt(2)
-    assert (gain["lower"], gain["upper"]) == pytest.approx((0.305 - 12.706 * 0.005, 0.305 + 12.706 * 0.005))
-    corr = summary["spearman_with_gold_gain"]
-    assert corr["whitened_variance_mean"]["per_seed"] == pytest.approx([1.0, 1.0])
-    assert corr["whitened_variance_mean"]["on_means_ci"]["lower"] == pytest.approx(1.0)  # ranks never change
+    rows, seeds = _rows(), [0, 1, 2]
+    summary = summarize(rows, NAMES, seeds)
+    auc = summary["per_rm"]["c"]["gold_auc"]
+    assert auc["mean"] == pytest.approx(0.31) and auc["std"] == pytest.approx(0.01)
+    # t interval over 3 seeds: 0.31 ± t_{0.975,2} (4.303) x 0.01 / sqrt(3)
+    half = 4.303 * 0.01 / 3 ** 0.5
+    assert (auc["lower"], auc["upper"]) == pytest.approx((0.31 - half, 0.31 + half))
+    corr = summary["spearman_with_gold_auc"]
+    assert corr["whitened_variance_mean"]["per_seed"] == pytest.approx([1.0, 1.0, 1.0], abs=1e-5)
+    assert corr["whitened_variance_mean"]["on_means_ci"]["lower"] == pytest.approx(1.0, abs=1e-5)  # joint draws
     assert corr["off_policy_acc"]["on_means"] < 0
-    result = checks(summary, "flat", ["a", "reg"], ["a", "b", "c", "reg"], rows, [0, 1])
-    # "reg" raises variance and gain, but loses 0.2 on-policy accuracy (more than 2 points): MISS
-    assert [c["verdict"] for c in result] == ["PASS", "PASS", "MISS"]
-    assert {k: v["verdict"] for k, v in result[2]["parts"].items()} == {
-        "variance": "PASS", "on_policy_acc": "MISS", "gold_gain": "PASS"}
-    # ratio of means over the resampled seed pairs: 0.41/0.06 = 6.83 .. 0.40/0.05 = 8.00, estimate 0.405/0.055
-    ratio = result[2]["intervals"]["ratio"]
-    assert (ratio["estimate"], ratio["lower"], ratio["upper"]) == pytest.approx((0.405 / 0.055, 0.41 / 0.06, 8.0))
-    # a regularized RM whose whole interval lies below 1.2x plain BT is a MISS
-    # ~0.75x
-    assert checks(summary, "flat", ["reg", "c"], ["a"], rows, [0, 1])[2]["parts"]["gold_gain"]["verdict"] == "MISS"
+    result = checks(summary, "flat", ["a", "reg"], ["a", "b", "c", "reg"], rows, seeds, on_policy_rm="c",
+                    reference="gold")
+    assert [c["claim"][:12] for c in result[1:3]] == ["(Theorem 1) ", "(Theorem 2) "]
+    # variance predicts; flat gains less than gold (AUC ratio 0.02 / 0.2); c (less accurate, higher variance)
+    # gains more than flat; reg raises variance and AUC but loses 0.2 on-policy accuracy (more than 2 points)
+    assert [c["verdict"] for c in result] == ["PASS", "PASS", "PASS", "MISS"]
+    assert result[1]["intervals"]["auc"]["kind"] == "ratio"
+    assert result[1]["intervals"]["auc"]["estimate"] == pytest.approx(0.02 / 0.21)
+    assert "target (<= 0.8x) is met" in result[1]["measured"]
+    assert {k: v["verdict"] for k, v in result[3]["parts"].items()} == {
+        "variance": "PASS", "on_policy_acc": "MISS", "gold_auc": "PASS"}
+    # 3 seeds: the AUC ratio's interval is a paired t one; a's AUCs 0.05, 0.06, 0.07, reg's 0.40, 0.41, 0.42
+    ratio = result[3]["intervals"]["gold_auc"]
+    assert ratio["kind"] == "ratio" and ratio["estimate"] == pytest.approx(0.41 / 0.06)
+    assert ratio["method"].startswith("paired t")
+    # Theorem 2's candidate must be less accurate with higher variance than the low-variance RM: gold is not
+    assert checks(summary, "flat", None, ["a"], rows, seeds, on_policy_rm="gold")[1]["verdict"] == "INCONCLUSIVE"
+    # a regularized RM whose whole interval lies below 1.2x plain BT is a MISS (~0.75x)
+    assert checks(summary, None, ["reg", "c"], ["a"], rows, seeds)[1]["parts"]["gold_auc"]["verdict"] == "MISS"
     # within 2 points of plain BT's on-policy accuracy: every part passes; one check per variant
     kept = [dict(r, on_policy_acc=0.895) if r["name"] == "reg" else r for r in rows]
-    both = checks(summarize(kept, names, [0, 1]), None, ["a", "reg", "c"], ["a"], kept, [0, 1], on_policy_rm="b")
+    both = checks(summarize(kept, NAMES, seeds), None, ["a", "reg", "c"], ["a"], kept, seeds, on_policy_rm="b")
     assert [c["verdict"] for c in both] == ["PASS", "PASS", "MISS"]  # c loses 0.2 accuracy
     # (0.95 - 0.2) / (0.5 - 0.2): the regularizer overshoots b's variance level
     assert "250% of the gap to `b`'s 0.500" in both[1]["measured"]
 
 
+def test_the_regularizer_against_a_baseline_without_a_sure_gain_is_judged_by_the_difference():
+    plain, reg = [-0.2, 0.1, -0.1], [0.3, 0.4, 0.35]
+    rows = [{"name": n, "seed": s, "whitened_variance_mean": v, "on_policy_acc": 0.8, "off_policy_acc": 0.8,
+             "gold_gain": g, "proxy_gain": 1.0, "gold_auc": g, "gold_early": g}
+            for n, v, gains in (("plain", 0.5, plain), ("reg", 0.9, reg), ("x", 0.7, [0.1, 0.1, 0.2]))
+            for s, g in enumerate(gains)]
+    summary = summarize(rows, ["plain", "reg", "x"], [0, 1, 2])
+    check = checks(summary, None, ["plain", "reg"], ["plain", "reg"], rows, [0, 1, 2])[-1]
+    gain = check["intervals"]["gold_auc"]
+    assert gain["kind"] == "difference" and gain["estimate"] == pytest.approx(1.25 / 3)
+    assert check["parts"]["gold_auc"]["verdict"] == "PASS"  # t interval of the differences 0.5, 0.3, 0.45 is above 0
+
+
 def test_a_check_whose_interval_straddles_the_threshold_is_inconclusive_with_seeds_needed():
     plain, reg = [0.2, 0.2, 0.2, 0.2, 0.2], [0.1, 0.5, 0.2, 0.6, 0.3]  # ratio 1.7, but seed noise is large
     rows = [{"name": n, "seed": s, "whitened_variance_mean": v, "on_policy_acc": 0.8, "off_policy_acc": 0.8,
-             "gold_gain": g, "proxy_gain": 1.0, "gold_auc": g}
+             "gold_gain": g, "proxy_gain": 1.0, "gold_auc": g, "gold_early": g}
             for n, v, gains in (("plain", 0.5, plain), ("reg", 0.9, reg))
             for s, g in enumerate(gains)]
     summary = summarize(rows, ["plain", "reg"], list(range(5)))
     check = checks(summary, None, ["plain", "reg"], ["plain", "reg"], rows, list(range(5)))[-1]
-    ratio = check["intervals"]["ratio"]
-    assert ratio["lower"] < 1.2 < ratio["upper"] and ratio["estimate"] == pytest.approx(1.7)
-    assert check["verdict"] == "INCONCLUSIVE" and check["seeds_needed"] > 5
+    ratio = check["intervals"]["gold_auc"]
+    assert ratio["lower"] < 1.0 < ratio["upper"] and ratio["estimate"] == pytest.approx(1.7)
+    # the estimate reaches 1.2: the seeds needed are those that would take the interval off 1.0 (the PASS rule)
+    assert check["verdict"] == "INCONCLUSIVE"
+    assert check["parts"]["gold_auc"]["seeds_needed"] == seeds_to_resolve(ratio, 1.0)
 
 
-def _two_policy_runs(gains_b: dict[str, float]) -> list[dict]:
-    """3 RMs x 2 seeds under policies pA and pB; under pA gains rank a > b > c, variance likewise."""
+def _two_policy_runs(gains_b: dict[str, float], seeds=range(6)) -> list[dict]:
+    """3 RMs under policies pA and pB with seed noise; under pA AUCs rank a > b > c, variance likewise."""
     gains_a, variance = {"a": 0.6, "b": 0.4, "c": 0.2}, {"a": 0.9, "b": 0.5, "c": 0.1}
+    noise = [0.0, 0.03, -0.02, 0.01, -0.03, 0.02]
     return [{"name": n, "seed": s, "policy": p, "whitened_variance_mean": variance[n] if p == "pA" else 1 - variance[n],
-             "on_policy_acc": 0.8, "off_policy_acc": 0.8, "gold_gain": g[n] + 0.01 * s, "proxy_gain": 1.0,
-             "gold_auc": g[n]} for p, g in (("pA", gains_a), ("pB", gains_b)) for n in gains_a for s in (0, 1)]
+             "on_policy_acc": 0.8, "off_policy_acc": 0.8, "gold_gain": g[n], "proxy_gain": 1.0,
+             "gold_auc": g[n] + noise[(s + i) % 6], "gold_early": g[n]}
+            for p, g in (("pA", gains_a), ("pB", gains_b)) for i, n in enumerate(gains_a) for s in seeds]
 
 
 def test_across_policies_ranking_change_and_which_variance_predicts():
-    names, seeds = ["a", "b", "c"], [0, 1]
+    names, seeds = ["a", "b", "c"], list(range(6))
     reversed_runs = _two_policy_runs({"a": 0.1, "b": 0.3, "c": 0.5})  # pB ranks c > b > a
     across = across_policies(reversed_runs, names, ["pA", "pB"], seeds)
     change = across["rank_agreement"][0]
-    assert change["spearman"]["estimate"] == pytest.approx(-1.0, abs=1e-5) and change["verdict"] == "PASS"
+    assert change["spearman"]["estimate"] == pytest.approx(-1.0, abs=1e-5)
+    # halves of the seeds agree within a policy (Spearman 1) and disagree across (-1): within - across = 2
+    assert change["split_half"]["estimate"] == pytest.approx(2.0, abs=1e-4) and change["verdict"] == "PASS"
     predicts = {(r["variance_under"], r["gain_under"]): r["spearman"]["estimate"]
                 for r in across["variance_predicts_gain"]}
     # each policy's own variance (pB's is 1 - pA's here) ranks its own gains exactly; the other's backwards
     assert predicts == pytest.approx({("pA", "pA"): 1.0, ("pB", "pB"): 1.0, ("pA", "pB"): -1.0, ("pB", "pA"): -1.0},
                                      abs=1e-5)
-    same = across_policies(_two_policy_runs({"a": 0.5, "b": 0.3, "c": 0.1}), names, ["pA", "pB"], seeds)
-    assert same["rank_agreement"][0]["verdict"] == "MISS"  # every resample keeps the ranking
+    # the same ranking under both policies: no change beyond seed noise
+    same = across_policies(_two_policy_runs({"a": 0.6, "b": 0.4, "c": 0.2}), names, ["pA", "pB"], seeds)
+    assert same["rank_agreement"][0]["split_half"]["estimate"] == pytest.approx(0.0, abs=1e-4)
+    assert same["rank_agreement"][0]["verdict"] != "PASS"
+    # noise that swaps neighbours within one policy as often as across: the test does not call it a change
+    close = [dict(r, gold_auc=0.4 + 0.05 * ((r["seed"] + {"a": 0, "b": 1, "c": 2}[r["name"]]) % 3))
+             for r in _two_policy_runs({"a": 0.6, "b": 0.4, "c": 0.2})]
+    assert across_policies(close, names, ["pA", "pB"], seeds)["rank_agreement"][0]["verdict"] != "PASS"
 
 
 def test_verify_rejects_bad_sets_before_any_work(tmp_path):
@@ -333,24 +372,40 @@ def test_verify_under_two_policies(tmp_path, tiny_model_dir, synthetic_dir):
     assert text == render_markdown(report)
 
 
-def test_regimes_row_and_table_from_a_made_up_report():
+def test_regimes_row_table_and_controls_from_made_up_reports():
+    from varirm.regimes import Controls, judge_controls, setting_row
     from varirm.regimes import render_markdown as regimes_markdown
-    from varirm.regimes import setting_row
 
-    gains = {"gold": [0.6, 0.7, 0.8], "flat": [0.2, 0.25, 0.3], "same": [0.6, 0.9, 0.6]}
-    report = {"rloo_steps": 30,
-              "runs": [{"name": n, "seed": s, "gold_gain": g[s]} for n, g in gains.items() for s in range(3)],
-              "summary": {"per_rm": {n: {"whitened_variance_mean": {"mean": v}} for n, v in
-                                     (("gold", 0.98), ("flat", 0.01), ("same", 0.5))}}}
-    row = setting_row(report, "adamw_beta0.1_none", "adamw", 0.1, "none", ["gold", "flat", "same"], "gold", [0, 1, 2])
+    aucs = {"gold": [0.6, 0.7, 0.8], "flat": [0.6, 0.7, 0.8], "uneven": [0.4, 0.5, 0.5], "same": [0.6, 0.9, 0.6]}
+    halves = {"gold": ([0.5, 0.6, 0.7], [0.7, 0.8, 0.9]), "flat": ([0.5, 0.6, 0.7], [0.7, 0.8, 0.9]),
+              "uneven": ([0.1, 0.2, 0.2], [0.7, 0.8, 0.8]), "same": ([0.5, 0.8, 0.5], [0.7, 1.0, 0.7])}
+    variance = {"gold": 0.36, "flat": 0.0081, "uneven": 0.2, "same": 0.5}
+
+    def report(scale_flat=1.0):
+        return {"rloo_steps": 60,
+                "runs": [{"name": n, "seed": s, "gold_auc": a[s] * (scale_flat if n == "flat" else 1.0),
+                          "gold_gain": 2 * a[s], "gold_auc_squashed": halves[n][0][s], "gold_auc_kept": halves[n][1][s]}
+                         for n, a in aucs.items() for s in range(3)],
+                "summary": {"per_rm": {n: {"whitened_variance_mean": {"mean": v}} for n, v in variance.items()}}}
+
+    names, seeds = list(aucs), [0, 1, 2]
+    zero = setting_row(report(), "adamw_beta0_none", "adamw", 0.0, "none", names, "gold", seeds)
     # gold: mean 0.7, sd 0.1, t_{0.975,2} 4.303 -> 0.7 ± 0.248
-    assert ((row["gain"]["gold"]["lower"], row["gain"]["gold"]["upper"])
+    assert ((zero["auc"]["gold"]["lower"], zero["auc"]["gold"]["upper"])
             == pytest.approx((0.7 - 0.2484, 0.7 + 0.2484), abs=1e-4))
-    flat = row["ratio_to_reference"]["flat"]
-    # gains less: variance mattered
-    assert flat["ratio"]["estimate"] == pytest.approx(0.25 / 0.7) and flat["verdict"] == "PASS"
-    assert row["ratio_to_reference"]["same"]["verdict"] == "INCONCLUSIVE"  # 0.7 vs 0.7 on average, noisy
-    text = regimes_markdown({"rewards": ["gold", "flat", "same"], "reference": "gold", "seeds": [0, 1, 2],
-                             "rloo_steps": 30, "lr": {"adamw": 5e-4}, "settings": [row],
-                             "variance_under_policy": row["variance"]})
-    assert "| adamw | 0.1 | none |" in text and "PASS" in text and "INCONCLUSIVE" in text
+    uneven = zero["ratio_to_reference"]["uneven"]
+    assert uneven["ratio"]["estimate"] == pytest.approx(1.4 / 2.1) and uneven["verdict"] == "PASS"
+    assert zero["ratio_to_reference"]["same"]["verdict"] == "INCONCLUSIVE"  # 0.7 vs 0.7 on average, noisy
+    assert zero["ratio_by_group"]["uneven"]["squashed"]["estimate"] == pytest.approx(0.5 / 1.8)
+    # beta > 0: flat 10% slower than gold at beta / c (c = sqrt(0.0081 / 0.36) = 0.15): the identity fails
+    beta = setting_row(report(0.9), "adamw_beta0.05_none", "adamw", 0.05, "none", names, "gold", seeds)
+    beta["beta_over_c"] = {"c": 0.15, "beta": 0.05 / 0.15, "gold_auc": aucs["gold"]}
+    reports = {"adamw_beta0_none": report(), "adamw_beta0.05_none": report(0.9)}
+    controls = judge_controls([zero, beta], reports, Controls(uniform="flat", uneven="uneven"), "gold", seeds)
+    assert [(c["setting"], c["verdict"]) for c in controls] == [
+        ("adamw_beta0_none", "PASS"), ("adamw_beta0_none", "PASS"), ("adamw_beta0.05_none", "FAIL"),
+        ("adamw_beta0.05_none", "PASS")]
+    text = regimes_markdown({"rewards": names, "reference": "gold", "seeds": seeds, "rloo_steps": 60,
+                             "lr": {"adamw": 1e-4}, "settings": [zero, beta], "controls": controls,
+                             "variance_under_policy": zero["variance"]})
+    assert "| adamw | 0.05 | none |" in text and "`uneven` `squashed`" in text and "| FAIL |" in text

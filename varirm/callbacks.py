@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -151,7 +152,7 @@ class RegenerateSamples(Callback):
 
 class PolicyEvaluation(Callback):
     """Evaluates the policy being trained on fixed held-out prompts, at the start, every
-    ``every_n_steps`` RLOO steps (batches of samples; each makes ``ppo_epochs`` optimizer steps)
+    ``every_n_steps`` RLOO steps (batches of samples; each makes ``updates_per_batch`` optimizer steps)
     and at the end: ``k`` samples per prompt with a fixed seed
     (the training RNG is left untouched), scored by the RM (raw and normalized by the module's
     ``reward_norm``) and the gold reward when the module has one. Logs ``eval/*`` and writes the
@@ -169,17 +170,22 @@ class PolicyEvaluation(Callback):
         every_n_steps: Evaluate every this many RLOO steps.
         seed: Sampling seed (the same samples for the same policy).
         batch_size: Prompts per generation batch.
+        groups: Dotted path of a function ``prompt -> group name`` (e.g.
+            ``varirm.synthetic.prompt_half``): each point then also holds the gold reward per group
+            (``gold_by_group``), so a reward that treats prompts unevenly can be read per group.
     """
 
     def __init__(self, prompts: str, prompt_field: str = "prompt", num_prompts: Optional[int] = None,
-                 split: str = "train", k: int = 4, every_n_steps: int = 10, seed: int = 1234, batch_size: int = 64):
+                 split: str = "train", k: int = 4, every_n_steps: int = 10, seed: int = 1234, batch_size: int = 64,
+                 groups: Optional[str] = None):
         self.prompts_file, self.prompt_field, self.num_prompts, self.split = prompts, prompt_field, num_prompts, split
         self.k, self.every_n_steps, self.seed, self.batch_size = k, every_n_steps, seed, batch_size
+        self.groups = groups
         self.curve: list[dict[str, float]] = []
         self.prompts: list = []
 
     def _evaluate(self, trainer: Trainer, module: RLOOModule) -> None:
-        step = trainer.global_step // module.hparams.ppo_epochs  # RLOO steps done
+        step = trainer.global_step // module.updates_per_batch  # RLOO steps done
         if self.curve and self.curve[-1]["step"] == step:
             return
         if not self.prompts:
@@ -214,10 +220,22 @@ class PolicyEvaluation(Callback):
             point["proxy_reward"] = ((proxy - shift) / scale).mean().item()
         if module.gold_fn is not None:
             point["gold_reward"] = table[..., 1].mean().item()
+            if self.groups:
+                point["gold_by_group"] = self._by_group(table[..., 1])
         self.curve.append(point)
         for logger in trainer.loggers:
             logger.log_metrics({f"eval/{k}": v for k, v in point.items() if k != "step"}, step=step)
         self._write(trainer)
+
+    def _by_group(self, gold: torch.Tensor) -> dict[str, float]:
+        """Mean gold reward ``(n, k)`` over the prompts of each group (named by ``groups``)."""
+        module_name, _, attr = self.groups.rpartition(".")
+        try:
+            group_of = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise ConfigError(f"PolicyEvaluation groups {self.groups!r}: not an importable function ({e})") from None
+        names = [str(group_of(p)) for p in self.prompts]
+        return {g: gold[[i for i, n in enumerate(names) if n == g]].mean().item() for g in sorted(set(names))}
 
     @rank_zero_only
     def _write(self, trainer: Trainer) -> None:
@@ -231,7 +249,7 @@ class PolicyEvaluation(Callback):
         self._evaluate(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
-        if (trainer.global_step // pl_module.hparams.ppo_epochs) % self.every_n_steps == 0:
+        if (trainer.global_step // pl_module.updates_per_batch) % self.every_n_steps == 0:
             self._evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -74,7 +74,7 @@ def world_diagnostics(runs: list[dict[str, Any]], fractions: dict[str, float], g
     gold_ci = prompt_intervals(gold_rewards)["whitened_variance_mean_ci"]
     var0 = [_by_seed(runs, zero, "whitened_variance_mean")[s] for s in seeds]
     var1 = [_by_seed(runs, full, "whitened_variance_mean")[s] for s in seeds]
-    ratio = paired(var1, var0)["ratio"]  # mean(var0) / mean(var1), paired bootstrap over seeds
+    ratio = paired(var1, var0)["ratio"]  # mean(var0) / mean(var1), paired over seeds
     off = paired([_by_seed(runs, full, "off_policy_acc")[s] for s in seeds],
                  [_by_seed(runs, zero, "off_policy_acc")[s] for s in seeds])["difference"]  # 0% - 100%
     lo_mean, hi_mean = sorted((per_rm[zero]["whitened_variance_mean"]["estimate"],
@@ -86,7 +86,7 @@ def world_diagnostics(runs: list[dict[str, Any]], fractions: dict[str, float], g
          "measured": f"{fmt(gold_ci)} (bootstrap over {gold_rewards.shape[0]} prompts)", "interval": gold_ci,
          **_band(gold_ci, *GOLD_BAND)},
         {"claim": f"variance of the 0% on-policy RM `{zero}` <= {MAX_RATIO}x that of the 100% RM `{full}`",
-         "measured": f"ratio {fmt(ratio)} (paired bootstrap over {len(seeds)} seeds)", "interval": ratio,
+         "measured": f"ratio {fmt(ratio)} ({ratio['method']}, {len(seeds)} seeds)", "interval": ratio,
          **judge(ratio, MAX_RATIO, above=False)},
         {"claim": f"off-policy accuracy of `{zero}` at least that of `{full}`",
          "measured": f"difference {fmt(off)} (t over {len(seeds)} seeds)", "interval": off, **judge(off, 0.0)},

@@ -4,7 +4,8 @@
   :func:`variance_regularizer` (raises reward variance within each prompt of the policy's samples,
   Razin et al. 2025; the statistics it is built from are in :mod:`varirm.variance`).
 - Policy (RLOO): :func:`rloo_advantages`, :func:`group_std_advantages` (GRPO's scaling),
-  :func:`kl_estimate`, :func:`clipped_policy_loss`.
+  :func:`kl_estimate`, :func:`clipped_policy_loss`, and where the KL penalty goes
+  (:func:`policy_advantages`, :func:`policy_loss`, after :data:`KLIn`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,16 @@ import torch.nn.functional as F
 from varirm.variance import Normalization, whiten, within_prompt_variance
 
 KLEstimator = Literal["k1", "k3"]
+# Where RLOO's KL penalty enters, each with the only estimator whose expected gradient is the
+# gradient of a divergence (checked by enumeration in tests/test_objectives.py):
+# - "reward": beta * k1 = beta * log(pi / ref) subtracted from the detached reward (REINFORCE on the
+#   penalized reward; TRL's RLOO and Razin et al.'s code). Expected gradient: beta * grad KL(pi || ref).
+# - "loss": beta * k3 = beta * ((ref / pi - 1) - log(ref / pi)) per response token, added to the loss
+#   and differentiated directly (GRPO). Expected gradient: beta * grad of sum_t E_{prefix ~ pi}
+#   KL(ref(.|prefix) || pi(.|prefix)), the prefixes' distribution held fixed (for one-token
+#   responses: KL(ref || pi)).
+# k3 in the reward is neither: its expected REINFORCE gradient is grad KL(pi || ref) - grad KL(ref || pi).
+KLIn = Literal["reward", "loss"]
 
 
 # Reward model
@@ -158,3 +169,38 @@ def clipped_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: 
         return -advantages * logp
     ratio = torch.exp(logp - old_logp)
     return -torch.min(ratio * advantages, ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages)
+
+
+def policy_advantages(reward: torch.Tensor, old_logp_tok: torch.Tensor, ref_logp_tok: torch.Tensor,
+                      mask: torch.Tensor, k: int, beta: float, kl_in: KLIn = "reward",
+                      normalization: str = "none", eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """RLOO advantages of one batch and the sampled sequences' k1 KL estimates.
+
+    ``reward``: ``(n,)`` normalized RM rewards of ``n = b * k`` samples (``k`` consecutive per
+    prompt); ``old_logp_tok``, ``ref_logp_tok``, ``mask``: ``(n, t)`` token log-probabilities of the
+    sampling policy and the reference, and the response-token mask. With ``kl_in="reward"`` the
+    advantages are the leave-one-out advantages of ``reward - beta * k1`` (:data:`KLIn`); with
+    ``"loss"`` those of ``reward`` alone (the penalty is in :func:`policy_loss`).
+    ``normalization="group_std"`` divides them by each prompt's std (:func:`group_std_advantages`).
+    Returns ``(advantages (n,), k1 (n,))``; k1 is an unbiased estimate of KL(pi || ref) either way.
+    """
+    kl = kl_estimate(old_logp_tok, ref_logp_tok, mask, "k1")  # (n,)
+    penalized = (reward - beta * kl if kl_in == "reward" else reward).view(-1, k)  # (b, k)
+    advantages = rloo_advantages(penalized)
+    if normalization == "group_std":
+        advantages = group_std_advantages(advantages, penalized, eps)
+    return advantages.reshape(-1), kl
+
+
+def policy_loss(logp_tok: torch.Tensor, old_logp_tok: torch.Tensor, ref_logp_tok: torch.Tensor,
+                mask: torch.Tensor, advantages: torch.Tensor, beta: float, kl_in: KLIn = "reward",
+                clip_eps: Optional[float] = 0.2) -> torch.Tensor:
+    """RLOO's loss per sample ``(n,)``: the sequence-level policy-gradient term
+    (:func:`clipped_policy_loss` of the summed response log-probabilities) and, with
+    ``kl_in="loss"``, ``beta`` times the k3 KL estimate of the current policy, summed over
+    response tokens and differentiated directly (GRPO; :data:`KLIn`). ``logp_tok`` carries the
+    gradient; the others are ``(n, t)`` constants, ``advantages`` from :func:`policy_advantages`."""
+    loss = clipped_policy_loss((logp_tok * mask).sum(-1), (old_logp_tok * mask).sum(-1), advantages, clip_eps)
+    if kl_in == "loss":
+        loss = loss + beta * kl_estimate(logp_tok, ref_logp_tok, mask, "k3")
+    return loss

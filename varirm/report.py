@@ -1,6 +1,8 @@
 """The verification report: what it holds per RM, and how it is written (``report.json``,
 ``report.md``, plots).
 
+- :func:`gain_measures`, :func:`curve_summary`: the gains of one RLOO run's gold curve (end, area,
+  early), per group of prompts too.
 - :func:`summarize`: per RM, the mean and 95% t interval over seeds of each of :data:`METRICS`;
   Spearman correlations of gold gain with variance and each accuracy.
 - :func:`render_markdown`, :func:`plot`, :func:`write_report`: the files, one section and one set of
@@ -14,31 +16,75 @@ import math
 import os
 from typing import Any, Optional
 
+from varirm.errors import VarirmError
 from varirm.files import atomic_write_text
 from varirm.stats import fmt, fmt_over_seeds, mean_std, over_seeds, spearman, spearman_interval, t_interval
 
-METRICS = ["whitened_variance_mean", "on_policy_acc", "off_policy_acc", "gold_gain", "proxy_gain", "gold_auc"]
+METRICS = ["whitened_variance_mean", "on_policy_acc", "off_policy_acc", "gold_gain", "proxy_gain", "gold_auc",
+           "gold_early"]
 
 
 ACCURACIES = {"whitened_variance_mean": "whitened variance", "on_policy_acc": "on-policy accuracy",
               "off_policy_acc": "off-policy accuracy"}
 
 
+EARLY_FRACTION = 0.2  # early gain: gold after the first fifth of the RLOO steps
+
+
+def gain_measures(steps: list[float], gold: list[float]) -> dict[str, float]:
+    """Three measures of a gold curve ``gold[i]`` at RLOO step ``steps[i]``: the gain at the end
+    (last minus first), the area under the gain curve divided by the number of steps (the
+    average gain over the run; trapezoid rule), and the early gain at ``EARLY_FRACTION`` of the
+    steps (linear interpolation between evaluation points). The last two keep telling RMs apart
+    after the gold curves saturate.
+
+    >>> gain_measures([0, 5, 10], [1.0, 2.0, 2.0])  # gains 0, 1, 1: area 2.5 + 5 = 7.5 over 10 steps
+    {'gain': 1.0, 'auc': 0.75, 'early': 0.4}
+    """
+    gains = [g - gold[0] for g in gold]
+    area = sum((steps[i + 1] - steps[i]) * (gains[i] + gains[i + 1]) / 2 for i in range(len(steps) - 1))
+    at = steps[0] + EARLY_FRACTION * (steps[-1] - steps[0])
+    i = next(i for i in range(1, len(steps)) if steps[i] >= at)
+    early = gains[i - 1] + (gains[i] - gains[i - 1]) * (at - steps[i - 1]) / (steps[i] - steps[i - 1])
+    return {"gain": gains[-1], "auc": area / (steps[-1] - steps[0]), "early": early}
+
+
+def curve_summary(curve: list[dict[str, float]]) -> dict[str, float]:
+    """Gains from a :class:`varirm.callbacks.PolicyEvaluation` curve (:func:`gain_measures`):
+    ``gold_gain``, ``gold_auc``, ``gold_early`` and the normalized-proxy gain; with a per-group
+    curve (``gold_by_group``), the same three per group (``gold_gain_<group>``, ...)."""
+    if len(curve) < 2:
+        raise VarirmError("the RLOO evaluation curve has fewer than 2 points; raise trainer.max_steps")
+    steps = [p["step"] for p in curve]
+    out = {"gold_start": curve[0]["gold_reward"], "gold_end": curve[-1]["gold_reward"],
+           **{f"gold_{k}": v for k, v in gain_measures(steps, [p["gold_reward"] for p in curve]).items()},
+           "proxy_gain": curve[-1]["proxy_reward"] - curve[0]["proxy_reward"], "steps": steps[-1]}
+    for group in curve[0].get("gold_by_group", {}):
+        measures = gain_measures(steps, [p["gold_by_group"][group] for p in curve])
+        out.update({f"gold_{k}_{group}": v for k, v in measures.items()})
+    return out
+
+
 def summarize(rows: list[dict[str, Any]], names: list[str], seeds: list[int]) -> dict[str, Any]:
-    """Per-RM mean, std and 95% t interval over seeds; Spearman correlations of gold gain with
-    variance and each accuracy, per seed (then mean/std) and on the per-RM means with a bootstrap
-    interval (:func:`spearman_interval`)."""
-    per_rm = {n: {m: over_seeds([r[m] for r in rows if r["name"] == n]) for m in METRICS} for n in names}
-    correlations: dict[str, Any] = {}
-    for metric, label in ACCURACIES.items():
-        per_seed = []
-        for seed in seeds:
-            chosen = [r for r in rows if r["seed"] == seed]
-            per_seed.append(spearman([r[metric] for r in chosen], [r["gold_gain"] for r in chosen]))
-        ci = spearman_interval(rows, names, seeds, metric)
-        correlations[metric] = {"label": label, "per_seed": per_seed, **mean_std(per_seed), "on_means": ci["estimate"],
-                                "on_means_ci": ci}
-    return {"per_rm": per_rm, "spearman_with_gold_gain": correlations}
+    """Per-RM mean, std and 95% t interval over seeds of each of :data:`METRICS` (and of the gains
+    per group of prompts, ``gold_*_<group>``, when the runs have them); Spearman correlations of
+    the gold gain and of the gold AUC with variance and each accuracy, per seed (then mean/std) and
+    on the per-RM means with a bootstrap interval (:func:`spearman_interval`)."""
+    grouped = sorted({k for r in rows for k in r if k.startswith(("gold_gain_", "gold_auc_", "gold_early_"))})
+    per_rm = {n: {m: over_seeds([r[m] for r in rows if r["name"] == n]) for m in METRICS + grouped} for n in names}
+    out: dict[str, Any] = {"per_rm": per_rm}
+    for outcome in ("gold_gain", "gold_auc"):
+        correlations: dict[str, Any] = {}
+        for metric, label in ACCURACIES.items():
+            per_seed = []
+            for seed in seeds:
+                chosen = [r for r in rows if r["seed"] == seed]
+                per_seed.append(spearman([r[metric] for r in chosen], [r[outcome] for r in chosen]))
+            ci = spearman_interval(rows, names, seeds, metric, outcome=outcome)
+            correlations[metric] = {"label": label, "per_seed": per_seed, **mean_std(per_seed),
+                                    "on_means": ci["estimate"], "on_means_ci": ci}
+        out[f"spearman_with_{outcome}"] = correlations
+    return out
 
 
 ONE_SEED = ("One seed decides nothing: with one seed every interval over seeds is unbounded and every check is "
@@ -67,14 +113,18 @@ def render_markdown(report: dict[str, Any]) -> str:
     for entry in entries:
         parts.append(_render_one(_policy_view(report, entry), f"## Under `{entry['name']}` (`{entry['policy']}`)"))
     across = report["across_policies"]
-    parts += ["## Across policies", "", "Does the ranking of RMs by gold gain change between policies? Spearman "
-              "between the per-RM mean gains (95% bootstrap over seeds within each RM; PASS = the ranking changes: "
-              "the interval lies below 1):", "", "| policies | Spearman of gains [95% CI] | ranking changes? |",
-              "|---|---|---|"]
+    parts += ["## Across policies", "", "Does the ranking of RMs by gold AUC change between policies (Theorem 3)? "
+              "Spearman between the per-RM mean AUCs under each (95% bootstrap over seeds, joint across RMs), and "
+              "the split-half test: Spearman between two halves of the seeds under one policy (how well a ranking "
+              "repeats under seed noise alone) minus the same across the two policies; PASS = above 0, the "
+              "ranking changes more between the policies than between halves of the seeds:", "",
+              "| policies | Spearman of AUCs [95% CI] | within - across, split-half [95% CI] | ranking changes? |",
+              "|---|---|---|---|"]
     for row in across["rank_agreement"]:
-        parts.append(f"| `{row['a']}` vs `{row['b']}` | {fmt(row['spearman'])} | {_verdict(row)} |")
-    parts += ["", "Which policy's variance predicts gold gain? Spearman(whitened variance under the row's policy, "
-              "gold gain under the column's policy) [95% CI]:", "",
+        split = fmt(row["split_half"]) if "split_half" in row else "-"
+        parts.append(f"| `{row['a']}` vs `{row['b']}` | {fmt(row['spearman'])} | {split} | {_verdict(row)} |")
+    parts += ["", "Which policy's variance predicts gold AUC? Spearman(whitened variance under the row's policy, "
+              "gold AUC under the column's policy) [95% CI]:", "",
               "| variance under (row), gain under (column) | " + " | ".join(f"`{e['name']}`" for e in entries) + " |",
               "|---|" + "---|" * len(entries)]
     for pv in entries:
@@ -103,23 +153,26 @@ def _render_one(report: dict[str, Any], title: str) -> str:
              f"Variance and on-policy accuracy: `{report['eval_samples']}` "
              f"({report['eval_prompts']} prompts x {report['eval_k']} samples of the initial policy), gold "
              f"`{report['gold']}`. Off-policy accuracy: `{report['test_pairs']}`. Gold gain: gold reward of the "
-             "policy on held-out prompts after RLOO minus before; AUC: average gold gain over the run.", ""]
+             "policy on held-out prompts after RLOO minus before; AUC: average gold gain over the run; early gain: "
+             "gold gain after the first fifth of the RLOO steps.", ""]
     if len(seeds) < 2:
         lines += [f"**{ONE_SEED}**", ""]
     lines += ["| RM | whitened variance | on-policy acc | off-policy acc | gold gain | proxy gain | gold AUC | "
-              "what it is |",
-              "|---|---|---|---|---|---|---|---|"]
+              "early gain | what it is |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for name in specs:
         m = s["per_rm"][name]
         lines.append(f"| `{name}` | " + " | ".join(fmt_over_seeds(m[k]) for k in METRICS)
                      + f" | {specs[name]['description']} |")
-    lines += ["", "Spearman correlation with the gold gain, across RMs (on per-RM means, 95% bootstrap interval "
-              "resampling seeds within each RM):", "", "| quantity | on per-RM means [95% CI] | per seed |",
-              "|---|---|---|"]
-    for c in s["spearman_with_gold_gain"].values():
-        ci = c.get("on_means_ci")
-        lines.append(f"| {c['label']} | {fmt(ci) if ci else format(c['on_means'], '.3f')} | "
-                     + ", ".join(f"{v:.3f}" for v in c["per_seed"]) + " |")
+    lines += _grouped_lines(s["per_rm"], specs)
+    lines += ["", "Spearman correlation with the gold AUC and with the gold gain, across RMs (on per-RM means, 95% "
+              "bootstrap interval resampling seeds jointly across RMs):", "",
+              "| quantity | with gold AUC [95% CI] | with gold gain [95% CI] | per seed (AUC) |", "|---|---|---|---|"]
+    auc = s.get("spearman_with_gold_auc", s["spearman_with_gold_gain"])
+    for metric, c in s["spearman_with_gold_gain"].items():
+        a = auc[metric]
+        lines.append(f"| {c['label']} | {fmt(a['on_means_ci'])} | {fmt(c['on_means_ci'])} | "
+                     + ", ".join(f"{v:.3f}" for v in a["per_seed"]) + " |")
     lines += ["", "Checks (the paper's claims, measured here; PASS only when the 95% interval clears the threshold, "
               "MISS when it lies wholly on the wrong side):", ""]
     for c in report["checks"]:
@@ -128,15 +181,31 @@ def _render_one(report: dict[str, Any], title: str) -> str:
               "`variance_vs_gain.png`, `accuracy_vs_gain.png` (error bars: 95% intervals over seeds).", "", "Per run "
               "(whitened variance and on-policy accuracy with 95% bootstrap intervals over evaluation prompts):", "",
               "| RM | seed | whitened var | on-policy acc | off-policy acc | gold start | gold end | gold gain | "
-              "proxy gain | gold AUC |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "proxy gain | gold AUC | early gain |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["runs"]:
         cells = [fmt(r[f"{k}_ci"]) if r.get(f"{k}_ci") else f"{r[k]:.3f}"
                  for k in ("whitened_variance_mean", "on_policy_acc", "off_policy_acc")]
-        cells += [f"{r[k]:.3f}" for k in ("gold_start", "gold_end", "gold_gain", "proxy_gain", "gold_auc")]
+        cells += [f"{r[k]:.3f}"
+                  for k in ("gold_start", "gold_end", "gold_gain", "proxy_gain", "gold_auc", "gold_early")]
         lines.append(f"| `{r['name']}` | {r['seed']} | " + " | ".join(cells) + " |")
     lines += ["", f"Wall time: {report['seconds']:.0f} s ({report['device']}).", ""]
     return "\n".join(lines)
+
+
+def _grouped_lines(per_rm: dict[str, Any], specs: dict[str, Any]) -> list[str]:
+    """A table of gold AUC and gain per group of prompts (e.g. the halves an uneven reward treats
+    differently), when the runs have them."""
+    groups = sorted({k[len("gold_auc_"):] for m in per_rm.values() for k in m if k.startswith("gold_auc_")})
+    if not groups:
+        return []
+    lines = ["", "Per group of the held-out prompts (`PolicyEvaluation` groups), mean [95% t over seeds]:", "",
+             "| RM | " + " | ".join(f"gold AUC `{g}` | gold gain `{g}`" for g in groups) + " |",
+             "|---|" + "---|---|" * len(groups)]
+    for name in specs:
+        cells = [fmt_over_seeds(per_rm[name][f"gold_{k}_{g}"]) for g in groups for k in ("auc", "gain")]
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _half_widths(m: dict[str, Any]) -> Optional[list[list[float]]]:
@@ -180,13 +249,13 @@ def plot(report: dict[str, Any], output_dir: str, suffix: str = "") -> list[str]
         for ax, metric in zip(axes[0], metrics):
             for name in names:
                 m = per_rm[name]
-                ax.errorbar(m[metric]["mean"], m["gold_gain"]["mean"], xerr=_half_widths(m[metric]),
-                            yerr=_half_widths(m["gold_gain"]), fmt="o", capsize=2)
-                ax.annotate(name, (m[metric]["mean"], m["gold_gain"]["mean"]), fontsize=7, xytext=(3, 3),
+                ax.errorbar(m[metric]["mean"], m["gold_auc"]["mean"], xerr=_half_widths(m[metric]),
+                            yerr=_half_widths(m["gold_auc"]), fmt="o", capsize=2)
+                ax.annotate(name, (m[metric]["mean"], m["gold_auc"]["mean"]), fontsize=7, xytext=(3, 3),
                             textcoords="offset points")
-            rho = report["summary"]["spearman_with_gold_gain"][metric]["on_means"]
+            rho = report["summary"]["spearman_with_gold_auc"][metric]["on_means"]
             ax.set_xlabel(f"{ACCURACIES[metric]} under the initial policy")
-            ax.set_ylabel("gold reward gain after RLOO")
+            ax.set_ylabel("gold AUC (average gold gain over the RLOO run)")
             ax.set_title(f"Spearman {rho:.2f}", fontsize=9)
         fig.tight_layout()
         fig.savefig(path, dpi=100)

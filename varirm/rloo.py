@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from varirm.errors import ConfigError
 from varirm.loaders import EpochShuffleSampler, LoaderPosition, LoaderPositionInCheckpoints, ResumableLoader
-from varirm.objectives import KLEstimator, clipped_policy_loss, group_std_advantages, kl_estimate, rloo_advantages
+from varirm.objectives import KLIn, policy_advantages, policy_loss
 from varirm.sampling import (
     Precision,
     SamplingConfig,
@@ -104,8 +104,11 @@ class RLOOModule(LightningModule):
     """RLOO against a frozen reward model, with a frozen reference policy for the KL penalty.
 
     Per step: sample ``k`` responses for each prompt, score them with the RM (normalized),
-    subtract ``beta * KL``, take leave-one-out advantages, then ``ppo_epochs`` updates of the
-    sequence-level (optionally clipped) policy-gradient loss on those samples.
+    take leave-one-out advantages (of the reward minus ``beta * k1`` KL with ``kl_in: reward``),
+    then ``ppo_epochs`` passes over the samples in ``num_minibatches`` minibatches, one optimizer
+    step each, of the sequence-level (optionally clipped) policy-gradient loss (plus ``beta * k3``
+    KL with ``kl_in: loss``). Razin et al.'s RLOO: k 2, one pass over 2 minibatches, k1 in the
+    reward, reward normalized by a shift and scale measured on the initial policy's samples.
 
     The reference is a frozen copy of the initial policy; under LoRA (``lora_r > 0``) it is the
     same model with its adapters disabled, so no second copy is held in memory.
@@ -117,9 +120,17 @@ class RLOOModule(LightningModule):
         gold: Optional dotted path of a gold reward ``(prompt, response) -> float``, only logged.
         k: Samples per prompt (>= 2).
         beta: KL penalty coefficient.
-        kl_estimator: ``k1`` or ``k3`` (see :func:`kl_estimate`).
-        ppo_epochs: Updates per batch of samples.
-        clip_eps: PPO ratio clipping (``None``: plain REINFORCE, needs ``ppo_epochs: 1``).
+        kl_in: Where the KL penalty goes (:data:`varirm.objectives.KLIn`): ``reward``: ``beta * k1``
+            subtracted from the detached reward, whose expected gradient is that of
+            ``beta * KL(pi || ref)`` (TRL's RLOO, the paper's code); ``loss``: ``beta * k3`` added
+            to the loss and differentiated directly (GRPO), expected gradient that of
+            ``KL(ref || pi)`` per token.
+        kl_estimator: Removed (k3 in the reward has the wrong gradient); setting it is an error
+            that says what to use instead.
+        ppo_epochs: Passes over each batch of samples.
+        num_minibatches: Minibatches per pass, one optimizer step each (each RLOO step makes
+            ``ppo_epochs * num_minibatches`` optimizer steps; ``trainer.max_steps`` counts those).
+        clip_eps: PPO ratio clipping (``None``: plain REINFORCE, needs one update per batch).
         temperature: Sampling temperature.
         top_p: Nucleus sampling threshold.
         max_new_tokens: Longest response.
@@ -132,6 +143,7 @@ class RLOOModule(LightningModule):
         reward_scale: RM normalization scale (``None``: the population std of the first batch's
             samples' RM rewards, over all processes).
         lr: Learning rate of the optimizer.
+        weight_decay: AdamW's decoupled weight decay (0, TRL's default; torch's own default is 0.01).
         optimizer: ``adamw`` (the default; its per-parameter scaling makes updates nearly blind to
             the reward's overall scale) or ``sgd`` (plain gradient steps: the update grows with
             the advantages, as in the gradient-flow analysis of Razin et al.).
@@ -147,18 +159,27 @@ class RLOOModule(LightningModule):
     """
 
     def __init__(self, policy_name_or_path: str, reward_model: str, gold: Optional[str] = None, k: int = 4,
-                 beta: float = 0.05, kl_estimator: KLEstimator = "k3", ppo_epochs: int = 1,
-                 clip_eps: Optional[float] = 0.2, temperature: float = 1.0, top_p: float = 1.0,
+                 beta: float = 0.05, kl_in: KLIn = "reward", kl_estimator: Optional[str] = None,
+                 ppo_epochs: int = 1, num_minibatches: int = 1, clip_eps: Optional[float] = 0.2,
+                 temperature: float = 1.0, top_p: float = 1.0,
                  max_new_tokens: int = 32, sampling_precision: Precision = "auto", reward_shift: Optional[float] = None,
-                 reward_scale: Optional[float] = None, lr: float = 1e-5,
+                 reward_scale: Optional[float] = None, lr: float = 1e-5, weight_decay: float = 0.0,
                  optimizer: Optimizer = "adamw", advantage_normalization: AdvantageNormalization = "none",
                  advantage_eps: float = 1e-4, lora_r: int = 0, lora_alpha: int = 16, lora_dropout: float = 0.0,
                  lora_target_modules: Union[str, list[str]] = "all-linear", seed: int = 0):
         super().__init__()
         if k < 2:
             raise ConfigError(f"RLOO needs k >= 2 samples per prompt, got {k}")
-        if clip_eps is None and ppo_epochs != 1:
-            raise ConfigError("several updates per batch (ppo_epochs > 1) need clip_eps")
+        if kl_estimator is not None:
+            raise ConfigError(f"kl_estimator ({kl_estimator!r}) was removed: k3 subtracted from the reward has "
+                              "the wrong expected gradient. Use kl_in: reward (k1 in the reward, TRL's RLOO and the "
+                              "paper) or kl_in: loss (k3 in the loss, GRPO)")
+        if kl_in not in ("reward", "loss"):
+            raise ConfigError(f"kl_in must be 'reward' (k1 in the reward) or 'loss' (k3 in the loss), got {kl_in!r}")
+        if ppo_epochs < 1 or num_minibatches < 1:
+            raise ConfigError(f"ppo_epochs and num_minibatches must be >= 1, got {ppo_epochs}, {num_minibatches}")
+        if clip_eps is None and ppo_epochs * num_minibatches != 1:
+            raise ConfigError("several updates per batch (ppo_epochs or num_minibatches > 1) need clip_eps")
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.policy = self.reference = self.tokenizer = None
@@ -187,6 +208,11 @@ class RLOOModule(LightningModule):
         # the RM scores through varirm.scoring.score (RM checkpoints/directories) or is a function
         self.reward_fn = load_reward_function(hp.reward_model)
         self.gold_fn = load_reward_function(hp.gold) if hp.gold else None
+
+    @property
+    def updates_per_batch(self) -> int:
+        """Optimizer steps per RLOO step (batch of samples): ``ppo_epochs * num_minibatches``."""
+        return self.hparams.ppo_epochs * self.hparams.num_minibatches
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Token log-probabilities ``(n, t - 1 - start)`` of the policy (see :func:`token_logprobs`)."""
@@ -228,25 +254,26 @@ class RLOOModule(LightningModule):
         ids, mask, start = s["input_ids"], s["attention_mask"], p_len - 1  # score response tokens only
         with torch.no_grad():
             ref_logp_tok = self._reference_logprobs(ids, mask, start)  # (n, r)
+            old_logp_tok = entropy = advantages = None
+            if hp.num_minibatches > 1:  # the sampling policy's log-probs before the first minibatch's update
+                old_logp_tok, entropy = token_logprobs(self.policy, ids, mask, start)
         optimizer = self.optimizers()
-        for epoch in range(hp.ppo_epochs):
-            logp_tok, ent = token_logprobs(self.policy, ids, mask, start, entropy=epoch == 0)  # (n, r)
-            if epoch == 0:
-                # the first update's forward is also the sampling policy's: old log-probs, KL and
-                # advantages come from it (no separate no-grad forward); its ratio is exactly 1
-                old_logp_tok, entropy = logp_tok.detach(), ent
-                kl = kl_estimate(old_logp_tok, ref_logp_tok, resp_mask, hp.kl_estimator)  # (n,)
-                penalized = (reward - hp.beta * kl).view(-1, hp.k)  # (b, k)
-                advantages = rloo_advantages(penalized)  # (b, k)
-                if hp.advantage_normalization == "group_std":
-                    advantages = group_std_advantages(advantages, penalized, hp.advantage_eps)
-                advantages = advantages.reshape(-1)  # (n,)
-                old_logp = (old_logp_tok * resp_mask).sum(-1)
-            logp = (logp_tok * resp_mask).sum(-1)
-            loss = clipped_policy_loss(logp, old_logp, advantages, hp.clip_eps).mean()
-            optimizer.zero_grad()
-            self.manual_backward(loss)
-            optimizer.step()
+        for _ in range(hp.ppo_epochs):
+            order = torch.randperm(n) if hp.num_minibatches > 1 else torch.arange(n)
+            for rows in order.to(ids.device).chunk(hp.num_minibatches):
+                logp_tok, ent = token_logprobs(self.policy, ids[rows], mask[rows], start, entropy=old_logp_tok is None)
+                if old_logp_tok is None:
+                    # one minibatch: the first update's forward is also the sampling policy's (its ratio is
+                    # exactly 1), so old log-probs, KL and advantages come from it without another forward
+                    old_logp_tok, entropy = logp_tok.detach(), ent
+                if advantages is None:
+                    advantages, kl = policy_advantages(reward, old_logp_tok, ref_logp_tok, resp_mask, hp.k, hp.beta,
+                                                       hp.kl_in, hp.advantage_normalization, hp.advantage_eps)
+                loss = policy_loss(logp_tok, old_logp_tok[rows], ref_logp_tok[rows], resp_mask[rows],
+                                   advantages[rows], hp.beta, hp.kl_in, hp.clip_eps).mean()
+                optimizer.zero_grad()
+                self.manual_backward(loss)
+                optimizer.step()
         spread = reward.view(-1, hp.k).std(dim=1, correction=0)
         logs = {"rloo/proxy_reward": reward.mean(), "rloo/kl": kl.mean(), "rloo/loss": loss.detach(),
                 "rloo/entropy": (entropy * resp_mask).sum() / resp_mask.sum().clamp_min(1),
@@ -262,7 +289,7 @@ class RLOOModule(LightningModule):
         params = [p for p in self.policy.parameters() if p.requires_grad]
         if self.hparams.optimizer == "sgd":
             return torch.optim.SGD(params, lr=self.hparams.lr)
-        return torch.optim.AdamW(params, lr=self.hparams.lr)
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
     def _reference_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                             start: int = 0) -> torch.Tensor:

@@ -3,9 +3,11 @@
 - :func:`bootstrap_interval`: percentile bootstrap over units (prompts, pairs, seeds) of any statistic.
 - :func:`t_interval`: mean over seeds with a Student-t interval (few seeds: the t quantile, not 1.96).
 - :func:`paired`: the same seeds under two conditions: difference (t interval) and ratio of means
-  (paired bootstrap over seeds).
+  (paired t interval below 10 seeds, paired bootstrap from 10); :func:`versus_baseline`: the ratio
+  only against a baseline whose gain is surely positive, else the difference.
 - :func:`spearman`, :func:`spearman_draws`, :func:`spearman_interval`: rank correlation across
-  RMs of a per-RM mean with the mean gold gain, with a bootstrap over seeds within each RM.
+  RMs of a per-RM mean with a per-RM mean outcome, with a bootstrap that resamples seeds jointly
+  across RMs.
 - :func:`over_seeds`, :func:`per_seed`: one RM's runs summarized, or lined up by seed.
 - :func:`judge`: PASS only when the interval clears a threshold, MISS when it lies wholly on the
   wrong side, otherwise INCONCLUSIVE, with the number of seeds that would resolve it at the
@@ -77,12 +79,39 @@ def bootstrap_interval(statistic: Callable[[torch.Tensor], float], n: int, resam
     return interval(estimate, lo, hi, method, n)
 
 
+BOOTSTRAP_FROM = 10  # seeds from which ratios get a bootstrap interval; below, a paired t interval
+
+
+def ratio_t_interval(a: list[float], b: list[float]) -> dict[str, object]:
+    """``mean(b) / mean(a)`` on paired values with a 95% t interval by linearization (the delta
+    method): ``R ± t * sd(b_i - R a_i) / (sqrt(n) mean(a))``. For few seeds, where a percentile
+    bootstrap cannot reach past the observed extremes. NaN when ``mean(a) <= 0``.
+
+    >>> r = ratio_t_interval([1.0, 2.0, 3.0], [0.5, 1.2, 1.3])  # R = 3 / 6; residuals 0, 0.2, -0.2
+    >>> round(r["estimate"], 3), round(r["lower"], 3), round(r["upper"], 3)  # 0.5 -/+ 4.303 * 0.2 / (sqrt(3) * 2)
+    (0.5, 0.252, 0.748)
+    """
+    n, mean_a = len(a), sum(a) / len(a)
+    method = "paired t (delta method) over seeds"
+    if mean_a <= 0:
+        return nan_interval(method, n)
+    r = sum(b) / n / mean_a
+    residual = t_interval([y - r * x for x, y in zip(a, b)])
+    if n < 2:
+        return interval(r, -math.inf, math.inf, method, n)
+    half = (residual["upper"] - residual["lower"]) / 2 / mean_a
+    return interval(r, r - half, r + half, method, n)
+
+
 def paired(a: list[float], b: list[float], seed: int = 0) -> dict[str, object]:
     """``b`` vs ``a`` on the same seeds (``a[i]``, ``b[i]`` from seed ``i``): the difference
-    ``b - a`` (mean with a t interval over seeds) and the ratio ``mean(b) / mean(a)`` (paired
-    bootstrap over seeds; NaN when ``mean(a) <= 0`` makes a ratio meaningless)."""
+    ``b - a`` (mean with a t interval over seeds) and the ratio ``mean(b) / mean(a)`` (a paired t
+    interval, :func:`ratio_t_interval`, below ``BOOTSTRAP_FROM`` seeds; a paired bootstrap over
+    seeds from there on; NaN when ``mean(a) <= 0`` makes a ratio meaningless)."""
     if len(a) != len(b):
         raise ValueError(f"paired values need the same seeds: {len(a)} vs {len(b)}")
+    if len(a) < BOOTSTRAP_FROM:
+        return {"difference": t_interval([y - x for x, y in zip(a, b)]), "ratio": ratio_t_interval(a, b)}
     ta, tb = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
 
     def ratio(idx: torch.Tensor) -> float:
@@ -91,6 +120,17 @@ def paired(a: list[float], b: list[float], seed: int = 0) -> dict[str, object]:
 
     return {"difference": t_interval([y - x for x, y in zip(a, b)]),
             "ratio": bootstrap_interval(ratio, len(a), seed=seed, method="paired bootstrap over seeds")}
+
+
+def versus_baseline(a: list[float], b: list[float]) -> dict[str, object]:
+    """``b`` against a baseline ``a`` on the same seeds, as a ratio ``mean(b) / mean(a)`` only when
+    the baseline's gain is surely positive (its t interval over seeds lies above 0), else as the
+    difference ``b - a`` (a ratio to a gain near or below 0 is undefined or unstable). Returns the
+    interval with ``kind`` (``ratio`` or ``difference``) and ``neutral`` (1 or 0: no effect)."""
+    comparison = paired(a, b)
+    if t_interval(a)["lower"] > 0:
+        return {**comparison["ratio"], "kind": "ratio", "neutral": 1.0}
+    return {**comparison["difference"], "kind": "difference", "neutral": 0.0}
 
 
 def seeds_to_resolve(ci: dict[str, object], threshold: float) -> Optional[int]:
@@ -140,14 +180,35 @@ def fmt_over_seeds(m: dict[str, object], digits: int = 3) -> str:
     return f"{m['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
-def spearman(x: list[float], y: list[float]) -> float:
-    """Spearman rank correlation (ties get their average rank), via torchmetrics. NaN when either
-    side is constant or there are fewer than 3 points."""
-    from torchmetrics.functional import spearman_corrcoef
+def _ranks(values: list[float]) -> list[float]:
+    """Ranks 1..n, ties given their average rank."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for m in range(i, j + 1):
+            ranks[order[m]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
 
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman rank correlation: the Pearson correlation of the ranks (ties get their average
+    rank; the definition torchmetrics and scipy use). NaN when either side is constant or there
+    are fewer than 3 points. Plain Python: the bootstraps call it hundreds of thousands of times.
+
+    >>> spearman([0.1, 0.2, 0.3, 0.4], [5, 1, 9, 7])  # ranks (1, 2, 3, 4) vs (2, 1, 4, 3)
+    0.6
+    """
     if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
         return float("nan")
-    return spearman_corrcoef(torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)).item()
+    rx, ry = _ranks(list(x)), _ranks(list(y))
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    return cov / math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
@@ -165,39 +226,45 @@ def over_seeds(values: list[float]) -> dict[str, Any]:
 
 
 def spearman_draws(rows: list[dict[str, Any]], names: list[str], metric: str, resamples: int = RESAMPLES,
-                    seed: int = 0) -> tuple[float, list[float]]:
-    """Spearman(per-RM mean of ``metric``, per-RM mean gold gain) across RMs, and its values on
-    ``resamples`` bootstrap draws that resample seeds within each RM. The draws depend only on
-    ``seed`` and the number of runs per RM, so two metrics' draws pair up."""
-    by_rm = {n: [(r[metric], r["gold_gain"]) for r in rows if r["name"] == n] for n in names}
+                   seed: int = 0, outcome: str = "gold_gain") -> tuple[float, list[float]]:
+    """Spearman(per-RM mean of ``metric``, per-RM mean of ``outcome``) across RMs, and its values on
+    ``resamples`` bootstrap draws of the seeds, resampled jointly: one draw of seeds is used for
+    every RM, so each RM's runs keep the pairing through the seed (same RLOO sampling, same data
+    order) that makes their differences precise. Only seeds every RM has are used. The draws depend
+    only on ``seed`` and the seeds, so two metrics' draws pair up."""
+    by_rm = {n: {r["seed"]: (r[metric], r[outcome]) for r in rows if r["name"] == n} for n in names}
+    seeds = sorted(set.intersection(*(set(v) for v in by_rm.values()))) if by_rm else []
     g = torch.Generator().manual_seed(seed)
 
-    def on_means(pick: dict[str, list[int]]) -> float:
-        xs = [statistics.mean(by_rm[n][i][0] for i in pick[n]) for n in names]
-        ys = [statistics.mean(by_rm[n][i][1] for i in pick[n]) for n in names]
+    def on_means(pick: list[int]) -> float:
+        xs = [statistics.mean(by_rm[n][seeds[i]][0] for i in pick) for n in names]
+        ys = [statistics.mean(by_rm[n][seeds[i]][1] for i in pick) for n in names]
         return spearman(xs, ys)
 
-    estimate = on_means({n: list(range(len(by_rm[n]))) for n in names})
-    if max(len(v) for v in by_rm.values()) < 2:
+    if not seeds:
+        return float("nan"), []
+    estimate = on_means(list(range(len(seeds))))
+    if len(seeds) < 2:
         return estimate, []
-    return estimate, [on_means({n: torch.randint(len(by_rm[n]), (len(by_rm[n]),), generator=g).tolist() for n in names})
+    return estimate, [on_means(torch.randint(len(seeds), (len(seeds),), generator=g).tolist())
                       for _ in range(resamples)]
 
 
 def percentile_interval(estimate: float, draws: list[float], n: int) -> dict[str, Any]:
-    """An estimate with the 2.5% and 97.5% quantiles of its bootstrap ``draws`` over seeds within each RM
-    (NaN draws left out; a NaN interval when none is left). ``n``: the number of seeds."""
+    """An estimate with the 2.5% and 97.5% quantiles of its bootstrap ``draws`` over seeds (resampled
+    jointly across RMs; NaN draws left out; a NaN interval when none is left). ``n``: the number of seeds."""
     kept = torch.tensor([d for d in draws if d == d], dtype=torch.float64)
     if kept.numel() == 0:
-        return interval(estimate, float("nan"), float("nan"), "bootstrap over seeds within each RM", n)
+        return interval(estimate, float("nan"), float("nan"), "bootstrap over seeds, joint across RMs", n)
     lo, hi = torch.quantile(kept, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-    return interval(estimate, lo, hi, "bootstrap over seeds within each RM", n)
+    return interval(estimate, lo, hi, "bootstrap over seeds, joint across RMs", n)
 
 
-def spearman_interval(rows: list[dict[str, Any]], names: list[str], seeds: list[int], metric: str) -> dict[str, Any]:
-    """Spearman(per-RM mean of ``metric``, per-RM mean gold gain) with a 95% bootstrap interval
-    that resamples seeds within each RM."""
-    return percentile_interval(*spearman_draws(rows, names, metric), len(seeds))
+def spearman_interval(rows: list[dict[str, Any]], names: list[str], seeds: list[int], metric: str,
+                      outcome: str = "gold_gain") -> dict[str, Any]:
+    """Spearman(per-RM mean of ``metric``, per-RM mean of ``outcome``) with a 95% bootstrap interval
+    that resamples seeds jointly across RMs (:func:`spearman_draws`)."""
+    return percentile_interval(*spearman_draws(rows, names, metric, outcome=outcome), len(seeds))
 
 
 def per_seed(rows: list[dict[str, Any]], name: str, seeds: list[int], metric: str) -> list[float]:

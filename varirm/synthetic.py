@@ -139,6 +139,39 @@ def squashed_gold_reward(prompt: Any, response: str, band: float) -> float:
     return level + band * gold_reward(prompt, response)
 
 
+UNEVEN_FACTOR = 0.001
+
+
+def prompt_half(prompt: Any) -> str:
+    """Which half of the prompts :func:`uneven_flat_gold_reward` squashes: ``squashed`` when the
+    CRC32 of the prompt's text is odd, else ``kept``. 16 of the 30 prompt texts are squashed, and
+    every topic has prompts in both halves, so the world's levers (the topic's words, the fillers)
+    are the same words and the same policy parameters in both: the gain on the squashed half can
+    come from learning on the kept half, which is why the verification reads gold per half.
+
+    >>> prompt_half("List some fruit words."), prompt_half("Give me words about fruit.")
+    ('squashed', 'kept')
+    """
+    return "squashed" if zlib.crc32(_user_text(prompt).encode()) % 2 else "kept"
+
+
+def uneven_flat_gold_reward(prompt: Any, response: str) -> float:
+    """Razin et al.'s perfectly accurate, low-variance reward: gold times ``UNEVEN_FACTOR`` (0.001,
+    as in the paper) on a fixed half of the prompts (:func:`prompt_half`), gold itself on the
+    other. It ranks every pair of responses to a prompt exactly as gold does, but its variance on
+    the squashed half is a millionth of gold's. Unlike :func:`flat_gold_reward`, whose one factor
+    for every prompt the reward normalization and Adam undo, the factor differs between prompts,
+    which one shared normalization and one optimizer state cannot undo.
+
+    >>> uneven_flat_gold_reward("List some fruit words.", "apple pear plum")  # squashed: 0.375 x 0.001
+    0.000375
+    >>> uneven_flat_gold_reward("Give me words about fruit.", "apple pear plum")
+    0.375
+    """
+    gold = gold_reward(prompt, response)
+    return gold * UNEVEN_FACTOR if prompt_half(prompt) == "squashed" else gold
+
+
 def make_prompt(rng: random.Random) -> list[dict[str, str]]:
     topic = rng.choice(list(TOPICS))
     return [{"role": "user", "content": rng.choice(PROMPT_TEMPLATES).format(topic=topic)}]

@@ -40,7 +40,7 @@ from varirm import jobs
 from varirm.claims import across_policies, checks
 from varirm.errors import ConfigError, VarirmError
 from varirm.files import atomic_write_text
-from varirm.report import METRICS, render_markdown, summarize, write_report
+from varirm.report import METRICS, curve_summary, render_markdown, summarize, write_report
 from varirm.sampling import read_samples, resolve_device
 
 QUIET = {"trainer.enable_progress_bar": False, "trainer.enable_model_summary": False}
@@ -92,21 +92,6 @@ class Policy(NamedTuple):
     samples: str
 
 
-def curve_summary(curve: list[dict[str, float]]) -> dict[str, float]:
-    """Gains from a :class:`varirm.callbacks.PolicyEvaluation` curve: gold and normalized-proxy reward
-    at the last point minus the first, and the area under the gold-gain curve divided by the
-    number of steps (the average gain over the run; trapezoid rule)."""
-    if len(curve) < 2:
-        raise VarirmError("the RLOO evaluation curve has fewer than 2 points; raise trainer.max_steps")
-    steps = [p["step"] for p in curve]
-    gold = [p["gold_reward"] - curve[0]["gold_reward"] for p in curve]
-    area = sum((steps[i + 1] - steps[i]) * (gold[i] + gold[i + 1]) / 2 for i in range(len(curve) - 1))
-    return {"gold_start": curve[0]["gold_reward"], "gold_end": curve[-1]["gold_reward"], "gold_gain": gold[-1],
-            "proxy_gain": curve[-1]["proxy_reward"] - curve[0]["proxy_reward"],
-            "gold_auc": area / (steps[-1] - steps[0]),
-            "steps": steps[-1]}
-
-
 def _done(path: str) -> bool:
     return os.path.exists(os.path.join(path, "done.json"))
 
@@ -130,6 +115,7 @@ def verify(
     compare: Optional[list[str]] = None,
     low_variance: Optional[str] = None,
     on_policy_rm: Optional[str] = None,
+    reference: Optional[str] = None,
     max_length: int = 1024,
     device: str = "auto",
     resume: bool = False,
@@ -160,8 +146,9 @@ def verify(
             regularizer variants trained on the same pairs, one check per variant
             (:func:`varirm.claims.regularizer_beats_plain`).
         on_policy_rm: Name of the RM trained on on-policy pairs whose variance level the
-            regularizer aims at (its check reports the share of the gap closed).
-        low_variance: Name of the perfectly accurate, low-variance RM, for its check.
+            regularizer aims at; also Theorem 2's less accurate, higher-variance RM (:mod:`varirm.claims`).
+        low_variance: Name of the perfectly accurate, low-variance RM, for Theorems 1 and 2.
+        reference: Name of the RM that is the gold reward itself, for Theorem 1.
         max_length: Longest scored prompt + response in evaluation.
         device: ``auto``, ``cpu`` or ``cuda`` for evaluation.
         resume: Reuse the stages an interrupted verification of this directory finished.
@@ -171,7 +158,7 @@ def verify(
     seeds, rloo_overrides = seeds or [0], rloo_overrides or {}
     specs = [s if isinstance(s, RewardModelSpec) else RewardModelSpec(**s) for s in reward_models]
     steps = [s if isinstance(s, PrepareStep) else PrepareStep(**s) for s in prepare or []]
-    check_set(specs, compare, low_variance, on_policy_rm)
+    check_set(specs, compare, low_variance, on_policy_rm, reference)
     policies = initial_policies(policy, eval_samples)
     start_output_dir(output_dir, resume, overwrite)
     start, times = time.time(), {}
@@ -187,7 +174,7 @@ def verify(
                     curves[p.name, spec.name, seed])
             for seed in seeds for spec in specs for p in policies]
     report = build_report(specs, policies, shapes, runs, seeds, gold, test_pairs, rloo_recipe, rloo_overrides,
-                          compare, low_variance, on_policy_rm, command, device)
+                          compare, low_variance, on_policy_rm, command, device, reference)
     report.update(timings=timings(times, specs, seeds, policies), seconds=time.time() - start)
     path = write_report(report, output_dir)
     print(render_markdown(report))
@@ -195,7 +182,7 @@ def verify(
 
 
 def check_set(specs: list[RewardModelSpec], compare: Optional[list[str]], low_variance: Optional[str],
-              on_policy_rm: Optional[str]) -> None:
+              on_policy_rm: Optional[str], reference: Optional[str] = None) -> None:
     """Unique names, each RM trained or given, and every name the checks use among them."""
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
@@ -204,7 +191,7 @@ def check_set(specs: list[RewardModelSpec], compare: Optional[list[str]], low_va
         if (spec.recipe is None) == (spec.reward is None):
             raise ConfigError(f"reward model {spec.name!r}: give exactly one of recipe (to train it) or reward")
     for ref, what in ([(n, "compare") for n in compare or []]
-                      + [(low_variance, "low_variance"), (on_policy_rm, "on_policy_rm")]):
+                      + [(low_variance, "low_variance"), (on_policy_rm, "on_policy_rm"), (reference, "reference")]):
         if ref is not None and ref not in names:
             raise ConfigError(f"{what} names {ref!r}, which is not among the reward models {names}")
     if compare is not None and len(compare) < 2:
@@ -360,7 +347,7 @@ def build_report(specs: list[RewardModelSpec], policies: list[Policy], shapes: l
                  runs: list[dict[str, Any]], seeds: list[int],
                  gold: str, test_pairs: Optional[str], rloo_recipe: str, rloo_overrides: dict,
                  compare: Optional[list[str]], low_variance: Optional[str], on_policy_rm: Optional[str],
-                 command: Optional[str], device: str) -> dict[str, Any]:
+                 command: Optional[str], device: str, reference: Optional[str] = None) -> dict[str, Any]:
     """``report.json``'s content: per policy the summary and the claims' checks; with several
     policies, how they compare (:func:`varirm.claims.across_policies`)."""
     names, trained = [s.name for s in specs], [s.name for s in specs if s.recipe is not None]
@@ -370,14 +357,16 @@ def build_report(specs: list[RewardModelSpec], policies: list[Policy], shapes: l
         summary = summarize(mine, names, seeds)
         per_policy.append({"name": p.name, "policy": p.path, "eval_samples": p.samples, "eval_prompts": prompts,
                            "eval_k": k, "summary": summary,
-                           "checks": checks(summary, low_variance, compare, trained, mine, seeds, on_policy_rm)})
+                           "checks": checks(summary, low_variance, compare, trained, mine, seeds, on_policy_rm,
+                                           reference)})
     first, multi = per_policy[0], len(policies) > 1
     return {
         "command": command or "varirm.verify.verify(...)", "policy": first["policy"], "gold": gold,
         "eval_samples": first["eval_samples"], "eval_prompts": first["eval_prompts"], "eval_k": first["eval_k"],
         "test_pairs": test_pairs, "rloo_recipe": rloo_recipe, "rloo_overrides": rloo_overrides,
         "rloo_steps": runs[0]["steps"], "seeds": seeds, "reward_models": [asdict(s) for s in specs],
-        "compare": compare, "low_variance": low_variance, "runs": runs, "summary": first["summary"],
+        "compare": compare, "low_variance": low_variance, "reference": reference, "runs": runs,
+        "summary": first["summary"],
         "checks": first["checks"], "policies": per_policy,
         "across_policies": across_policies(runs, names, [p.name for p in policies], seeds) if multi else None,
         "timings": None, "seconds": None, "device": device}

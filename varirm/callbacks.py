@@ -181,6 +181,7 @@ class PolicyEvaluation(Callback):
         self.prompts_file, self.prompt_field, self.num_prompts, self.split = prompts, prompt_field, num_prompts, split
         self.k, self.every_n_steps, self.seed, self.batch_size = k, every_n_steps, seed, batch_size
         self.groups = groups
+        self.group_names: list[str] = []  # each prompt's group, found once
         self.curve: list[dict[str, float]] = []
         self.prompts: list = []
 
@@ -229,12 +230,15 @@ class PolicyEvaluation(Callback):
 
     def _by_group(self, gold: torch.Tensor) -> dict[str, float]:
         """Mean gold reward ``(n, k)`` over the prompts of each group (named by ``groups``)."""
-        module_name, _, attr = self.groups.rpartition(".")
-        try:
-            group_of = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError, ValueError) as e:
-            raise ConfigError(f"PolicyEvaluation groups {self.groups!r}: not an importable function ({e})") from None
-        names = [str(group_of(p)) for p in self.prompts]
+        if not self.group_names:
+            module_name, _, attr = self.groups.rpartition(".")
+            try:
+                group_of = getattr(importlib.import_module(module_name), attr)
+            except (ImportError, AttributeError, ValueError) as e:
+                raise ConfigError(f"PolicyEvaluation groups {self.groups!r}: not an importable function "
+                                  f"({e})") from None
+            self.group_names = [str(group_of(p)) for p in self.prompts]
+        names = self.group_names
         return {g: gold[[i for i, n in enumerate(names) if n == g]].mean().item() for g in sorted(set(names))}
 
     @rank_zero_only

@@ -28,6 +28,7 @@ from typing import Any, Optional
 
 import torch
 
+from varirm.report import curve_groups
 from varirm.stats import (
     RESAMPLES,
     all_of,
@@ -78,7 +79,7 @@ def low_variance_gains_less(rows: Rows, seeds: list[int], low_variance: str, ref
     cmp = versus_baseline(per_seed(rows, reference, seeds, OUTCOME), per_seed(rows, low_variance, seeds, OUTCOME))
     early = versus_baseline(per_seed(rows, reference, seeds, "gold_early"),
                             per_seed(rows, low_variance, seeds, "gold_early"))
-    halves = sorted({k[len("gold_auc_"):] for r in rows for k in r if k.startswith("gold_auc_")})
+    halves = curve_groups(rows)
     per_half = [f"{h}: " + _comparison_text(versus_baseline(per_seed(rows, reference, seeds, f"gold_auc_{h}"),
                                                             per_seed(rows, low_variance, seeds, f"gold_auc_{h}")),
                                             reference, low_variance) for h in halves]

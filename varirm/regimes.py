@@ -25,6 +25,7 @@ from typing import Any, Optional
 
 from varirm.errors import ConfigError
 from varirm.files import atomic_write_text
+from varirm.report import curve_groups
 from varirm.stats import fmt, judge, per_seed, t_interval, versus_baseline
 from varirm.verify import PrepareStep, RewardModelSpec, verify
 
@@ -185,7 +186,7 @@ def setting_row(report: dict, name: str, optimizer: str, beta: float, normalizat
     MISS = the low-variance reward gains as much or more, PASS = it gains less, i.e. variance
     mattered), overall and per group of prompts when the runs have groups."""
     runs = report["runs"]
-    groups = sorted({k[len(OUTCOME) + 1:] for r in runs for k in r if k.startswith(OUTCOME + "_")})
+    groups = curve_groups(runs)
     ratios, by_group = {}, {}
     for n in names:
         if n == reference:

@@ -65,12 +65,18 @@ def curve_summary(curve: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def curve_groups(rows: list[dict[str, Any]]) -> list[str]:
+    """The groups of prompts whose gains the rows (runs, or per-RM summaries) carry
+    (``gold_auc_<group>``, from :func:`curve_summary`)."""
+    return sorted({k[len("gold_auc_"):] for r in rows for k in r if k.startswith("gold_auc_")})
+
+
 def summarize(rows: list[dict[str, Any]], names: list[str], seeds: list[int]) -> dict[str, Any]:
     """Per-RM mean, std and 95% t interval over seeds of each of :data:`METRICS` (and of the gains
     per group of prompts, ``gold_*_<group>``, when the runs have them); Spearman correlations of
     the gold gain and of the gold AUC with variance and each accuracy, per seed (then mean/std) and
     on the per-RM means with a bootstrap interval (:func:`spearman_interval`)."""
-    grouped = sorted({k for r in rows for k in r if k.startswith(("gold_gain_", "gold_auc_", "gold_early_"))})
+    grouped = [f"gold_{m}_{g}" for g in curve_groups(rows) for m in ("gain", "auc", "early")]
     per_rm = {n: {m: over_seeds([r[m] for r in rows if r["name"] == n]) for m in METRICS + grouped} for n in names}
     out: dict[str, Any] = {"per_rm": per_rm}
     for outcome in ("gold_gain", "gold_auc"):
@@ -168,7 +174,7 @@ def _render_one(report: dict[str, Any], title: str) -> str:
     lines += ["", "Spearman correlation with the gold AUC and with the gold gain, across RMs (on per-RM means, 95% "
               "bootstrap interval resampling seeds jointly across RMs):", "",
               "| quantity | with gold AUC [95% CI] | with gold gain [95% CI] | per seed (AUC) |", "|---|---|---|---|"]
-    auc = s.get("spearman_with_gold_auc", s["spearman_with_gold_gain"])
+    auc = s["spearman_with_gold_auc"]
     for metric, c in s["spearman_with_gold_gain"].items():
         a = auc[metric]
         lines.append(f"| {c['label']} | {fmt(a['on_means_ci'])} | {fmt(c['on_means_ci'])} | "
@@ -196,7 +202,7 @@ def _render_one(report: dict[str, Any], title: str) -> str:
 def _grouped_lines(per_rm: dict[str, Any], specs: dict[str, Any]) -> list[str]:
     """A table of gold AUC and gain per group of prompts (e.g. the halves an uneven reward treats
     differently), when the runs have them."""
-    groups = sorted({k[len("gold_auc_"):] for m in per_rm.values() for k in m if k.startswith("gold_auc_")})
+    groups = curve_groups(list(per_rm.values()))
     if not groups:
         return []
     lines = ["", "Per group of the held-out prompts (`PolicyEvaluation` groups), mean [95% t over seeds]:", "",

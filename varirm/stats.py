@@ -96,9 +96,9 @@ def ratio_t_interval(a: list[float], b: list[float]) -> dict[str, object]:
     if mean_a <= 0:
         return nan_interval(method, n)
     r = sum(b) / n / mean_a
-    residual = t_interval([y - r * x for x, y in zip(a, b)])
     if n < 2:
         return interval(r, -math.inf, math.inf, method, n)
+    residual = t_interval([y - r * x for x, y in zip(a, b)])
     half = (residual["upper"] - residual["lower"]) / 2 / mean_a
     return interval(r, r - half, r + half, method, n)
 

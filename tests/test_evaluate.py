@@ -42,6 +42,9 @@ def test_evaluate_numbers_by_hand(tmp_path, samples_file, fixed_rm):
     assert metrics["whitened_variance_mean"] == pytest.approx(1.6, rel=1e-5)
     # gold: fruit prompt apple 1/8 > dog -1/8 but RM says dog > apple (wrong); tool prompt saw = axe = 1/8 (no pair)
     assert metrics["on_policy_acc"] == pytest.approx(0.0)
+    # harm-aware: the fruit pair is wrong and dog (2) is above the prompt's mean reward (1): still wrong
+    assert metrics["harm_aware_acc"] == pytest.approx(0.0)
+    assert metrics["variance_accuracy_average"] == pytest.approx((1.6 / 2 + 0.0) / 2, rel=1e-5)
     assert metrics["off_policy_acc"] == pytest.approx(0.5) and metrics["off_policy_pairs"] == 2
     assert metrics["policy"] == "pi"
     saved = json.loads((out / "metrics.json").read_text())
@@ -64,3 +67,30 @@ def test_evaluate_refuses_to_overwrite_and_needs_samples_or_policy(tmp_path, sam
     assert (out / "metrics.json").read_text() == before
     with pytest.raises(VarirmError, match="--policy and --prompts"):
         ev.evaluate(fixed_rm, str(tmp_path / "other"), device="cpu")
+
+
+def test_response_logprobs_score_the_response_tokens_under_the_policy(tmp_path, tiny_model_dir):
+    """Each response's log-probability by hand (one unpadded forward per response, the response
+    tokens' log-softmax summed) equals the batched, padded computation; HAcc-W uses them."""
+    import torch
+
+    from varirm.chat import encode_prompt_response
+    from varirm.sampling import load_policy
+
+    prompts = ["List some fruit words.", "Write tool words.", "List some fruit words."]
+    responses = ["apple pear plum", "saw", "dog"]
+    batched = ev.response_logprobs(tiny_model_dir, prompts, responses, batch_size=2)
+    model, tokenizer = load_policy(tiny_model_dir)
+    for i, (prompt, response) in enumerate(zip(prompts, responses)):
+        p, r = encode_prompt_response(tokenizer, prompt, response)
+        with torch.no_grad():
+            logits = model(torch.tensor([p + r])).logits[0].double()
+        logp = torch.log_softmax(logits, -1)
+        expected = sum(logp[len(p) - 1 + j, tok] for j, tok in enumerate(r))
+        assert batched[i].item() == pytest.approx(expected.item(), abs=1e-4)
+    samples = tmp_path / "s.jsonl"
+    samples.write_text("".join(json.dumps({"prompt": q, "responses": ["apple", "dog", "saw"], "policy": tiny_model_dir})
+                               + "\n" for q in prompts[:2]))
+    metrics = ev.evaluate("test_evaluate.table_reward", str(tmp_path / "e"), samples=str(samples),
+                          gold="varirm.synthetic.gold_reward", plots=False, policy_weighted=True)
+    assert 0.0 <= metrics["harm_aware_acc_weighted"] <= 1.0

@@ -243,3 +243,13 @@ def test_exported_rm_works_as_reward_for_trl_rloo_trainer(trained, tmp_path, tin
     reward_keys = [k for k in logs if k.startswith("reward")]
     assert reward_keys and all(isinstance(logs[k], float) and logs[k] == logs[k] for k in reward_keys), logs
     assert trainer.state.global_step == 1
+
+
+def test_card_teacher_score_lines_name_value_rank_interval_and_caveats():
+    teacher = {"per_rm": {"a": 0.9, "b": 0.7, "c": 0.8}, "formula": "(1 - 0.2) x harm-aware accuracy + ...",
+               "fit_seeds": [0, 1], "test_seeds": [2, 3],
+               "held_out_spearman": {"estimate": 0.86, "lower": 0.5, "upper": 1.0}}
+    text = "\n".join(ex._teacher_lines(teacher, "c"))
+    assert "0.800, rank 2 of 3" in text and "0.86 [0.50, 1.00]" in text and "held-out seeds [2, 3]" in text
+    assert "Caveats" in text
+    assert ex._teacher_lines(None, "c") == [] and ex._teacher_lines(teacher, "z") == []

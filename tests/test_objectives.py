@@ -1,8 +1,16 @@
+import itertools
+
 import pytest
 import torch
 from torch.testing import assert_close
 
-from varirm.objectives import bradley_terry_loss, center_rewards_penalty
+from varirm.objectives import (
+    aligned_variance,
+    bradley_terry_loss,
+    center_rewards_penalty,
+    group_pairs_loss,
+    listwise_loss,
+)
 
 
 def test_bradley_terry_loss_by_hand():
@@ -114,3 +122,66 @@ def test_k3_in_the_reward_has_the_wrong_gradient():
     (true,) = torch.autograd.grad(_kl_pi_ref(_categorical, t, ref_theta), t)
     assert biased.norm() < 0.2 * true.norm()
     assert torch.nn.functional.cosine_similarity(biased, true, dim=0) < 0.9
+
+
+# Labelled group objectives
+
+
+def test_aligned_variance_ignores_scale_and_per_prompt_offsets():
+    r, labels = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
+    base = aligned_variance(r, labels)
+    assert_close(aligned_variance(3.0 * r + 7.0, labels), base)
+    assert_close(aligned_variance(r + torch.randn(5, 1, dtype=torch.float64) * 10, labels), base)
+    assert_close(aligned_variance(r, 2.0 * labels - 1.0), base)  # labels standardized per prompt
+
+
+def test_aligned_variance_is_largest_for_rewards_equal_to_the_standardized_labels():
+    """Cauchy-Schwarz: over every reward with the same pooled spread, the term peaks at rewards
+    proportional to the per-prompt standardized labels (equal spread on every prompt), where it is 1."""
+    labels = torch.tensor([[0.0, 1.0, 3.0], [5.0, 2.0, 2.5]], dtype=torch.float64)
+    s = (labels - labels.mean(1, keepdim=True)) / labels.std(1, correction=0, keepdim=True)
+    assert_close(aligned_variance(s, labels), torch.ones(2, dtype=torch.float64))
+    for _ in range(50):
+        other = s + 0.5 * torch.randn_like(s)
+        assert aligned_variance(other, labels).mean() <= 1.0 + 1e-12
+    squashed = s * torch.tensor([[1.0], [0.01]], dtype=torch.float64)  # right order, one prompt squashed
+    assert aligned_variance(squashed, labels).mean() < 0.75
+
+
+def test_natural_gradient_rate_of_gold_is_the_reward_gold_covariance():
+    """The docstring's derivation, by autograd on a categorical policy: under natural-gradient flow
+    on J = E_pi[r] (Fisher pseudo-inverse), d/dt E_pi[g] = grad E_pi[g]^T F^+ grad J = Cov_pi(r, g)."""
+    theta = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    r, g = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    pi = torch.softmax(theta, 0)
+    grad_j, = torch.autograd.grad((pi * r).sum(), theta, retain_graph=True)
+    grad_g, = torch.autograd.grad((pi * g).sum(), theta)
+    p = pi.detach()
+    fisher = torch.diag(p) - torch.outer(p, p)
+    rate = grad_g @ torch.linalg.pinv(fisher) @ grad_j
+    cov = (p * (r - (p * r).sum()) * (g - (p * g).sum())).sum()
+    assert_close(rate, cov)
+
+
+def test_listwise_loss_is_a_plackett_luce_distribution_over_rankings():
+    """exp(-loss) over every ranking of k = 4 samples (each ranking given as the labels) sums to 1,
+    and with k = 2 it is the Bradley-Terry loss."""
+    r = torch.randn(1, 4, dtype=torch.float64)
+    total = 0.0
+    for perm in itertools.permutations(range(4)):
+        labels = torch.zeros(1, 4, dtype=torch.float64)
+        for place, j in enumerate(perm):
+            labels[0, j] = 4 - place  # perm[0] best
+        total += torch.exp(-listwise_loss(r, labels)).item()
+    assert abs(total - 1.0) < 1e-10
+    pair = torch.tensor([[0.3, -1.2]])
+    assert_close(listwise_loss(pair, torch.tensor([[0.0, 1.0]])), bradley_terry_loss(pair[:, 1], pair[:, 0]))
+
+
+def test_group_pairs_loss_averages_bt_over_pairs_with_different_labels():
+    r = torch.tensor([[0.5, -0.2, 1.0, 0.1]], dtype=torch.float64)
+    labels = torch.tensor([[2.0, 1.0, 1.0, 0.0]], dtype=torch.float64)
+    pairs = [(a, b) for a in range(4) for b in range(4) if labels[0, a] > labels[0, b]]  # 5 pairs
+    expected = sum(bradley_terry_loss(r[0, a:a + 1], r[0, b:b + 1]) for a, b in pairs) / len(pairs)
+    assert_close(group_pairs_loss(r, labels), expected)
+    assert_close(group_pairs_loss(r, torch.ones_like(r)), torch.zeros(1, dtype=torch.float64))

@@ -104,7 +104,7 @@ def test_rloo_recipe_parses(recipe):
     assert isinstance(cli.model, RLOOModule) and cli.model.hparams.k >= 2
 
 
-OVERLAYS = {"regularizers": "synthetic"}  # recipes/verify/regularizers.yaml is used on top of synthetic.yaml
+OVERLAYS = {"regularizers": "synthetic", "objectives": "synthetic"}  # used on top of synthetic.yaml
 
 
 @pytest.mark.parametrize("recipe", VERIFY_RECIPES, ids=[p.stem for p in VERIFY_RECIPES])
@@ -129,6 +129,7 @@ def test_verify_recipe_parses_with_every_recipe_it_names(recipe, monkeypatch):
     cfg = parser.instantiate_classes(parser.parse_args([*args, "--config", str(recipe)]))
     names = [spec.name for spec in cfg.reward_models]
     assert len(set(names)) == len(names) and set(cfg.compare or []) <= set(names)
+    assert {n for b in cfg.budgets or [] for n in b} <= set(names)
     for spec in cfg.reward_models:
         assert (spec.recipe is None) != (spec.reward is None), spec
         if spec.recipe:

@@ -254,3 +254,34 @@ def test_policy_samples_are_regenerated_every_n_steps(tmp_path, tiny_model_dir, 
                               [["apple", "dog", "red"]] * 6, 64)
     assert [g["ids"] for g in cli.datamodule.group_source.groups] != [g["ids"] for g in initial]
     assert all(len(g["ids"]) == 3 for g in cli.datamodule.group_source.groups)
+
+
+def test_labelled_group_objectives_train_on_a_label_budget(tmp_path, tiny_model_dir, synthetic_dir):
+    """Each labelled objective trains end to end on a budget of labelled groups (the data module
+    draws the same prompts for each), and one without labels is refused with the settings to fix."""
+    samples = str(write_policy_samples(tmp_path / "samples.jsonl", n_prompts=12))
+    common = ["--trainer.max_steps", "4", "--trainer.log_every_n_steps", "1", "--model.init_args.variance_coef", "1.0",
+              "--data.init_args.policy_samples", samples, "--data.init_args.groups_per_batch", "2",
+              "--data.init_args.group_prompts", "6", "--data.init_args.labeler", "varirm.synthetic.gold_reward"]
+    for objective in ("aligned_variance", "listwise", "pairs"):
+        run = tmp_path / objective
+        cli_main(fit_args(run, tiny_model_dir, synthetic_dir, *common, "--data.init_args.group_labels", "true",
+                          "--model.init_args.group_objective", objective))
+        losses = [float(r["train/loss"]) for r in read_metrics(run) if r.get("train/loss")]
+        assert losses and all(loss == loss for loss in losses), objective
+    with pytest.raises(VarirmError, match="group_labels"):
+        cli_main(fit_args(tmp_path / "unlabelled", tiny_model_dir, synthetic_dir, *common,
+                          "--model.init_args.group_objective", "aligned_variance"))
+
+
+def test_group_prompts_draws_one_subset_per_seed():
+    from varirm.errors import ConfigError
+    from varirm.on_policy import prompt_subset
+
+    rows = [{"prompt": str(i)} for i in range(20)]
+    a, b = prompt_subset(rows, 5, 3, "f.jsonl"), prompt_subset(rows, 5, 3, "f.jsonl")
+    assert a == b and len(a) == 5 and a != prompt_subset(rows, 5, 4, "f.jsonl")
+    assert [int(r["prompt"]) for r in a] == sorted(int(r["prompt"]) for r in a)  # file order kept
+    assert prompt_subset(rows, None, 3, "f.jsonl") == rows
+    with pytest.raises(ConfigError, match="f.jsonl: group_prompts=21"):
+        prompt_subset(rows, 21, 0, "f.jsonl")

@@ -120,3 +120,36 @@ def test_regularizer_with_gather_is_the_whole_batch_split_over_processes():
                                                                         pairs.reshape(-1, 1)[4 * i + 4:]]))
               for i in range(2)]
     assert_close(torch.cat(halves), variance_regularizer(big, "pairs", reference=pairs))
+
+
+def test_harm_aware_accuracy_by_enumeration():
+    """Each gold-ordered pair by hand: right when ranked right or when the worse response's reward
+    is below the prompt's mean reward; weighted: pairs weighted by pi(better) pi(worse)."""
+    from varirm.variance import harm_aware_accuracy
+
+    r = torch.tensor([[0.0, 1.0, 5.0, 2.0], [3.0, 1.0, 2.0, 0.0]], dtype=torch.float64)
+    g = torch.tensor([[3.0, 2.0, 1.0, 0.0], [0.0, 1.0, 1.0, 2.0]], dtype=torch.float64)
+    lp = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1]], dtype=torch.float64))
+    rights, weights = [], []
+    for p in range(2):
+        mean = r[p].mean()
+        for a in range(4):
+            for b in range(4):
+                if g[p, a] > g[p, b]:
+                    rights.append(float(r[p, a] > r[p, b] or r[p, b] < mean))
+                    weights.append(float(lp[p, a].exp() * lp[p, b].exp()))
+    plain = sum(rights) / len(rights)
+    weighted = sum(w * x for w, x in zip(weights, rights)) / sum(weights)
+    assert abs(harm_aware_accuracy(r, g).item() - plain) < 1e-6
+    assert abs(harm_aware_accuracy(r, g, lp).item() - weighted) < 1e-6
+    assert harm_aware_accuracy(g, g).item() == 1.0  # the gold reward itself
+    assert harm_aware_accuracy(r, g).item() >= 0.0 and torch.isnan(harm_aware_accuracy(r, torch.ones_like(g)))
+
+
+def test_variance_report_has_harm_aware_accuracy_and_the_average():
+    r = torch.tensor([[0.0, 1.0, 5.0], [3.0, 1.0, 2.0]])
+    g = torch.tensor([[2.0, 1.0, 0.0], [2.0, 0.0, 1.0]])
+    report = variance_report(r, g)
+    assert 0.0 <= report["harm_aware_acc"] <= 1.0
+    expected = (report["whitened_variance_mean"] * 2 / 3 + report["on_policy_acc"]) / 2
+    assert abs(report["variance_accuracy_average"] - expected) < 1e-12

@@ -156,6 +156,10 @@ def test_verify_rejects_bad_sets_before_any_work(tmp_path):
         verify([RewardModelSpec("a", recipe="x.yaml", reward="g")], **base)
     with pytest.raises(ConfigError, match="not among the reward models"):
         verify([RewardModelSpec("a", reward="g")], compare=["a", "b"], **base)
+    with pytest.raises(ConfigError, match="budgets names 'z'"):
+        verify([RewardModelSpec("a", reward="g"), RewardModelSpec("b", reward="g")], budgets=[["a", "z"]], **base)
+    with pytest.raises(ConfigError, match="one \\[plain, objective"):
+        verify([RewardModelSpec("a", reward="g")], budgets=[["a"]], **base)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "report.md").write_text("earlier")
     with pytest.raises(VarirmError, match="--overwrite true"):
@@ -172,6 +176,23 @@ def test_verify_rejects_bad_sets_before_any_work(tmp_path):
                                                              "args": {"output": "m", "no_such_argument": 1}}],
                **{**base, "output_dir": str(tmp_path / "fresh2")})
     assert not (tmp_path / "m").exists()
+
+
+def test_objective_against_pairs_is_judged_by_the_auc_ratio_and_reports_the_rest():
+    """``budgets`` checks: PASS needs the paired AUC ratio >= 1.2 with its interval above 1; a ratio
+    above 1 but below 1.2 with a tight interval is a MISS; variance and accuracy are reported unjudged."""
+    seeds = list(range(5))
+    rows = []
+    for s in seeds:
+        for name, auc in (("pairs", 0.10), ("strong", 0.13), ("mild", 0.105)):
+            rows.append({"name": name, "seed": s, "whitened_variance_mean": 0.9, "on_policy_acc": 0.8,
+                         "off_policy_acc": 0.8, "gold_gain": auc, "proxy_gain": 1.0,
+                         "gold_auc": auc + 0.001 * s, "gold_early": auc / 2})
+    summary = summarize(rows, ["pairs", "strong", "mild"], seeds)
+    strong, mild = checks(summary, None, None, [], rows, seeds, budgets=[["pairs", "strong", "mild"]])[1:]
+    assert strong["verdict"] == "PASS" and strong["intervals"]["gold_auc"]["kind"] == "ratio"
+    assert strong["intervals"]["gold_auc"]["estimate"] == pytest.approx(1.3, abs=0.01)
+    assert mild["verdict"] == "MISS" and "on-policy accuracy difference" in mild["measured"]
 
 
 @pytest.mark.slow

@@ -13,6 +13,8 @@ which keeps telling RMs apart after the curves saturate; the early gain is repor
 - :func:`variance_predicts_gain`: Spearman(whitened variance, gold AUC) across RMs is above 0 and
   above Spearman(off-policy accuracy, gold AUC).
 - :func:`regularizer_beats_plain`: BT + variance regularizer beats plain BT at equal data.
+- :func:`objective_beats_pairs`: a labelled group objective beats plain BT on the same labelled
+  responses turned into pairs (one label budget).
 - :func:`across_policies` (Theorem 3): the RMs' ranking under two initial policies, against the
   agreement of two halves of the seeds under one policy (seed noise alone).
 
@@ -52,7 +54,7 @@ THM1_TARGET = 0.8  # the project's target for Theorem 1: the low-variance RM's A
 
 def checks(summary: dict[str, Any], low_variance: Optional[str], compare: Optional[list[str]],
            trained: list[str], rows: Rows, seeds: list[int], on_policy_rm: Optional[str] = None,
-           reference: Optional[str] = None) -> list[dict[str, Any]]:
+           reference: Optional[str] = None, budgets: Optional[list[list[str]]] = None) -> list[dict[str, Any]]:
     """Every claim that the verification's set of RMs can test, in order."""
     per_rm = summary["per_rm"]
     out = [variance_predicts_gain(summary, rows, seeds)]
@@ -63,6 +65,8 @@ def checks(summary: dict[str, Any], low_variance: Optional[str], compare: Option
     if compare:
         plain, *regularized = compare
         out += [regularizer_beats_plain(rows, seeds, plain, reg, on_policy_rm) for reg in regularized]
+    for plain, *objectives in budgets or []:
+        out += [objective_beats_pairs(rows, seeds, plain, objective) for objective in objectives]
     return out
 
 
@@ -179,6 +183,25 @@ def regularizer_beats_plain(rows: Rows, seeds: list[int], plain: str, reg: str,
                         f"(c) gold AUC {_comparison_text(gain, plain, reg)}: {parts['gold_auc']['verdict']}",
             "intervals": {"variance": var, "on_policy_acc": acc, "gold_auc": gain}, "parts": parts,
             **all_of(list(parts.values()))}
+
+
+def objective_beats_pairs(rows: Rows, seeds: list[int], plain: str, objective: str) -> dict[str, Any]:
+    """Does a labelled group objective (``objective``) teach better than plain BT on exactly the
+    same labelled responses turned into pairs (``plain``), paired by seed? PASS when the gold AUC
+    ratio is >= 1.2 with its interval above 1 (:func:`gain_ratio_verdict`; the difference above 0
+    when plain BT's AUC is not surely positive). Whitened variance, on-policy accuracy and early
+    gain are reported beside it, unjudged."""
+    var, acc = (paired(per_seed(rows, plain, seeds, m), per_seed(rows, objective, seeds, m))["difference"]
+                for m in ("whitened_variance_mean", "on_policy_acc"))
+    gain = versus_baseline(per_seed(rows, plain, seeds, OUTCOME), per_seed(rows, objective, seeds, OUTCOME))
+    early = versus_baseline(per_seed(rows, plain, seeds, "gold_early"), per_seed(rows, objective, seeds, "gold_early"))
+    verdict = gain_ratio_verdict(gain) if gain["kind"] == "ratio" else judge(gain, 0.0)
+    return {"claim": f"`{objective}` teaches better than plain BT on the same labelled responses (`{plain}`): gold AUC "
+                     f">= {GAIN_RATIO}x with the interval above 1",
+            "measured": f"gold AUC {_comparison_text(gain, plain, objective)}; early gain "
+                        f"{_comparison_text(early, plain, objective)}; whitened variance difference {fmt(var)}; "
+                        f"on-policy accuracy difference {fmt(acc)}",
+            "intervals": {"gold_auc": gain, "early": early, "variance": var, "on_policy_acc": acc}, **verdict}
 
 
 def _difference_ci(summary: dict[str, Any], rows: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:

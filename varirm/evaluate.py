@@ -9,25 +9,28 @@ preference test set. Writes ``metrics.json``, ``report.md``, ``variance_hist.png
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any, Optional
 
 import torch
 
+from varirm.chat import encode_prompt_response, pad_right
 from varirm.errors import VarirmError
 from varirm.files import atomic_write_text, path_fingerprint
 from varirm.formats import load_preference_rows
-from varirm.sampling import read_samples, resolve_device, sample
+from varirm.rloo import token_logprobs
+from varirm.sampling import load_policy, read_samples, resolve_device, sample
 from varirm.scoring import RewardFunction, label_samples, load_reward_function
 from varirm.stats import bootstrap_interval, fmt
-from varirm.variance import on_policy_accuracy, variance_report, whiten, within_prompt_variance
+from varirm.variance import harm_aware_accuracy, on_policy_accuracy, variance_report, whiten, within_prompt_variance
 
 
 def prompt_intervals(rewards: torch.Tensor, gold: Optional[torch.Tensor] = None) -> dict[str, Any]:
     """95% bootstrap intervals over prompts (the unit the policy samples for) of the whitened
-    variance mean (shift and scale re-measured on each resample, as on the full set) and of the
-    on-policy accuracy. ``(p, k)`` rewards and gold."""
+    variance mean (shift and scale re-measured on each resample, as on the full set), the
+    on-policy accuracy and the harm-aware accuracy. ``(p, k)`` rewards and gold."""
     r = rewards.double()
     out: dict[str, Any] = {"whitened_variance_mean_ci": bootstrap_interval(
         lambda i: within_prompt_variance(whiten(r[i])).mean().item(), r.shape[0], method="bootstrap over prompts")}
@@ -35,7 +38,40 @@ def prompt_intervals(rewards: torch.Tensor, gold: Optional[torch.Tensor] = None)
         g = gold.double()
         out["on_policy_acc_ci"] = bootstrap_interval(lambda i: on_policy_accuracy(r[i], g[i]).item(), r.shape[0],
                                                      method="bootstrap over prompts")
+        out["harm_aware_acc_ci"] = bootstrap_interval(lambda i: harm_aware_accuracy(r[i], g[i]).item(), r.shape[0],
+                                                      method="bootstrap over prompts")
     return out
+
+
+@functools.lru_cache(maxsize=4)
+def samples_logprobs(policy: str, samples: str, fingerprint: str, device: str) -> torch.Tensor:
+    """:func:`response_logprobs` of a samples file's responses, ``(p, k)``; cached per file content
+    (``fingerprint``), so evaluating many RMs on one samples file scores the policy once."""
+    rows = read_samples(samples)
+    k = len(rows[0]["responses"])
+    flat = response_logprobs(policy, [row["prompt"] for row in rows for _ in range(k)],
+                             [r for row in rows for r in row["responses"]], device)
+    return flat.view(len(rows), k)
+
+
+@torch.no_grad()
+def response_logprobs(policy: str, prompts: list, responses: list[str], device: str = "cpu",
+                      batch_size: int = 32) -> torch.Tensor:
+    """Sequence log-probability ``log pi(y | x)`` of each response under ``policy`` (its tokens as
+    the scoring path renders them, :func:`varirm.chat.encode_prompt_response`), ``(n,)``."""
+    model, tokenizer = load_policy(policy)
+    model.to(device).eval()
+    out = []
+    for start in range(0, len(responses), batch_size):
+        parts = [encode_prompt_response(tokenizer, p, r) for p, r in
+                 zip(prompts[start:start + batch_size], responses[start:start + batch_size])]
+        ids, mask = pad_right([p + r for p, r in parts], tokenizer.pad_token_id)
+        logp, _ = token_logprobs(model, ids.to(device), mask.to(device), entropy=False)  # (n, t - 1)
+        scored = torch.zeros_like(mask[:, 1:], dtype=torch.bool)
+        for i, (p, r) in enumerate(parts):
+            scored[i, len(p) - 1:len(p) + len(r) - 1] = True  # position j scores token j + 1
+        out.append((logp.cpu() * scored).sum(-1))
+    return torch.cat(out).double()
 
 
 def render_markdown(metrics: dict[str, Any]) -> str:
@@ -56,7 +92,13 @@ def render_markdown(metrics: dict[str, Any]) -> str:
     if "on_policy_acc" in metrics:
         lines += [f"| on-policy accuracy vs gold (`{metrics['gold']}`) [95% CI] | "
                   f"{_with_ci(metrics, 'on_policy_acc')} |",
+                  f"| harm-aware accuracy (a wrong pair counts as right when the worse response is below the "
+                  f"policy's mean reward) [95% CI] | {_with_ci(metrics, 'harm_aware_acc')} |",
+                  f"| variance and accuracy average | {metrics['variance_accuracy_average']:.4f} |",
                   f"| gold reward: whitened per-prompt variance | {metrics['gold_whitened_variance_mean']:.4f} |"]
+    if "harm_aware_acc_weighted" in metrics:
+        lines.append(f"| harm-aware accuracy, pairs weighted by the policy's probabilities (HAcc-W) | "
+                     f"{metrics['harm_aware_acc_weighted']:.4f} |")
     if "off_policy_acc" in metrics:
         lines.append(f"| off-policy accuracy (`{metrics['pairs_file']}`, {metrics['off_policy_pairs']} pairs) "
                      f"[95% CI] | {_with_ci(metrics, 'off_policy_acc')} |")
@@ -139,6 +181,7 @@ def evaluate(
     device: str = "auto",
     plots: bool = True,
     overwrite: bool = False,
+    policy_weighted: bool = False,
 ) -> dict[str, Any]:
     """Evaluate reward variance and accuracy of an RM under a policy.
 
@@ -164,6 +207,8 @@ def evaluate(
         device: ``auto``, ``cpu`` or ``cuda``.
         plots: Write the PNG plots.
         overwrite: Replace an existing report in ``output``.
+        policy_weighted: Also the policy-weighted harm-aware accuracy (HAcc-W): scores every
+            sample's log-probability under ``policy`` (default: the samples file's ``policy``).
     """
     if os.path.exists(os.path.join(output, "metrics.json")) and not overwrite:
         raise VarirmError(f"{output} already holds an evaluation; pass --overwrite true or choose another --output")
@@ -176,23 +221,28 @@ def evaluate(
     rows = read_samples(samples)
     scorer = load_reward_function(rm, batch_size, device, max_length)
     k = len(rows[0]["responses"])
-    flat_prompts = [row["prompt"] for row in rows for _ in range(k)]
-    flat_responses = [r for row in rows for r in row["responses"]]
-    rewards = torch.tensor(scorer(flat_prompts, flat_responses), dtype=torch.float32).view(len(rows), k)
-    gold_rewards = None
-    if gold is not None or all("gold" in row for row in rows):
-        gold_rewards = torch.tensor(label_samples(rows, gold, device), dtype=torch.float32)
+    rewards = torch.tensor(scorer([row["prompt"] for row in rows for _ in range(k)],
+                                  [r for row in rows for r in row["responses"]])).float().view(len(rows), k)
+    gold_rewards = (torch.tensor(label_samples(rows, gold, device), dtype=torch.float32)
+                    if gold is not None or all("gold" in row for row in rows) else None)
     metrics: dict[str, Any] = {"rm": rm, "rm_fingerprint": path_fingerprint(rm) if os.path.exists(rm) else rm,
                                "policy": rows[0].get("policy", "unknown"), "samples_file": samples,
                                "gold": gold or ("samples file" if gold_rewards is not None else None)}
     metrics.update(variance_report(rewards, gold_rewards))
     metrics.update(prompt_intervals(rewards, gold_rewards))
+    if policy_weighted and gold_rewards is not None:  # HAcc-W: pairs weighted by the sampling policy
+        metrics["harm_aware_acc_weighted"] = harm_aware_accuracy(rewards, gold_rewards, samples_logprobs(
+            policy or rows[0].get("policy", ""), samples, path_fingerprint(samples), device)).item()
     if pairs is not None:
         metrics.update(off_policy_accuracy(scorer, pairs, pairs_split))
     atomic_write_text(os.path.join(output, "metrics.json"), json.dumps(metrics, indent=2))
     atomic_write_text(os.path.join(output, "report.md"), render_markdown(metrics))
     if plots:
-        name = rm.rstrip("/")
-        name = os.path.basename(os.path.dirname(os.path.dirname(name)) if name.endswith(".ckpt") else name)
-        plot(rewards, gold_rewards, output, f"RM {name} under {metrics['policy']}")
+        plot(rewards, gold_rewards, output, f"RM {_rm_name(rm)} under {metrics['policy']}")
     return metrics
+
+
+def _rm_name(rm: str) -> str:
+    """A short name for plot titles: the run directory of a checkpoint, else the last path part."""
+    name = rm.rstrip("/")
+    return os.path.basename(os.path.dirname(os.path.dirname(name)) if name.endswith(".ckpt") else name)

@@ -101,6 +101,11 @@ def render_card(info: dict[str, Any], repo_id: str, license: str = "apache-2.0")
                                       dataset_type="policy-samples", dataset_name=name, metric_type="accuracy",
                                       metric_name="on-policy accuracy vs gold",
                                       metric_value=round(e["on_policy_acc"], 4)))
+        if "harm_aware_acc" in e:
+            results.append(EvalResult(task_type="text-classification", task_name="harm-aware accuracy",
+                                      dataset_type="policy-samples", dataset_name=name, metric_type="accuracy",
+                                      metric_name="harm-aware on-policy accuracy vs gold",
+                                      metric_value=round(e["harm_aware_acc"], 4)))
     for e in info["off_policy"]:
         results.append(EvalResult(task_type="text-classification", task_name="preference accuracy",
                                   dataset_type=e["pairs_file"] if _is_hub_id(e["pairs_file"]) else "preference-pairs",
@@ -186,7 +191,22 @@ def _verification_section(report: dict[str, Any], entry: dict[str, Any], mine: l
     lines += ["", f"`{name}`'s mean gold gain ranks {ranked.index(name) + 1} of {len(ranked)}. Across these RMs, "
               f"Spearman correlation of gold gain with whitened variance: {show(v)}; with off-policy accuracy: "
               f"{show(off)}."]
-    return lines
+    return lines + _teacher_lines(entry["summary"].get("teacher"), name)
+
+
+def _teacher_lines(teacher: Optional[dict[str, Any]], name: str) -> list[str]:
+    """The card's teacher score: this RM's value and rank among the report's RMs, how well the score
+    ranked their RLOO gold AUC on held-out seeds, and what it does not say."""
+    if not teacher or name not in teacher["per_rm"]:
+        return []
+    scores = teacher["per_rm"]
+    rank = sorted(scores, key=lambda n: -scores[n]).index(name) + 1
+    return ["", f"Teacher score (predicts the rank of the RLOO gold AUC from cheap measurements, no RLOO): "
+                f"{scores[name]:.3f}, rank {rank} of {len(scores)}; `{teacher['formula']}`. Chosen on seeds "
+                f"{teacher['fit_seeds']}; on the held-out seeds {teacher['test_seeds']} its Spearman with the gold "
+                f"AUC across these RMs was {fmt(teacher['held_out_spearman'], 2)}. Caveats: it ranks RMs under this "
+                "one policy in the world the report ran in; its weights were fit on that report's RMs; it says "
+                "nothing about absolute gains or about another policy."]
 
 
 def export(

@@ -1,8 +1,10 @@
 """Every training objective in one place: small pure functions, tensors in, losses out.
 
-- Reward model: :func:`bradley_terry_loss`, :func:`center_rewards_penalty`, and
-  :func:`variance_regularizer` (raises reward variance within each prompt of the policy's samples,
-  Razin et al. 2025; the statistics it is built from are in :mod:`varirm.variance`).
+- Reward model: :func:`bradley_terry_loss`, :func:`center_rewards_penalty`, and the terms on
+  groups of ``k`` policy samples of a prompt (:data:`GroupObjective`): :func:`variance_regularizer`
+  (label-free: raises reward variance within each prompt, Razin et al. 2025; its statistics are in
+  :mod:`varirm.variance`), :func:`aligned_variance` (variance along a labeler's scores),
+  :func:`listwise_loss` (Plackett-Luce) and :func:`group_pairs_loss` (BT on the group's pairs).
 - Policy (RLOO): :func:`rloo_advantages`, :func:`group_std_advantages` (GRPO's scaling),
   :func:`kl_estimate`, :func:`clipped_policy_loss`, and where the KL penalty goes
   (:func:`policy_advantages`, :func:`policy_loss`, after :data:`KLIn`).
@@ -28,6 +30,10 @@ KLEstimator = Literal["k1", "k3"]
 #   responses: KL(ref || pi)).
 # k3 in the reward is neither: its expected REINFORCE gradient is grad KL(pi || ref) - grad KL(ref || pi).
 KLIn = Literal["reward", "loss"]
+# What the RM learns from groups of k policy samples of a prompt (RewardModelModule.group_objective):
+# "variance": the label-free variance term; "aligned_variance", "listwise", "pairs": labelled groups.
+GroupObjective = Literal["variance", "aligned_variance", "listwise", "pairs"]
+LABELLED_OBJECTIVES = ("aligned_variance", "listwise", "pairs")
 
 
 # Reward model
@@ -112,6 +118,81 @@ def variance_regularizer(rewards: torch.Tensor, normalization: Normalization = "
         z = whiten(rewards, everyone.mean(), everyone.std(correction=0)) if normalization == "batch" else rewards
     v = within_prompt_variance(z)  # (b,)
     return -v if target is None else torch.relu(target - v)
+
+
+def aligned_variance(rewards: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Reward variance along a labeler's scores, per prompt, to be *maximised* (the RM loss
+    subtracts ``lambda`` times its mean).
+
+    ``rewards``, ``labels``: ``(b, k)``, the RM's rewards and the labeler's scores of ``k`` policy
+    samples of each of ``b`` prompts. With ``d_ij = r_ij - mean_j r_ij`` (each prompt's own mean
+    removed, so offsets between prompts cannot raise the term), ``sigma^2 = mean_ij d_ij^2`` (the
+    pooled within-prompt variance: one scale for the batch, gradients through it) and ``s_ij``
+    the labels standardized within their prompt (mean 0, population std 1; a prompt whose labels
+    are all equal has ``s = 0`` and contributes nothing), returns ``c_i = mean_j (d_ij / sigma) s_ij``
+    ``(b,)``: the within-prompt covariance of the whitened rewards with the standardized labels.
+
+    Why it teaches (gradient flow on ``E_{y~pi}[r]``): for a softmax policy with the natural
+    gradient (Fisher-preconditioned; REINFORCE/RLOO with a whitened reward follows it up to the
+    parameterization's geometry), the logits move by ``r(x, y) - E_pi r`` and the gold reward ``g``
+    rises at the initial rate ``d/dt E_pi[g] = E_x Cov_{y~pi(.|x)}(r, g)``
+    (``tests/test_objectives.py`` checks this by autograd on a categorical policy). Rewards are
+    whitened by one global scale before RLOO, so what sets the rate is ``Cov(r / sigma, g)``,
+    exactly ``c_i`` with ``g`` in place of the labels, up to each prompt's label spread
+    ``std_x(g)`` (standardizing the labels per prompt weighs every prompt equally, the way the
+    paper counts a squashed prompt as lost time). By Cauchy-Schwarz ``c_i <= std(d_i) / sigma``:
+    the term is raised only by rewards that order the samples like the labeler *and* spread each
+    prompt's samples as evenly as the batch allows, i.e. variance in the labeler's direction, not in
+    whatever direction the RM already has (the label-free :func:`variance_regularizer`'s failure).
+    Invariant to ``r -> c r + d`` (``c > 0``) and to per-prompt offsets ``r_i -> r_i + d_i``.
+
+    Worked example: ``r = [[0, 2], [1, 1]]``, labels ``[[0, 1], [0, 1]]``: ``d = [[-1, 1], [0, 0]]``,
+    ``sigma = sqrt(2 / 4)``, ``s = [[-1, 1], [-1, 1]]``: ``c = [(1 + 1) / 2 / 0.7071, 0] = [1.4142, 0]``.
+
+    >>> aligned_variance(torch.tensor([[0.0, 2.0], [1.0, 1.0]]), torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+    tensor([1.4142, 0.0000])
+    """
+    if rewards.dim() != 2 or rewards.shape[1] < 2 or labels.shape != rewards.shape:
+        raise ValueError(f"rewards and labels must both be (prompts, k >= 2), got {tuple(rewards.shape)} "
+                         f"and {tuple(labels.shape)}")
+    d = rewards - rewards.mean(dim=1, keepdim=True)  # (b, k)
+    sigma = d.pow(2).mean().clamp_min(1e-12).sqrt()
+    centred = labels - labels.mean(dim=1, keepdim=True)
+    spread = centred.std(dim=1, correction=0, keepdim=True)
+    s = torch.where(spread > 0, centred / spread.clamp_min(1e-12), torch.zeros_like(centred))
+    return (d / sigma * s).mean(dim=1)
+
+
+def listwise_loss(rewards: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Plackett-Luce negative log-likelihood of the labeler's ranking of each prompt's ``k``
+    samples (ListMLE, Xia et al. 2008; Plackett 1975), per prompt.
+
+    With the samples sorted by label, best first (ties keep their order), ``loss_i = sum_{j<k}
+    [logsumexp_{l>=j} r_(l) - r_(j)]``: each sample, in order, is chosen by a softmax over those
+    not yet placed. For ``k = 2`` it is the Bradley-Terry loss of the pair. ``(b, k), (b, k) -> (b,)``.
+
+    >>> listwise_loss(torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 0.0]]))  # BT at a tie: log 2
+    tensor([0.6931])
+    """
+    order = labels.argsort(dim=1, descending=True, stable=True)
+    ranked = rewards.gather(1, order)  # (b, k), best label first
+    tail = torch.logcumsumexp(ranked.flip(1), dim=1).flip(1)  # logsumexp over l >= j
+    return (tail - ranked)[:, :-1].sum(dim=1)
+
+
+def group_pairs_loss(rewards: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Bradley-Terry on every pair of a prompt's ``k`` samples whose labels differ (the higher
+    label chosen), averaged per prompt: plain BT on exactly the labelled responses the other group
+    objectives see. ``(b, k), (b, k) -> (b,)``; a prompt without such a pair gives 0.
+
+    >>> group_pairs_loss(torch.tensor([[0.0, 0.0, 0.0]]), torch.tensor([[1.0, 0.0, 0.0]]))  # 2 pairs, log 2 each
+    tensor([0.6931])
+    """
+    dr = rewards[:, :, None] - rewards[:, None, :]  # (b, k, k): r_j - r_l
+    counted = labels[:, :, None] > labels[:, None, :]  # j labelled better than l
+    losses = -F.logsigmoid(dr) * counted
+    n = counted.sum(dim=(1, 2))
+    return losses.sum(dim=(1, 2)) / n.clamp_min(1)
 
 
 # Policy (RLOO)

@@ -3,6 +3,7 @@ groups that feed the variance term of RM training.
 
 - :func:`on_policy_pair_rows`: one labelled pair per prompt from its samples (as Razin et al. build
   on-policy RM training data).
+- :func:`prompt_subset`: the prompts of a samples file that a label budget pays for.
 - :class:`GroupSource` and :class:`PairsWithGroups`: a batch of pairs plus groups of ``k`` samples
   of a prompt, drawn reproducibly whatever the process count or a resume.
 """
@@ -10,10 +11,11 @@ groups that feed the variance term of RM training.
 from __future__ import annotations
 
 import zlib
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
+from varirm.errors import ConfigError
 from varirm.loaders import collate_groups, collate_pairs
 
 
@@ -90,3 +92,16 @@ def on_policy_pair_rows(samples: list[dict[str, Any]], labels: list[list[float]]
                      "prompt_text": prompt if isinstance(prompt, str) else "", "chosen": responses[a],
                      "rejected": responses[b], "margin": 0.0, "row": index})
     return rows
+
+
+def prompt_subset(samples: list[dict[str, Any]], n: Optional[int], seed: int, path: str) -> list[dict[str, Any]]:
+    """``n`` rows of a samples file drawn at random with ``seed`` (file order kept), or all with
+    ``n=None``: the prompts whose groups a label budget pays for. The draw depends only on the
+    file's length, ``n`` and ``seed``, so objectives compared at one seed see the same prompts."""
+    if n is None:
+        return samples
+    if n > len(samples):
+        raise ConfigError(f"{path}: group_prompts={n} but the file has {len(samples)} prompts")
+    pick = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed))[:n]
+    return [samples[i] for i in sorted(pick.tolist())]
+

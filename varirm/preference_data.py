@@ -34,7 +34,7 @@ from varirm.loaders import (
     collate_pairs,
     padding_fraction,
 )
-from varirm.on_policy import GroupSource, PairsWithGroups, on_policy_pair_rows
+from varirm.on_policy import GroupSource, PairsWithGroups, on_policy_pair_rows, prompt_subset
 from varirm.sampling import read_samples, tokenize_groups
 from varirm.scoring import label_samples
 
@@ -105,6 +105,10 @@ class PreferenceDataModule(LoaderPositionInCheckpoints, LightningDataModule):
         policy_samples: Samples file (``varirm sample``) whose groups of ``k`` responses feed the
             variance regularizer: ``groups_per_batch`` groups ride along with every training batch.
         groups_per_batch: Prompts (each with its ``k`` samples) per training step and process.
+        group_prompts: Use only this many prompts of ``policy_samples`` (a random subset drawn with
+            ``seed``): the label budget of the labelled group objectives.
+        group_labels: Label the policy-sample groups with the ``labeler`` (or the file's ``gold``):
+            needed by ``model.group_objective`` ``aligned_variance``, ``listwise`` and ``pairs``.
         val_policy_samples: Samples file for on-policy validation: whitened reward variance and,
             with gold labels (``gold`` in the file or a ``labeler``), on-policy accuracy.
         labeler: Labels policy samples: a reward-model directory / ``.ckpt`` or the dotted path of a
@@ -141,6 +145,8 @@ class PreferenceDataModule(LoaderPositionInCheckpoints, LightningDataModule):
         trust_remote_code: bool = False,
         policy_samples: Optional[str] = None,
         groups_per_batch: int = 4,
+        group_prompts: Optional[int] = None,
+        group_labels: bool = False,
         val_policy_samples: Optional[str] = None,
         labeler: Optional[str] = None,
         on_policy_samples: Optional[str] = None,
@@ -157,6 +163,8 @@ class PreferenceDataModule(LoaderPositionInCheckpoints, LightningDataModule):
         if policy_samples and groups_per_batch < 2:
             # one group whitened by its own mean/std always has variance k/(k-1): no gradient
             raise ConfigError(f"groups_per_batch must be at least 2 with policy_samples, got {groups_per_batch}")
+        if (group_prompts is not None or group_labels) and not policy_samples:
+            raise ConfigError("group_prompts and group_labels select and label policy_samples: set policy_samples")
         if max_length < 2:
             raise ConfigError(f"max_length must be at least 2, got {max_length}")
         self.save_hyperparameters()
@@ -278,9 +286,11 @@ class PreferenceDataModule(LoaderPositionInCheckpoints, LightningDataModule):
         if hp.on_policy_fraction > 0 and "train" in self.splits:
             self._mix_on_policy()
         if hp.policy_samples:
-            samples = read_samples(hp.policy_samples)
+            samples = prompt_subset(read_samples(hp.policy_samples), hp.group_prompts, hp.seed, hp.policy_samples)
+            gold = self.labels(samples) if hp.group_labels else None
             self.group_source = GroupSource(tokenize_groups(
-                self._tokenizer(), [r["prompt"] for r in samples], [r["responses"] for r in samples], hp.max_length))
+                self._tokenizer(), [r["prompt"] for r in samples], [r["responses"] for r in samples], hp.max_length,
+                gold))
         if hp.val_policy_samples:
             samples = read_samples(hp.val_policy_samples)
             # gold for on-policy acc

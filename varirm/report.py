@@ -19,13 +19,12 @@ from typing import Any, Optional
 from varirm.errors import VarirmError
 from varirm.files import atomic_write_text
 from varirm.stats import fmt, fmt_over_seeds, mean_std, over_seeds, spearman, spearman_interval, t_interval
+from varirm.teacher import PREDICTORS, best_predictor, teacher_fit
 
 METRICS = ["whitened_variance_mean", "on_policy_acc", "off_policy_acc", "gold_gain", "proxy_gain", "gold_auc",
            "gold_early"]
 
 
-ACCURACIES = {"whitened_variance_mean": "whitened variance", "on_policy_acc": "on-policy accuracy",
-              "off_policy_acc": "off-policy accuracy"}
 
 
 EARLY_FRACTION = 0.2  # early gain: gold after the first fifth of the RLOO steps
@@ -71,17 +70,23 @@ def curve_groups(rows: list[dict[str, Any]]) -> list[str]:
     return sorted({k[len("gold_auc_"):] for r in rows for k in r if k.startswith("gold_auc_")})
 
 
-def summarize(rows: list[dict[str, Any]], names: list[str], seeds: list[int]) -> dict[str, Any]:
+def summarize(rows: list[dict[str, Any]], names: list[str], seeds: list[int],
+              k: Optional[int] = None) -> dict[str, Any]:
     """Per-RM mean, std and 95% t interval over seeds of each of :data:`METRICS` (and of the gains
     per group of prompts, ``gold_*_<group>``, when the runs have them); Spearman correlations of
-    the gold gain and of the gold AUC with variance and each accuracy, per seed (then mean/std) and
-    on the per-RM means with a bootstrap interval (:func:`spearman_interval`)."""
+    the gold gain and of the gold AUC with each predictor the runs measure
+    (:data:`varirm.teacher.PREDICTORS`), per seed (then mean/std) and on the per-RM means with a
+    bootstrap interval (:func:`spearman_interval`); which predictor ranks the gold AUC best
+    (:func:`varirm.teacher.best_predictor`); with ``k`` (samples per prompt of the evaluation) the
+    teacher score fit on half of the seeds and tested on the others (:func:`varirm.teacher.teacher_fit`)."""
     grouped = [f"gold_{m}_{g}" for g in curve_groups(rows) for m in ("gain", "auc", "early")]
     per_rm = {n: {m: over_seeds([r[m] for r in rows if r["name"] == n]) for m in METRICS + grouped} for n in names}
     out: dict[str, Any] = {"per_rm": per_rm}
     for outcome in ("gold_gain", "gold_auc"):
         correlations: dict[str, Any] = {}
-        for metric, label in ACCURACIES.items():
+        for metric, label in PREDICTORS.items():
+            if metric not in METRICS and not all(r.get(metric, float("nan")) == r.get(metric) for r in rows):
+                continue  # not measured by these runs
             per_seed = []
             for seed in seeds:
                 chosen = [r for r in rows if r["seed"] == seed]
@@ -90,6 +95,8 @@ def summarize(rows: list[dict[str, Any]], names: list[str], seeds: list[int]) ->
             correlations[metric] = {"label": label, "per_seed": per_seed, **mean_std(per_seed),
                                     "on_means": ci["estimate"], "on_means_ci": ci}
         out[f"spearman_with_{outcome}"] = correlations
+    out["predictors"] = best_predictor(rows, names, seeds)
+    out["teacher"] = teacher_fit(rows, names, seeds, k) if k else None
     return out
 
 
@@ -179,6 +186,7 @@ def _render_one(report: dict[str, Any], title: str) -> str:
         a = auc[metric]
         lines.append(f"| {c['label']} | {fmt(a['on_means_ci'])} | {fmt(c['on_means_ci'])} | "
                      + ", ".join(f"{v:.3f}" for v in a["per_seed"]) + " |")
+    lines += _predictor_lines(s)
     lines += ["", "Checks (the paper's claims, measured here; PASS only when the 95% interval clears the threshold, "
               "MISS when it lies wholly on the wrong side):", ""]
     for c in report["checks"]:
@@ -260,13 +268,31 @@ def plot(report: dict[str, Any], output_dir: str, suffix: str = "") -> list[str]
                 ax.annotate(name, (m[metric]["mean"], m["gold_auc"]["mean"]), fontsize=7, xytext=(3, 3),
                             textcoords="offset points")
             rho = report["summary"]["spearman_with_gold_auc"][metric]["on_means"]
-            ax.set_xlabel(f"{ACCURACIES[metric]} under the initial policy")
+            ax.set_xlabel(f"{PREDICTORS[metric]} under the initial policy")
             ax.set_ylabel("gold AUC (average gold gain over the RLOO run)")
             ax.set_title(f"Spearman {rho:.2f}", fontsize=9)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
     return paths
+
+
+def _predictor_lines(s: dict[str, Any]) -> list[str]:
+    """Which measurement ranks the RMs' gold AUC best, and the teacher score's held-out test."""
+    lines = []
+    ranking = (s.get("predictors") or {}).get("ranking") or []
+    if len(ranking) >= 2:
+        best, diff = ranking[0], s["predictors"]["best_minus_next"]
+        lines += ["", f"Best predictor of the gold AUC ranking: **{best['label']}** (Spearman "
+                      f"{fmt(best['spearman'])}); minus the runner-up ({ranking[1]['label']}): {fmt(diff)} (same "
+                      "bootstrap draws of the seeds); order: " + ", ".join(p["label"] for p in ranking) + "."]
+    t = s.get("teacher")
+    if t:
+        lines += ["", f"Teacher score (no RLOO): `{t['formula']}`, chosen on seeds {t['fit_seeds']} (Spearman "
+                      f"{t['fit_spearman']:.3f} there); on the held-out seeds {t['test_seeds']}: Spearman with the "
+                      f"gold AUC {fmt(t['held_out_spearman'])} (95% bootstrap over the held-out seeds). It ranks "
+                      "these RMs under this policy in this world; its weights are fit here, not a law."]
+    return lines
 
 
 def write_report(report: dict[str, Any], output_dir: str) -> str:

@@ -11,7 +11,16 @@ from lightning.pytorch import LightningModule
 from varirm.chat import load_tokenizer
 from varirm.errors import ConfigError
 from varirm.metrics import GroupRewardMetrics, pairwise_metrics, update_pairwise
-from varirm.objectives import bradley_terry_loss, center_rewards_penalty, variance_regularizer
+from varirm.objectives import (
+    LABELLED_OBJECTIVES,
+    GroupObjective,
+    aligned_variance,
+    bradley_terry_loss,
+    center_rewards_penalty,
+    group_pairs_loss,
+    listwise_loss,
+    variance_regularizer,
+)
 from varirm.reward_model import RewardModel, load_reward_model
 from varirm.schedules import warmup_schedule
 from varirm.variance import Normalization, whiten, within_prompt_variance
@@ -19,10 +28,15 @@ from varirm.variance import Normalization, whiten, within_prompt_variance
 
 class RewardModelModule(LightningModule):
     """Trains a :class:`varirm.reward_model.RewardModel` with the Bradley-Terry loss on preference pairs,
-    optionally plus ``variance_coef`` times the variance regularizer on policy-sample groups:
+    optionally plus ``variance_coef`` times a term on policy-sample groups (``group_objective``):
 
         loss = mean_i BT(r_c,i, r_r,i, m_i) + center_rewards_coef * mean_i (r_c,i + r_r,i)^2
-               + variance_coef * mean_g varirm.objectives.variance_regularizer(r_g)
+               + variance_coef * mean_g term(r_g, labels_g)
+
+    with ``term`` the label-free :func:`varirm.objectives.variance_regularizer` (``variance``), minus
+    :func:`varirm.objectives.aligned_variance` (``aligned_variance``),
+    :func:`varirm.objectives.listwise_loss` (``listwise``) or
+    :func:`varirm.objectives.group_pairs_loss` (``pairs``: plain BT on the groups' labelled pairs).
 
     Batches come from :class:`varirm.preference_data.PreferenceDataModule`: ``input_ids`` ``(2b, t)`` with
     chosen rows first, and with ``data.policy_samples`` also ``group_input_ids`` ``(g * k, t')``;
@@ -45,7 +59,11 @@ class RewardModelModule(LightningModule):
         betas: AdamW betas.
         warmup_ratio: Fraction of all optimizer steps spent in linear warm-up.
         scheduler: Learning-rate schedule after warm-up.
-        variance_coef: Weight of the variance regularizer (0: plain Bradley-Terry).
+        variance_coef: Weight of the group term (0: plain Bradley-Terry on the pairs).
+        group_objective: The group term: ``variance`` (label-free variance regularizer),
+            ``aligned_variance`` (variance along the labels), ``listwise`` (Plackett-Luce over each
+            group's labelled ranking), ``pairs`` (BT on each group's pairs with different labels).
+            The last three need labelled groups (``data.group_labels`` with a ``data.labeler``).
         variance_target: Floor on a prompt's whitened variance above which the term stops
             pushing (``None``: always push).
         variance_normalization: ``batch``: whiten by the group batch's mean/std (over all
@@ -55,7 +73,8 @@ class RewardModelModule(LightningModule):
         variance_warmup_ratio: Ramp ``variance_coef`` linearly from 0 over this fraction of all
             steps. The term is scale invariant, so its gradient grows as ``1 / std(r)``: at
             initialisation rewards are nearly constant and, at full weight, the term would drown
-            the Bradley-Terry gradient before the RM has learned any ranking.
+            the Bradley-Terry gradient before the RM has learned any ranking. Applies to every
+            ``group_objective``, so they can be compared at the same schedule.
     """
 
     def __init__(
@@ -79,12 +98,16 @@ class RewardModelModule(LightningModule):
         variance_target: Optional[float] = None,
         variance_normalization: Normalization = "batch",
         variance_warmup_ratio: float = 0.0,
+        group_objective: GroupObjective = "variance",
     ):
         super().__init__()
         if load_in_4bit and lora_r <= 0:
             raise ConfigError("load_in_4bit trains LoRA adapters on a frozen 4-bit base: set lora_r > 0")
         if not 0.0 <= variance_warmup_ratio <= 1.0:
             raise ConfigError(f"variance_warmup_ratio must be in [0, 1], got {variance_warmup_ratio}")
+        if group_objective not in ("variance", *LABELLED_OBJECTIVES):
+            raise ConfigError(f"group_objective must be one of variance, {', '.join(LABELLED_OBJECTIVES)}; "
+                              f"got {group_objective!r}")
         self.save_hyperparameters()
         self.tokenizer = None  # loaded with the model in configure_model (no Hub access at parse time)
         self.model: Optional[RewardModel] = None
@@ -121,11 +144,22 @@ class RewardModelModule(LightningModule):
             groups = rewards[n_pairs:].view(-1, int(batch["group_size"]))  # (g, k)
             coef = self.variance_coef_now() if regularize else 0.0
             if coef > 0:
-                term = variance_regularizer(groups, self.hparams.variance_normalization,
-                                            self.hparams.variance_target, reference=rewards[:n_pairs],
-                                            gather=self._all_groups).mean()
-                loss = loss + coef * term
+                loss = loss + coef * self._group_term(groups, batch.get("group_gold"), rewards[:n_pairs])
         return loss, groups
+
+    def _group_term(self, groups: torch.Tensor, labels: Optional[torch.Tensor],
+                    pair_rewards: torch.Tensor) -> torch.Tensor:
+        """The batch's group term (to minimise) for ``group_objective``; ``groups``, ``labels``: ``(g, k)``."""
+        hp = self.hparams
+        if hp.group_objective == "variance":
+            return variance_regularizer(groups, hp.variance_normalization, hp.variance_target,
+                                        reference=pair_rewards, gather=self._all_groups).mean()
+        if labels is None:
+            raise ConfigError(f"group_objective {hp.group_objective!r} needs labelled policy-sample groups: set "
+                              "data.group_labels true and a data.labeler")
+        if hp.group_objective == "aligned_variance":
+            return -aligned_variance(groups, labels).mean()
+        return (listwise_loss if hp.group_objective == "listwise" else group_pairs_loss)(groups, labels).mean()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, groups = self._shared_step(batch, self.train_metrics, regularize=True)

@@ -52,13 +52,50 @@ def on_policy_accuracy(rewards: torch.Tensor, gold: torch.Tensor) -> torch.Tenso
     return (right.sum(dim=(1, 2))[has].float() / n[has].float()).mean()
 
 
+def harm_aware_accuracy(rewards: torch.Tensor, gold: torch.Tensor,
+                        logprobs: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Harm-aware ranking accuracy on a policy's own samples (HAcc, Shang, Strauss, Wei, Arora and
+    Razin 2026, arXiv 2604.25872): a pair ranked wrong does no harm under policy gradient when the
+    worse response's reward is already below the policy's expected reward on the prompt (it does not
+    attract probability), so a pair counts as right when ``r_better > r_worse`` *or*
+    ``r_worse < V(x)``, with ``V(x) = mean_j r_j`` over the prompt's ``k`` samples (an estimate of
+    ``E_{y~pi} r``). Every pair ``j != l`` with ``gold_j > gold_l`` of a prompt counts once, pooled
+    over prompts (their uniform weighting over pairs). With ``logprobs`` ``(p, k)`` (sequence
+    log-probabilities under the policy) the pairs are weighted by ``pi(y_j) pi(y_l)``, normalized
+    over all pairs (their HAcc-W, the policy-weighted variant; on samples drawn from ``pi`` this
+    weighs by the policy a second time, emphasising its likeliest responses).
+    ``(p, k), (p, k) -> ()``; NaN without a pair of different gold rewards.
+
+    Worked example: rewards ``[0, 1, 5]``, gold ``[2, 1, 0]`` (sample 0 best): every pair is ranked
+    wrong (plain accuracy 0), but in the pair (0, 1) the worse response's reward 1 is below
+    ``V = 2``, so it counts; (0, 2) and (1, 2) put the worst response above ``V``: HAcc 1/3.
+
+    >>> harm_aware_accuracy(torch.tensor([[0.0, 1.0, 5.0]]), torch.tensor([[2.0, 1.0, 0.0]]))
+    tensor(0.3333)
+    """
+    r, g = rewards.double(), gold.double()
+    mean = r.mean(dim=1, keepdim=True)  # (p, 1)
+    better = g[:, :, None] > g[:, None, :]  # (p, k, k): j better than l
+    right = (r[:, :, None] > r[:, None, :]) | (r[:, None, :] < mean[:, :, None])
+    if not better.any():
+        return torch.tensor(float("nan"))
+    if logprobs is None:
+        weights = better.double()
+    else:
+        lp = logprobs.double()
+        joint = torch.where(better, lp[:, :, None] + lp[:, None, :], torch.tensor(float("-inf"), dtype=torch.float64))
+        weights = torch.exp(joint - torch.logsumexp(joint.flatten(), dim=0))
+    return ((weights * right).sum() / weights.sum()).float()
+
+
 def variance_report(rewards: torch.Tensor, gold: Optional[torch.Tensor] = None,
                     quantiles: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)) -> dict[str, object]:
     """Evaluation statistics of an RM's rewards ``(p, k)`` on a policy's samples.
 
     Returns ``shift``/``scale`` (the global mean and population std used for whitening), the
-    mean and quantiles of the raw and whitened per-prompt variances, and ``on_policy_acc`` when
-    ``gold`` ``(p, k)`` is given (plus the same variance statistics of the gold reward itself).
+    mean and quantiles of the raw and whitened per-prompt variances, and when ``gold`` ``(p, k)`` is
+    given ``on_policy_acc``, ``harm_aware_acc`` (:func:`harm_aware_accuracy`),
+    ``variance_accuracy_average`` and the same variance statistics of the gold reward itself.
     """
     r = rewards.double()
     shift, scale = r.mean().item(), r.std(correction=0).item()
@@ -74,6 +111,11 @@ def variance_report(rewards: torch.Tensor, gold: Optional[torch.Tensor] = None,
     if gold is not None:
         g = gold.double()
         out["on_policy_acc"] = on_policy_accuracy(r, g).item()
+        out["harm_aware_acc"] = harm_aware_accuracy(r, g).item()
+        # the paper's "variance and accuracy average": the whitened variance over its ceiling k/(k-1)
+        # (every reward's spread within its prompt), averaged with on-policy accuracy: both in [0, 1]
+        k = r.shape[1]
+        out["variance_accuracy_average"] = (out["whitened_variance_mean"] * (k - 1) / k + out["on_policy_acc"]) / 2
         out["gold_whitened_variance_mean"] = within_prompt_variance(whiten(g)).mean().item()
         out["gold_mean"] = g.mean().item()
     return out

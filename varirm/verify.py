@@ -42,6 +42,7 @@ from varirm.errors import ConfigError, VarirmError
 from varirm.files import atomic_write_text
 from varirm.report import METRICS, curve_summary, render_markdown, summarize, write_report
 from varirm.sampling import read_samples, resolve_device
+from varirm.teacher import PREDICTORS
 
 QUIET = {"trainer.enable_progress_bar": False, "trainer.enable_model_summary": False}
 
@@ -116,6 +117,7 @@ def verify(
     low_variance: Optional[str] = None,
     on_policy_rm: Optional[str] = None,
     reference: Optional[str] = None,
+    budgets: Optional[list[list[str]]] = None,
     max_length: int = 1024,
     device: str = "auto",
     resume: bool = False,
@@ -149,6 +151,8 @@ def verify(
             regularizer aims at; also Theorem 2's less accurate, higher-variance RM (:mod:`varirm.claims`).
         low_variance: Name of the perfectly accurate, low-variance RM, for Theorems 1 and 2.
         reference: Name of the RM that is the gold reward itself, for Theorem 1.
+        budgets: Per label budget ``[plain BT on the labelled pairs, objective, ...]``, each objective
+            checked against that plain BT (:func:`varirm.claims.objective_beats_pairs`).
         max_length: Longest scored prompt + response in evaluation.
         device: ``auto``, ``cpu`` or ``cuda`` for evaluation.
         resume: Reuse the stages an interrupted verification of this directory finished.
@@ -157,14 +161,12 @@ def verify(
     """
     seeds, rloo_overrides = seeds or [0], rloo_overrides or {}
     specs = [s if isinstance(s, RewardModelSpec) else RewardModelSpec(**s) for s in reward_models]
-    steps = [s if isinstance(s, PrepareStep) else PrepareStep(**s) for s in prepare or []]
-    check_set(specs, compare, low_variance, on_policy_rm, reference)
+    check_set(specs, compare, low_variance, on_policy_rm, reference, budgets)
     policies = initial_policies(policy, eval_samples)
     start_output_dir(output_dir, resume, overwrite)
-    start, times = time.time(), {}
-    prepare_inputs(steps)
+    start, times, device = time.time(), {}, resolve_device(device)
+    prepare_inputs([s if isinstance(s, PrepareStep) else PrepareStep(**s) for s in prepare or []])
     shapes = [samples_shape(p.samples) for p in policies]  # a bad file fails before any training
-    device = resolve_device(device)
     # the three stages: get every RM, evaluate each under each policy, run RLOO against each
     rms = get_reward_models(specs, seeds, output_dir, times)
     metrics = evaluate_reward_models(rms, policies, gold, test_pairs, test_split, max_length, device, output_dir,
@@ -174,7 +176,7 @@ def verify(
                     curves[p.name, spec.name, seed])
             for seed in seeds for spec in specs for p in policies]
     report = build_report(specs, policies, shapes, runs, seeds, gold, test_pairs, rloo_recipe, rloo_overrides,
-                          compare, low_variance, on_policy_rm, command, device, reference)
+                          compare, low_variance, on_policy_rm, command, device, reference, budgets)
     report.update(timings=timings(times, specs, seeds, policies), seconds=time.time() - start)
     path = write_report(report, output_dir)
     print(render_markdown(report))
@@ -182,7 +184,8 @@ def verify(
 
 
 def check_set(specs: list[RewardModelSpec], compare: Optional[list[str]], low_variance: Optional[str],
-              on_policy_rm: Optional[str], reference: Optional[str] = None) -> None:
+              on_policy_rm: Optional[str], reference: Optional[str] = None,
+              budgets: Optional[list[list[str]]] = None) -> None:
     """Unique names, each RM trained or given, and every name the checks use among them."""
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
@@ -190,12 +193,14 @@ def check_set(specs: list[RewardModelSpec], compare: Optional[list[str]], low_va
     for spec in specs:
         if (spec.recipe is None) == (spec.reward is None):
             raise ConfigError(f"reward model {spec.name!r}: give exactly one of recipe (to train it) or reward")
-    for ref, what in ([(n, "compare") for n in compare or []]
+    for ref, what in ([(n, "compare") for n in compare or []] + [(n, "budgets") for b in budgets or [] for n in b]
                       + [(low_variance, "low_variance"), (on_policy_rm, "on_policy_rm"), (reference, "reference")]):
         if ref is not None and ref not in names:
             raise ConfigError(f"{what} names {ref!r}, which is not among the reward models {names}")
     if compare is not None and len(compare) < 2:
         raise ConfigError(f"compare takes [plain, regularized, ...], got {compare}")
+    if any(len(b) < 2 for b in budgets or []):
+        raise ConfigError(f"budgets takes one [plain, objective, ...] list per label budget, got {budgets}")
 
 
 def initial_policies(policy: Union[str, list[str]], eval_samples: Union[str, list[str]]) -> list[Policy]:
@@ -284,9 +289,10 @@ def evaluate_reward_models(rms: dict[tuple[str, int], str], policies: list[Polic
                 with open(os.path.join(eval_dir, "metrics.json")) as f:
                     out[p.name, name, seed] = json.load(f)
             else:
-                out[p.name, name, seed] = jobs.evaluate(rm, eval_dir, samples=p.samples, gold=gold, pairs=test_pairs,
-                                                        pairs_split=test_split, max_length=max_length, device=device,
-                                                        plots=False, overwrite=True)
+                out[p.name, name, seed] = jobs.evaluate(rm, eval_dir, samples=p.samples, policy=p.path, gold=gold,
+                                                        pairs=test_pairs, pairs_split=test_split, max_length=max_length,
+                                                        device=device, plots=False, overwrite=True,
+                                                        policy_weighted=True)
                 _mark_done(eval_dir, {"rm": rm})
             times["evaluate_s", p.name, name, seed] = time.time() - t0
     return out
@@ -325,7 +331,7 @@ def run_row(name: str, seed: int, policy: str, rm: str, metrics: dict[str, Any],
             curve: list[dict[str, float]]) -> dict[str, Any]:
     """One run of the report: the RM's evaluation under the policy and the gains of its RLOO run."""
     return {"name": name, "seed": seed, "policy": policy, "rm": rm, "shift": metrics["shift"],
-            "scale": metrics["scale"], **{k: metrics.get(k, float("nan")) for k in METRICS[:3]},
+            "scale": metrics["scale"], **{k: metrics.get(k, float("nan")) for k in PREDICTORS},
             **{f"{k}_ci": metrics.get(f"{k}_ci") for k in METRICS[:3]}, **curve_summary(curve), "curve": curve}
 
 
@@ -347,25 +353,26 @@ def build_report(specs: list[RewardModelSpec], policies: list[Policy], shapes: l
                  runs: list[dict[str, Any]], seeds: list[int],
                  gold: str, test_pairs: Optional[str], rloo_recipe: str, rloo_overrides: dict,
                  compare: Optional[list[str]], low_variance: Optional[str], on_policy_rm: Optional[str],
-                 command: Optional[str], device: str, reference: Optional[str] = None) -> dict[str, Any]:
+                 command: Optional[str], device: str, reference: Optional[str] = None,
+                 budgets: Optional[list[list[str]]] = None) -> dict[str, Any]:
     """``report.json``'s content: per policy the summary and the claims' checks; with several
     policies, how they compare (:func:`varirm.claims.across_policies`)."""
     names, trained = [s.name for s in specs], [s.name for s in specs if s.recipe is not None]
     per_policy = []
     for p, (prompts, k) in zip(policies, shapes):
         mine = [r for r in runs if r["policy"] == p.name]
-        summary = summarize(mine, names, seeds)
+        summary = summarize(mine, names, seeds, k)
         per_policy.append({"name": p.name, "policy": p.path, "eval_samples": p.samples, "eval_prompts": prompts,
                            "eval_k": k, "summary": summary,
                            "checks": checks(summary, low_variance, compare, trained, mine, seeds, on_policy_rm,
-                                           reference)})
+                                           reference, budgets)})
     first, multi = per_policy[0], len(policies) > 1
     return {
         "command": command or "varirm.verify.verify(...)", "policy": first["policy"], "gold": gold,
         "eval_samples": first["eval_samples"], "eval_prompts": first["eval_prompts"], "eval_k": first["eval_k"],
         "test_pairs": test_pairs, "rloo_recipe": rloo_recipe, "rloo_overrides": rloo_overrides,
         "rloo_steps": runs[0]["steps"], "seeds": seeds, "reward_models": [asdict(s) for s in specs],
-        "compare": compare, "low_variance": low_variance, "reference": reference, "runs": runs,
+        "compare": compare, "budgets": budgets, "low_variance": low_variance, "reference": reference, "runs": runs,
         "summary": first["summary"],
         "checks": first["checks"], "policies": per_policy,
         "across_policies": across_policies(runs, names, [p.name for p in policies], seeds) if multi else None,

@@ -185,3 +185,13 @@ def test_group_pairs_loss_averages_bt_over_pairs_with_different_labels():
     expected = sum(bradley_terry_loss(r[0, a:a + 1], r[0, b:b + 1]) for a, b in pairs) / len(pairs)
     assert_close(group_pairs_loss(r, labels), expected)
     assert_close(group_pairs_loss(r, torch.ones_like(r)), torch.zeros(1, dtype=torch.float64))
+
+
+def test_aligned_variance_pools_its_scale_over_every_process_when_gathered():
+    """Two processes holding half the prompts each, with ``gather`` giving every process's centred
+    rewards, get exactly the one-process values for their prompts."""
+    r, labels = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    full = aligned_variance(r, labels)
+    d = r - r.mean(dim=1, keepdim=True)
+    for part in (slice(0, 3), slice(3, 6)):
+        assert_close(aligned_variance(r[part], labels[part], gather=lambda _: d), full[part])

@@ -120,7 +120,8 @@ def variance_regularizer(rewards: torch.Tensor, normalization: Normalization = "
     return -v if target is None else torch.relu(target - v)
 
 
-def aligned_variance(rewards: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def aligned_variance(rewards: torch.Tensor, labels: torch.Tensor,
+                     gather: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
     """Reward variance along a labeler's scores, per prompt, to be *maximised* (the RM loss
     subtracts ``lambda`` times its mean).
 
@@ -146,6 +147,9 @@ def aligned_variance(rewards: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     whatever direction the RM already has (the label-free :func:`variance_regularizer`'s failure).
     Invariant to ``r -> c r + d`` (``c > 0``) and to per-prompt offsets ``r_i -> r_i + d_i``.
 
+    ``gather`` (data parallel): as in :func:`variance_regularizer`, maps this process's centred
+    rewards ``(b, k)`` to every process's, so ``sigma`` is pooled over the whole data-parallel batch.
+
     Worked example: ``r = [[0, 2], [1, 1]]``, labels ``[[0, 1], [0, 1]]``: ``d = [[-1, 1], [0, 0]]``,
     ``sigma = sqrt(2 / 4)``, ``s = [[-1, 1], [-1, 1]]``: ``c = [(1 + 1) / 2 / 0.7071, 0] = [1.4142, 0]``.
 
@@ -156,7 +160,7 @@ def aligned_variance(rewards: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
         raise ValueError(f"rewards and labels must both be (prompts, k >= 2), got {tuple(rewards.shape)} "
                          f"and {tuple(labels.shape)}")
     d = rewards - rewards.mean(dim=1, keepdim=True)  # (b, k)
-    sigma = d.pow(2).mean().clamp_min(1e-12).sqrt()
+    sigma = (d if gather is None else gather(d)).pow(2).mean().clamp_min(1e-12).sqrt()
     centred = labels - labels.mean(dim=1, keepdim=True)
     spread = centred.std(dim=1, correction=0, keepdim=True)
     s = torch.where(spread > 0, centred / spread.clamp_min(1e-12), torch.zeros_like(centred))

@@ -104,4 +104,3 @@ def prompt_subset(samples: list[dict[str, Any]], n: Optional[int], seed: int, pa
         raise ConfigError(f"{path}: group_prompts={n} but the file has {len(samples)} prompts")
     pick = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed))[:n]
     return [samples[i] for i in sorted(pick.tolist())]
-

@@ -158,7 +158,7 @@ class RewardModelModule(LightningModule):
             raise ConfigError(f"group_objective {hp.group_objective!r} needs labelled policy-sample groups: set "
                               "data.group_labels true and a data.labeler")
         if hp.group_objective == "aligned_variance":
-            return -aligned_variance(groups, labels).mean()
+            return -aligned_variance(groups, labels, gather=self._all_groups).mean()
         return (listwise_loss if hp.group_objective == "listwise" else group_pairs_loss)(groups, labels).mean()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

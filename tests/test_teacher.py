@@ -54,3 +54,14 @@ def test_teacher_fit_held_out_spearman_falls_when_the_outcome_is_noise():
 def test_teacher_score_by_hand():
     row = {"harm_aware_acc": 0.8, "whitened_variance_mean": 0.9}
     assert abs(teacher_score(row, "harm_aware_acc", 0.3, k=10) - (0.7 * 0.8 + 0.3 * 0.81)) < 1e-12
+
+
+def test_teacher_transfer_fits_under_one_policy_and_tests_under_the_other():
+    from varirm.teacher import teacher_transfer
+
+    seeds = list(range(8))
+    a = [{**r, "policy": "a"} for r in runs(seeds, noise=0.01)]
+    b = [{**r, "policy": "b", "gold_auc": -r["gold_auc"]} for r in runs(seeds, noise=0.01)]  # ranking reversed
+    out = {(t["fit_under"], t["tested_under"]): t for t in teacher_transfer(a + b, NAMES, ["a", "b"], seeds, k=4)}
+    assert set(out) == {("a", "b"), ("b", "a")}
+    assert out["a", "b"]["held_out_spearman"]["estimate"] < -0.9  # a's score ranks b's AUCs backwards

@@ -144,6 +144,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         cells = [fmt(next(r["spearman"] for r in across["variance_predicts_gain"]
                           if r["variance_under"] == pv["name"] and r["gain_under"] == pg["name"])) for pg in entries]
         parts.append(f"| `{pv['name']}` | " + " | ".join(cells) + " |")
+    for t in across.get("teacher_transfer") or []:
+        parts += ["", f"Teacher score chosen under `{t['fit_under']}` (seeds {t['fit_seeds']}: `{t['formula']}`), "
+                      f"tested under `{t['tested_under']}` on seeds {t['test_seeds']}: Spearman with the gold AUC "
+                      f"{fmt(t['held_out_spearman'])}."]
     parts += ["", f"Wall time: {report['seconds']:.0f} s ({report['device']}).", ""]
     return "\n".join(parts)
 

@@ -15,7 +15,7 @@ Teaching: the gold AUC of the RLOO run against the RM (:mod:`varirm.report`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from varirm.stats import percentile_interval, spearman_draws
 
@@ -64,34 +64,63 @@ def teacher_score(row: dict[str, Any], accuracy: str, weight: float, k: int) -> 
     return (1 - weight) * row[accuracy] + weight * row["whitened_variance_mean"] * (k - 1) / k
 
 
-def teacher_fit(rows: list[dict[str, Any]], names: list[str], seeds: list[int], k: int) -> dict[str, Any]:
-    """Fit the teacher score on the first half of the seeds (sorted), test it on the rest.
-
-    Fit: among :data:`SCORE_ACCURACIES` x :data:`SCORE_WEIGHTS` (those the rows measure), the
-    candidate whose per-RM means over the fit seeds have the highest Spearman with the per-RM mean
-    gold AUC (ties: the first in that order, so the smaller ``w``). Test: the same Spearman on the
-    held-out seeds, with a 95% bootstrap interval over them (jointly across RMs). Needs 4 seeds or
-    more; ``None`` otherwise."""
-    if len(seeds) < 4:
-        return None
-    ordered = sorted(seeds)
-    fit_seeds, test_seeds = ordered[:len(ordered) // 2], ordered[len(ordered) // 2:]
+def _choose(rows: list[dict[str, Any]], names: list[str], k: int) -> Optional[tuple[float, str, float]]:
+    """``(Spearman, accuracy, w)`` of the best candidate score on ``rows`` (the fit seeds)."""
     best = None
     for accuracy in SCORE_ACCURACIES:
         if not _usable(rows, accuracy):
             continue
         for w in SCORE_WEIGHTS:
-            scored = [{**r, "teacher_score": teacher_score(r, accuracy, w, k)} for r in rows if r["seed"] in fit_seeds]
+            scored = [{**r, "teacher_score": teacher_score(r, accuracy, w, k)} for r in rows]
             rho, _ = spearman_draws(scored, names, "teacher_score", outcome=OUTCOME, resamples=0)
             if best is None or rho > best[0]:
                 best = (rho, accuracy, w)
+    return best
+
+
+def _halves(seeds: list[int]) -> tuple[list[int], list[int]]:
+    ordered = sorted(seeds)
+    return ordered[:len(ordered) // 2], ordered[len(ordered) // 2:]
+
+
+def teacher_fit(rows: list[dict[str, Any]], names: list[str], seeds: list[int], k: int,
+                test_rows: Optional[list[dict[str, Any]]] = None) -> Optional[dict[str, Any]]:
+    """Fit the teacher score on the first half of the seeds (sorted), test it on the rest.
+
+    Fit: among :data:`SCORE_ACCURACIES` x :data:`SCORE_WEIGHTS` (those the rows measure), the
+    candidate whose per-RM means over the fit seeds have the highest Spearman with the per-RM mean
+    gold AUC (ties: the first in that order, so the smaller ``w``). Test: the same Spearman on the
+    held-out seeds of ``test_rows`` (default ``rows``; another policy's runs test whether the score
+    carries over), with a 95% bootstrap interval over them (jointly across RMs). Needs 4 seeds or
+    more; ``None`` otherwise."""
+    if len(seeds) < 4:
+        return None
+    fit_seeds, test_seeds = _halves(seeds)
+    best = _choose([r for r in rows if r["seed"] in fit_seeds], names, k)
     if best is None:
         return None
     rho_fit, accuracy, w = best
-    held = [{**r, "teacher_score": teacher_score(r, accuracy, w, k)} for r in rows if r["seed"] in test_seeds]
+    held = [{**r, "teacher_score": teacher_score(r, accuracy, w, k)} for r in (test_rows or rows)
+            if r["seed"] in test_seeds]
     estimate, draws = spearman_draws(held, names, "teacher_score", outcome=OUTCOME)
     return {"accuracy": accuracy, "weight": w, "k": k, "fit_seeds": fit_seeds, "test_seeds": test_seeds,
             "fit_spearman": rho_fit, "held_out_spearman": percentile_interval(estimate, draws, len(test_seeds)),
             "formula": f"(1 - {w:g}) x {PREDICTORS[accuracy]} + {w:g} x whitened variance x {k - 1}/{k}",
             "per_rm": {n: sum(r["teacher_score"] for r in held if r["name"] == n)
                        / max(1, sum(r["name"] == n for r in held)) for n in names}}
+
+
+def teacher_transfer(runs: list[dict[str, Any]], names: list[str], policies: list[str], seeds: list[int],
+                     k: int) -> list[dict[str, Any]]:
+    """For each ordered pair of policies ``(a, b)``: the teacher score fit on ``a``'s first half of
+    the seeds, tested on ``b``'s held-out half (:func:`teacher_fit` with ``test_rows``): does a
+    score chosen under one policy rank the RMs' gold AUC under another?"""
+    out = []
+    for a in policies:
+        for b in policies:
+            if a != b:
+                fit = teacher_fit([r for r in runs if r["policy"] == a], names, seeds, k,
+                                  test_rows=[r for r in runs if r["policy"] == b])
+                if fit:
+                    out.append({"fit_under": a, "tested_under": b, **fit})
+    return out

@@ -42,7 +42,7 @@ from varirm.errors import ConfigError, VarirmError
 from varirm.files import atomic_write_text
 from varirm.report import METRICS, curve_summary, render_markdown, summarize, write_report
 from varirm.sampling import read_samples, resolve_device
-from varirm.teacher import PREDICTORS
+from varirm.teacher import PREDICTORS, teacher_transfer
 
 QUIET = {"trainer.enable_progress_bar": False, "trainer.enable_model_summary": False}
 
@@ -375,5 +375,7 @@ def build_report(specs: list[RewardModelSpec], policies: list[Policy], shapes: l
         "compare": compare, "budgets": budgets, "low_variance": low_variance, "reference": reference, "runs": runs,
         "summary": first["summary"],
         "checks": first["checks"], "policies": per_policy,
-        "across_policies": across_policies(runs, names, [p.name for p in policies], seeds) if multi else None,
+        "across_policies": {**across_policies(runs, names, [p.name for p in policies], seeds),
+                            "teacher_transfer": teacher_transfer(runs, names, [p.name for p in policies], seeds,
+                                                                 shapes[0][1])} if multi else None,
         "timings": None, "seconds": None, "device": device}

@@ -7,23 +7,22 @@
 #  - example_verified_rm.md: the regularized RM `bt_reg` (seed 0) with its evaluation under pi0 and
 #    the verification result.
 source "$(dirname "$0")/setup.sh"
-out=artifacts/export/synthetic-rm-onpolicy
-varirm export --checkpoint results/verify/rms/onpolicy_100/seed0 --output "$out" \
-  --evaluations '["results/verify/eval/onpolicy_100/seed0"]' --repo_id varirm/synthetic-rm-onpolicy --overwrite true
-cp "$out/README.md" model_cards/example_synthetic_rm.md
-out=artifacts/export/synthetic-rm-verified
-varirm export --checkpoint results/verify/rms/bt_reg/seed0 --output "$out" \
-  --evaluations '["results/verify/eval/bt_reg/seed0"]' --verification results/verify \
-  --repo_id varirm/synthetic-rm-verified --overwrite true
-cp "$out/README.md" model_cards/example_verified_rm.md
-echo "cards: model_cards/example_synthetic_rm.md, model_cards/example_verified_rm.md"
+
+# card REPORT_DIR RM NAME CARD [export arguments...]: export seed 0 of RM from a verification's
+# directory with its evaluation under the policy, copy the card to model_cards/CARD
+card() {
+  local report=$1 rm=$2 name=$3 target=$4 out=artifacts/export/$3
+  shift 4
+  varirm export --checkpoint "$report/rms/$rm/seed0" --output "$out" \
+    --evaluations "[\"$report/eval/$rm/seed0\"]" --repo_id "varirm/$name" --overwrite true "$@"
+  cp "$out/README.md" "model_cards/$target"
+  echo "card: model_cards/$target"
+}
+
+card results/verify onpolicy_100 synthetic-rm-onpolicy example_synthetic_rm.md
+card results/verify bt_reg synthetic-rm-verified example_verified_rm.md --verification results/verify
 # example_teacher_rm.md: the Plackett-Luce RM on a 10% label budget (seed 0) from the objectives study
 # (results/objectives: harm-aware accuracy and the teacher score on the card). Run after
 #   varirm verify --config recipes/verify/synthetic.yaml --config recipes/verify/objectives.yaml \
 #     --seeds '[0, 1, 2, 3, 4, 5, 6, 7]' --output_dir results/objectives
-out=artifacts/export/synthetic-rm-listwise
-varirm export --checkpoint results/objectives/rms/listwise_200/seed0 --output "$out" \
-  --evaluations '["results/objectives/eval/listwise_200/seed0"]' --verification results/objectives \
-  --repo_id varirm/synthetic-rm-listwise --overwrite true
-cp "$out/README.md" model_cards/example_teacher_rm.md
-echo "card: model_cards/example_teacher_rm.md"
+card results/objectives listwise_200 synthetic-rm-listwise example_teacher_rm.md --verification results/objectives

@@ -19,7 +19,7 @@ from typing import Any, Optional
 from varirm.errors import VarirmError
 from varirm.files import atomic_write_text
 from varirm.stats import fmt, fmt_over_seeds, mean_std, over_seeds, spearman, spearman_interval, t_interval
-from varirm.teacher import PREDICTORS, best_predictor, teacher_fit
+from varirm.teacher import PREDICTORS, best_predictor, measured, teacher_fit
 
 METRICS = ["whitened_variance_mean", "on_policy_acc", "off_policy_acc", "gold_gain", "proxy_gain", "gold_auc",
            "gold_early"]
@@ -85,7 +85,7 @@ def summarize(rows: list[dict[str, Any]], names: list[str], seeds: list[int],
     for outcome in ("gold_gain", "gold_auc"):
         correlations: dict[str, Any] = {}
         for metric, label in PREDICTORS.items():
-            if metric not in METRICS and not all(r.get(metric, float("nan")) == r.get(metric) for r in rows):
+            if metric not in METRICS and not measured(rows, metric):
                 continue  # not measured by these runs
             per_seed = []
             for seed in seeds:

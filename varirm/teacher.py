@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from varirm.stats import percentile_interval, spearman_draws
+from varirm.variance import variance_over_ceiling
 
 PREDICTORS = {"whitened_variance_mean": "whitened variance", "on_policy_acc": "on-policy accuracy",
               "off_policy_acc": "off-policy accuracy", "harm_aware_acc": "harm-aware accuracy",
@@ -28,7 +29,8 @@ SCORE_ACCURACIES = ("on_policy_acc", "harm_aware_acc", "harm_aware_acc_weighted"
 SCORE_WEIGHTS = tuple(i / 10 for i in range(11))  # w: the variance's share of the score
 
 
-def _usable(rows: list[dict[str, Any]], metric: str) -> bool:
+def measured(rows: list[dict[str, Any]], metric: str) -> bool:
+    """Whether every row has ``metric`` and none is NaN (a measurement these runs made)."""
     return bool(rows) and all(metric in r and r[metric] == r[metric] for r in rows)
 
 
@@ -38,7 +40,7 @@ def best_predictor(rows: list[dict[str, Any]], names: list[str], seeds: list[int
     same draws (every predictor's draws use the same resampled seeds)."""
     ranked = []
     for metric, label in PREDICTORS.items():
-        if not _usable(rows, metric):
+        if not measured(rows, metric):
             continue
         estimate, draws = spearman_draws(rows, names, metric, outcome=OUTCOME)
         ranked.append({"metric": metric, "label": label, "draws": draws,
@@ -56,19 +58,19 @@ def best_predictor(rows: list[dict[str, Any]], names: list[str], seeds: list[int
 
 def teacher_score(row: dict[str, Any], accuracy: str, weight: float, k: int) -> float:
     """``(1 - weight) * row[accuracy] + weight * whitened variance * (k - 1) / k`` (the variance over
-    its ceiling ``k / (k - 1)``, so both parts lie in [0, 1]).
+    its ceiling, :func:`varirm.variance.variance_over_ceiling`, so both parts lie in [0, 1]).
 
     >>> teacher_score({"on_policy_acc": 0.9, "whitened_variance_mean": 0.5}, "on_policy_acc", 0.5, k=2)
     0.575
     """
-    return (1 - weight) * row[accuracy] + weight * row["whitened_variance_mean"] * (k - 1) / k
+    return (1 - weight) * row[accuracy] + weight * variance_over_ceiling(row["whitened_variance_mean"], k)
 
 
 def _choose(rows: list[dict[str, Any]], names: list[str], k: int) -> Optional[tuple[float, str, float]]:
     """``(Spearman, accuracy, w)`` of the best candidate score on ``rows`` (the fit seeds)."""
     best = None
     for accuracy in SCORE_ACCURACIES:
-        if not _usable(rows, accuracy):
+        if not measured(rows, accuracy):
             continue
         for w in SCORE_WEIGHTS:
             scored = [{**r, "teacher_score": teacher_score(r, accuracy, w, k)} for r in rows]

@@ -88,6 +88,16 @@ def harm_aware_accuracy(rewards: torch.Tensor, gold: torch.Tensor,
     return ((weights * right).sum() / weights.sum()).float()
 
 
+def variance_over_ceiling(whitened_variance_mean: float, k: int) -> float:
+    """The mean whitened per-prompt variance over its ceiling ``k / (k - 1)`` (reached when every
+    reward's spread lies within its prompt), so it lies in [0, 1] like an accuracy.
+
+    >>> variance_over_ceiling(0.5, k=2)
+    0.25
+    """
+    return whitened_variance_mean * (k - 1) / k
+
+
 def variance_report(rewards: torch.Tensor, gold: Optional[torch.Tensor] = None,
                     quantiles: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75, 0.9)) -> dict[str, object]:
     """Evaluation statistics of an RM's rewards ``(p, k)`` on a policy's samples.
@@ -112,10 +122,9 @@ def variance_report(rewards: torch.Tensor, gold: Optional[torch.Tensor] = None,
         g = gold.double()
         out["on_policy_acc"] = on_policy_accuracy(r, g).item()
         out["harm_aware_acc"] = harm_aware_accuracy(r, g).item()
-        # the paper's "variance and accuracy average": the whitened variance over its ceiling k/(k-1)
-        # (every reward's spread within its prompt), averaged with on-policy accuracy: both in [0, 1]
-        k = r.shape[1]
-        out["variance_accuracy_average"] = (out["whitened_variance_mean"] * (k - 1) / k + out["on_policy_acc"]) / 2
+        # the paper's "variance and accuracy average": both in [0, 1]
+        out["variance_accuracy_average"] = (variance_over_ceiling(out["whitened_variance_mean"], r.shape[1])
+                                            + out["on_policy_acc"]) / 2
         out["gold_whitened_variance_mean"] = within_prompt_variance(whiten(g)).mean().item()
         out["gold_mean"] = g.mean().item()
     return out

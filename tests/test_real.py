@@ -273,6 +273,55 @@ def test_evaluate_the_trained_rm_under_smollm2_samples(world, tmp_path):
     assert saved["whitened_variance_mean"] > 0 and saved["scale"] > 0 and metrics["rm"] == world["ckpt"]
 
 
+
+@pytest.mark.slow
+@pytest.mark.real
+def test_real_verification_recipe_two_steps(tmp_path, smollm2_dir, shared_data):
+    """recipes/verify/real_smollm2.yaml end to end, cut to 2 steps: the instruction world from the
+    real data, SmolLM2 samples, both LoRA RMs, the gold and uneven flat gold, LoRA RLOO from SmolLM2."""
+    from varirm import api
+    from varirm.instructions import write_world
+    from varirm.jobs import load_recipe
+
+    recipe = REPO / "recipes" / "verify" / "real_smollm2.yaml"
+    world = write_world(str(tmp_path / "world"), str(shared_data / "dpo_en_demo.json"), smollm2_dir,
+                        n_eval_rows=40, variants=1)
+    samples = {}
+    for name, prompts in (("eval", world["eval_prompts"]), ("train", world["prompts"])):
+        samples[name] = str(tmp_path / f"{name}_samples.jsonl")
+        cli_main(["sample", "--policy", smollm2_dir, "--prompts", prompts, "--output", samples[name], "--k",
+                  "4" if name == "train" else "2", "--num_prompts", "8" if name == "train" else "6",
+                  "--max_new_tokens", "32" if name == "train" else "12", "--seed", "1"])
+    train = tmp_path / "train.jsonl"  # 3 off-policy pairs: the on-policy RM replaces them by as many of its own
+    train.write_text("".join(open(world["train"]).readlines()[:3]))
+    short = {"model.init_args.model_name_or_path": smollm2_dir, "data.init_args.train": str(train),
+             "data.init_args.val": world["test"], "data.init_args.on_policy_samples": samples["train"],
+             "trainer.max_steps": 2, "trainer.limit_val_batches": 1, "trainer.val_check_interval": None}
+    rms = load_recipe(recipe)["reward_models"]
+    for spec in rms:
+        if "recipe" in spec:
+            spec["recipe"] = str(REPO / spec["recipe"])
+            spec["overrides"] = {**spec["overrides"], **short}
+    callback = [{"class_path": "varirm.callbacks.PolicyEvaluation",
+                 "init_args": {"prompts": world["eval_prompts"], "num_prompts": 3, "k": 2, "every_n_steps": 1,
+                               "groups": "varirm.instructions.prompt_half"}}]
+    out = tmp_path / "verify"
+    api.verify(str(recipe), reward_models=rms, rloo_recipe=str(REPO / "recipes" / "rloo" / "real_smollm2.yaml"),
+               policy=smollm2_dir, eval_samples=samples["eval"], test_pairs=world["test"], output_dir=str(out),
+               prepare=[], rloo_overrides={"trainer.max_steps": 4, "trainer.callbacks": callback,
+                                           "model.init_args.max_new_tokens": 12, "data.init_args.batch_size": 2,
+                                           "data.init_args.prompts": world["prompts"]})
+    report = json.loads((out / "report.json").read_text())
+    assert [r["name"] for r in report["runs"]] == ["offpolicy", "onpolicy", "gold", "uneven_flat_gold"]
+    for run in report["runs"]:
+        assert [p["step"] for p in run["curve"]] == [0, 1, 2]  # 4 optimizer steps = 2 RLOO steps (2 minibatches)
+        assert set(run["curve"][0]["gold_by_group"]) <= {"kept", "squashed"}
+    by_name = {r["name"]: r for r in report["runs"]}
+    assert by_name["gold"]["on_policy_acc"] == 1.0 == by_name["uneven_flat_gold"]["on_policy_acc"]
+    assert by_name["uneven_flat_gold"]["whitened_variance_mean"] < by_name["gold"]["whitened_variance_mean"]
+    text = (out / "report.md").read_text()
+    assert "Theorem 1" in text and "`onpolicy`" in text
+
 NOT_INSTALLED = """
 import importlib.metadata as metadata, sys
 installed = metadata.distribution

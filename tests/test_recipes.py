@@ -147,7 +147,8 @@ def test_verify_recipe_parses_with_every_recipe_it_names(recipe, monkeypatch):
     callbacks = cli.config_init["trainer"]["callbacks"]
     assert any(isinstance(c, PolicyEvaluation) for c in callbacks), "the RLOO recipe needs the gold-curve callback"
     for step in cfg.prepare:  # each names a job and arguments that job takes
-        assert step.job in {"make-tiny-model", "make-synthetic", "sft", "sample"}, step
+        assert step.job in {"make-tiny-model", "make-real-model", "make-synthetic", "make-instruction-world", "sft",
+                            "sample"}, step
         if step.job == "sft":
             assert set(step.args) <= {"recipe", "overrides"}, step
             ParseOnly(SFTModule, SFTDataModule, subclass_mode_model=True, subclass_mode_data=True, run=False,

@@ -87,6 +87,24 @@ def test_summary_and_checks_pass_and_miss_by_their_intervals():
     assert "250% of the gap to `b`'s 0.500" in both[1]["measured"]
 
 
+
+def test_on_policy_against_off_policy_rm_by_paired_intervals():
+    rows, seeds = _rows(), [0, 1, 2]
+    summary = summarize(rows, NAMES, seeds)
+    # c (variance 0.9, on-policy acc 0.7) against a (0.2, 0.9): more variance, less accurate, AUC 0.31 vs 0.06
+    check = checks(summary, None, None, ["a", "c"], rows, seeds, on_policy_rm="c", off_policy_rm="a")[-1]
+    assert check["claim"].startswith("the on-policy RM `c` beats the off-policy RM `a`")
+    assert {k: v["verdict"] for k, v in check["parts"].items()} == {
+        "variance": "PASS", "on_policy_acc": "MISS", "gold_auc": "PASS"}
+    assert check["verdict"] == "MISS"
+    var, ratio = check["intervals"]["variance"], check["intervals"]["gold_auc"]
+    assert var["estimate"] == pytest.approx(0.7) and var["lower"] == pytest.approx(0.7)  # no spread over seeds
+    assert ratio["kind"] == "ratio" and ratio["estimate"] == pytest.approx(0.31 / 0.06)
+    assert check["intervals"]["off_policy_acc"]["estimate"] == pytest.approx(-0.15)
+    # without on_policy_rm there is nothing to check against
+    assert all("off-policy RM" not in c["claim"] for c in checks(summary, None, None, ["a"], rows, seeds,
+                                                                  off_policy_rm="a"))
+
 def test_the_regularizer_against_a_baseline_without_a_sure_gain_is_judged_by_the_difference():
     plain, reg = [-0.2, 0.1, -0.1], [0.3, 0.4, 0.35]
     rows = [{"name": n, "seed": s, "whitened_variance_mean": v, "on_policy_acc": 0.8, "off_policy_acc": 0.8,
@@ -160,6 +178,8 @@ def test_verify_rejects_bad_sets_before_any_work(tmp_path):
         verify([RewardModelSpec("a", reward="g"), RewardModelSpec("b", reward="g")], budgets=[["a", "z"]], **base)
     with pytest.raises(ConfigError, match="one \\[plain, objective"):
         verify([RewardModelSpec("a", reward="g")], budgets=[["a"]], **base)
+    with pytest.raises(ConfigError, match="off_policy_rm .* name that RM too"):
+        verify([RewardModelSpec("a", reward="g")], off_policy_rm="a", **base)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "report.md").write_text("earlier")
     with pytest.raises(VarirmError, match="--overwrite true"):
@@ -242,8 +262,15 @@ def test_verify_end_to_end_tiny(tmp_path, tiny_model_dir, synthetic_dir):
     mtime = ckpt.stat().st_mtime_ns
     verify(rms, resume=True, **kwargs)  # every stage finished: nothing is trained again
     assert ckpt.stat().st_mtime_ns == mtime
-    again = json.loads((out / "report.json").read_text())["summary"]
-    assert json.dumps(again, sort_keys=True) == json.dumps(report["summary"], sort_keys=True)
+    resumed = json.loads((out / "report.json").read_text())
+    assert json.dumps(resumed["summary"], sort_keys=True) == json.dumps(report["summary"], sort_keys=True)
+    # each stage's seconds are those it took in the first run (recorded in done.json), not the reuse's
+    trained, timed = report["timings"]["bt/seed0"], resumed["timings"]["bt/seed0"]
+    assert timed == trained and trained["train_rm_s"] > 0.5 and trained["rloo_s"] > 0.5
+    assert resumed["timings"]["per_seed"] == report["timings"]["per_seed"] and resumed["seconds"] < report["seconds"]
+    assert report["timings"]["per_seed"]["0"] == pytest.approx(sum(
+        v for run, stages in report["timings"].items() if run != "per_seed" for v in stages.values()), abs=0.2)
+    assert f"per seed: seed 0 {report['timings']['per_seed']['0']:.0f} s" in (out / "report.md").read_text()
 
     # the trained RM exports with its verification result on the card; another checkpoint cannot claim it
     from varirm.export import export, verification_summary

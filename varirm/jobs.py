@@ -5,7 +5,8 @@ or a dict) plus overrides in, a run directory or a result out. Nothing here buil
   :func:`sft`, :func:`rloo`. ``overrides`` are dotted recipe keys, as on the command line
   (``{"trainer.max_steps": 10, "data.init_args.seed": 1}``).
 - Tools, plain functions of their arguments: :func:`sample`, :func:`evaluate`, :func:`export`,
-  :func:`card`, :func:`make_tiny_model`, :func:`make_real_model`, :func:`make_synthetic`.
+  :func:`card`, :func:`make_tiny_model`, :func:`make_real_model`, :func:`make_synthetic`,
+  :func:`make_instruction_world`.
 
 :data:`JOBS` maps each command name to its function; :mod:`varirm.verify` runs its prepare steps
 through it and :mod:`varirm.api` adds ``verify`` and ``regimes`` on top.
@@ -23,6 +24,7 @@ from jsonargparse import ArgumentParser
 from varirm.errors import ConfigError
 from varirm.evaluate import evaluate
 from varirm.export import card, export
+from varirm.instructions import write_world as make_instruction_world
 from varirm.lightning_cli import run_job
 from varirm.real import make_real_model
 from varirm.sampling import sample
@@ -141,4 +143,5 @@ JOBS: dict[str, Callable[..., Any]] = {
     "fit": train_rm, "validate": validate_rm, "test": test_rm, "sft": sft, "rloo": rloo, "sample": sample,
     "evaluate": evaluate, "export": export, "card": card, "make-tiny-model": make_tiny_model,
     "make-real-model": make_real_model, "make-synthetic": make_synthetic,
+    "make-instruction-world": make_instruction_world,
 }

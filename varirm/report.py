@@ -114,6 +114,13 @@ def _verdict(check: dict[str, Any]) -> str:
     return verdict
 
 
+def _wall_time(report: dict[str, Any]) -> str:
+    """The run's wall time and, when recorded, each seed's: every stage of it, also one a resumed run reused."""
+    per_seed = (report.get("timings") or {}).get("per_seed")
+    seeds = f"; per seed: {', '.join(f'seed {k} {v:.0f} s' for k, v in per_seed.items())}" if per_seed else ""
+    return f"Wall time: {report['seconds']:.0f} s ({report['device']}){seeds}."
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """``report.md`` from ``report.json``'s content: one section per initial policy, then (with
     several) whether the RMs' ranking changes between them and which policy's variance predicts it."""
@@ -148,7 +155,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         parts += ["", f"Teacher score chosen under `{t['fit_under']}` (seeds {t['fit_seeds']}: `{t['formula']}`), "
                       f"tested under `{t['tested_under']}` on seeds {t['test_seeds']}: Spearman with the gold AUC "
                       f"{fmt(t['held_out_spearman'])}."]
-    parts += ["", f"Wall time: {report['seconds']:.0f} s ({report['device']}).", ""]
+    parts += ["", _wall_time(report), ""]
     return "\n".join(parts)
 
 
@@ -207,7 +214,7 @@ def _render_one(report: dict[str, Any], title: str) -> str:
         cells += [f"{r[k]:.3f}"
                   for k in ("gold_start", "gold_end", "gold_gain", "proxy_gain", "gold_auc", "gold_early")]
         lines.append(f"| `{r['name']}` | {r['seed']} | " + " | ".join(cells) + " |")
-    lines += ["", f"Wall time: {report['seconds']:.0f} s ({report['device']}).", ""]
+    lines += ["", _wall_time(report), ""]
     return "\n".join(lines)
 
 

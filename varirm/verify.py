@@ -97,8 +97,19 @@ def _done(path: str) -> bool:
     return os.path.exists(os.path.join(path, "done.json"))
 
 
-def _mark_done(path: str, info: dict[str, Any]) -> None:
-    atomic_write_text(os.path.join(path, "done.json"), json.dumps(info, indent=2))
+def _mark_done(path: str, info: dict[str, Any], t0: float) -> None:
+    """Marks a stage's output finished, with the seconds it took (a resumed run reports them again)."""
+    atomic_write_text(os.path.join(path, "done.json"), json.dumps({**info, "seconds": time.time() - t0}, indent=2))
+
+
+def _seconds(path: str, t0: float) -> float:
+    """Seconds the stage in ``path`` took: as recorded when it finished (also in an earlier run), else since ``t0``."""
+    if _done(path):
+        with open(os.path.join(path, "done.json")) as f:
+            recorded = json.load(f).get("seconds")
+        if recorded is not None:
+            return recorded
+    return time.time() - t0
 
 
 def verify(
@@ -118,14 +129,14 @@ def verify(
     on_policy_rm: Optional[str] = None,
     reference: Optional[str] = None,
     budgets: Optional[list[list[str]]] = None,
+    off_policy_rm: Optional[str] = None,
     max_length: int = 1024,
     device: str = "auto",
     resume: bool = False,
     overwrite: bool = False,
     command: Optional[str] = None,
 ) -> str:
-    """Train (or take) a set of RMs, evaluate each under the initial policy, run RLOO from that
-    policy against each with the same seed and budget, and write the verification report.
+    """Train (or take) RMs, evaluate each under the initial policy, RLOO against each (one seed and budget), report.
 
     Args:
         reward_models: The RMs to verify (see :class:`RewardModelSpec`).
@@ -139,20 +150,20 @@ def verify(
             on-policy accuracy of each RM; a list, one per policy, when ``policy`` is a list.
         gold: Gold reward: dotted path of a function or an RM directory / Hub id.
         output_dir: Report directory (with every run inside).
-        test_pairs: Preference test set for off-policy accuracy.
-        test_split: Split of ``test_pairs`` when it is a Hub dataset id.
+        test_pairs: Preference test set for off-policy accuracy (a Hub dataset id: split ``test_split``).
+        test_split: Split of ``test_pairs``.
         seeds: Seeds (default ``[0]``): each RM is trained and RLOO is run once per seed.
         rloo_overrides: ``varirm rloo`` recipe values to change for every run (dotted keys).
         prepare: Jobs that build missing inputs (:class:`PrepareStep`), run first, in order.
         compare: ``[plain, regularized, ...]``: names of plain BT and of one or more BT + variance
             regularizer variants trained on the same pairs, one check per variant
             (:func:`varirm.claims.regularizer_beats_plain`).
-        on_policy_rm: Name of the RM trained on on-policy pairs whose variance level the
-            regularizer aims at; also Theorem 2's less accurate, higher-variance RM (:mod:`varirm.claims`).
+        on_policy_rm: The RM trained on on-policy pairs: the regularizer's variance level, Theorem 2's RM.
         low_variance: Name of the perfectly accurate, low-variance RM, for Theorems 1 and 2.
         reference: Name of the RM that is the gold reward itself, for Theorem 1.
         budgets: Per label budget ``[plain BT on the labelled pairs, objective, ...]``, each objective
             checked against that plain BT (:func:`varirm.claims.objective_beats_pairs`).
+        off_policy_rm: The off-policy RM, checked against ``on_policy_rm`` (:mod:`varirm.claims`).
         max_length: Longest scored prompt + response in evaluation.
         device: ``auto``, ``cpu`` or ``cuda`` for evaluation.
         resume: Reuse the stages an interrupted verification of this directory finished.
@@ -161,7 +172,7 @@ def verify(
     """
     seeds, rloo_overrides = seeds or [0], rloo_overrides or {}
     specs = [s if isinstance(s, RewardModelSpec) else RewardModelSpec(**s) for s in reward_models]
-    check_set(specs, compare, low_variance, on_policy_rm, reference, budgets)
+    check_set(specs, compare, low_variance, on_policy_rm, reference, budgets, off_policy_rm)
     policies = initial_policies(policy, eval_samples)
     start_output_dir(output_dir, resume, overwrite)
     start, times, device = time.time(), {}, resolve_device(device)
@@ -176,7 +187,7 @@ def verify(
                     curves[p.name, spec.name, seed])
             for seed in seeds for spec in specs for p in policies]
     report = build_report(specs, policies, shapes, runs, seeds, gold, test_pairs, rloo_recipe, rloo_overrides,
-                          compare, low_variance, on_policy_rm, command, device, reference, budgets)
+                          compare, low_variance, on_policy_rm, command, device, reference, budgets, off_policy_rm)
     report.update(timings=timings(times, specs, seeds, policies), seconds=time.time() - start)
     path = write_report(report, output_dir)
     print(render_markdown(report))
@@ -185,7 +196,7 @@ def verify(
 
 def check_set(specs: list[RewardModelSpec], compare: Optional[list[str]], low_variance: Optional[str],
               on_policy_rm: Optional[str], reference: Optional[str] = None,
-              budgets: Optional[list[list[str]]] = None) -> None:
+              budgets: Optional[list[list[str]]] = None, off_policy_rm: Optional[str] = None) -> None:
     """Unique names, each RM trained or given, and every name the checks use among them."""
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
@@ -194,9 +205,12 @@ def check_set(specs: list[RewardModelSpec], compare: Optional[list[str]], low_va
         if (spec.recipe is None) == (spec.reward is None):
             raise ConfigError(f"reward model {spec.name!r}: give exactly one of recipe (to train it) or reward")
     for ref, what in ([(n, "compare") for n in compare or []] + [(n, "budgets") for b in budgets or [] for n in b]
-                      + [(low_variance, "low_variance"), (on_policy_rm, "on_policy_rm"), (reference, "reference")]):
+                      + [(low_variance, "low_variance"), (on_policy_rm, "on_policy_rm"), (reference, "reference"),
+                         (off_policy_rm, "off_policy_rm")]):
         if ref is not None and ref not in names:
             raise ConfigError(f"{what} names {ref!r}, which is not among the reward models {names}")
+    if off_policy_rm is not None and on_policy_rm is None:
+        raise ConfigError(f"off_policy_rm ({off_policy_rm!r}) is checked against on_policy_rm: name that RM too")
     if compare is not None and len(compare) < 2:
         raise ConfigError(f"compare takes [plain, regularized, ...], got {compare}")
     if any(len(b) < 2 for b in budgets or []):
@@ -271,8 +285,10 @@ def get_reward_models(specs: list[RewardModelSpec], seeds: list[int], output_dir
                     shutil.rmtree(rm_dir, ignore_errors=True)
                     jobs.train_rm(spec.recipe, {**spec.overrides, "seed_everything": seed, "data.init_args.seed": seed,
                                                 "trainer.default_root_dir": rm_dir, **QUIET})
-                    _mark_done(rm_dir, {"checkpoint": rms[spec.name, seed]})
-            times["train_rm_s", spec.name, seed] = time.time() - t0
+                    _mark_done(rm_dir, {"checkpoint": rms[spec.name, seed]}, t0)
+                times["train_rm_s", spec.name, seed] = _seconds(rm_dir, t0)
+            else:
+                times["train_rm_s", spec.name, seed] = time.time() - t0
     return rms
 
 
@@ -293,8 +309,8 @@ def evaluate_reward_models(rms: dict[tuple[str, int], str], policies: list[Polic
                                                         pairs=test_pairs, pairs_split=test_split, max_length=max_length,
                                                         device=device, plots=False, overwrite=True,
                                                         policy_weighted=True)
-                _mark_done(eval_dir, {"rm": rm})
-            times["evaluate_s", p.name, name, seed] = time.time() - t0
+                _mark_done(eval_dir, {"rm": rm}, t0)
+            times["evaluate_s", p.name, name, seed] = _seconds(eval_dir, t0)
     return out
 
 
@@ -320,10 +336,10 @@ def run_rloo(rms: dict[tuple[str, int], str], metrics: dict[tuple[str, str, int]
                 if not os.path.exists(os.path.join(rloo_dir, "policy_eval.json")):
                     raise ConfigError(f"{rloo_recipe}: no policy_eval.json was written; the recipe needs a "
                                       "varirm.callbacks.PolicyEvaluation callback under trainer.callbacks")
-                _mark_done(rloo_dir, {"rm": rm})
+                _mark_done(rloo_dir, {"rm": rm}, t0)
             with open(os.path.join(rloo_dir, "policy_eval.json")) as f:
                 out[p.name, name, seed] = json.load(f)["curve"]
-            times["rloo_s", p.name, name, seed] = time.time() - t0
+            times["rloo_s", p.name, name, seed] = _seconds(rloo_dir, t0)
     return out
 
 
@@ -337,8 +353,9 @@ def run_row(name: str, seed: int, policy: str, rm: str, metrics: dict[str, Any],
 
 def timings(times: dict, specs: list[RewardModelSpec], seeds: list[int], policies: list[Policy]) -> dict[str, Any]:
     """Seconds per run: ``[<policy>/]<name>/seed<s>`` -> RM training (shared by the policies),
-    evaluation, RLOO."""
-    out = {}
+    evaluation, RLOO (as each stage took, also when a resumed run reused it); ``per_seed``: seed -> all
+    of one seed's stages."""
+    out: dict[str, Any] = {"per_seed": {}}
     for seed in seeds:
         for spec in specs:
             for p in policies:
@@ -346,6 +363,9 @@ def timings(times: dict, specs: list[RewardModelSpec], seeds: list[int], policie
                 out[key] = {"train_rm_s": round(times["train_rm_s", spec.name, seed], 1),
                             "evaluate_s": round(times["evaluate_s", p.name, spec.name, seed], 1),
                             "rloo_s": round(times["rloo_s", p.name, spec.name, seed], 1)}
+        out["per_seed"][str(seed)] = round(sum(times["train_rm_s", s.name, seed] for s in specs) + sum(
+            times[stage, p.name, s.name, seed] for s in specs for p in policies for stage in ("evaluate_s", "rloo_s")),
+            1)
     return out
 
 
@@ -354,7 +374,7 @@ def build_report(specs: list[RewardModelSpec], policies: list[Policy], shapes: l
                  gold: str, test_pairs: Optional[str], rloo_recipe: str, rloo_overrides: dict,
                  compare: Optional[list[str]], low_variance: Optional[str], on_policy_rm: Optional[str],
                  command: Optional[str], device: str, reference: Optional[str] = None,
-                 budgets: Optional[list[list[str]]] = None) -> dict[str, Any]:
+                 budgets: Optional[list[list[str]]] = None, off_policy_rm: Optional[str] = None) -> dict[str, Any]:
     """``report.json``'s content: per policy the summary and the claims' checks; with several
     policies, how they compare (:func:`varirm.claims.across_policies`)."""
     names, trained = [s.name for s in specs], [s.name for s in specs if s.recipe is not None]
@@ -365,14 +385,15 @@ def build_report(specs: list[RewardModelSpec], policies: list[Policy], shapes: l
         per_policy.append({"name": p.name, "policy": p.path, "eval_samples": p.samples, "eval_prompts": prompts,
                            "eval_k": k, "summary": summary,
                            "checks": checks(summary, low_variance, compare, trained, mine, seeds, on_policy_rm,
-                                           reference, budgets)})
+                                           reference, budgets, off_policy_rm)})
     first, multi = per_policy[0], len(policies) > 1
     return {
         "command": command or "varirm.verify.verify(...)", "policy": first["policy"], "gold": gold,
         "eval_samples": first["eval_samples"], "eval_prompts": first["eval_prompts"], "eval_k": first["eval_k"],
         "test_pairs": test_pairs, "rloo_recipe": rloo_recipe, "rloo_overrides": rloo_overrides,
         "rloo_steps": runs[0]["steps"], "seeds": seeds, "reward_models": [asdict(s) for s in specs],
-        "compare": compare, "budgets": budgets, "low_variance": low_variance, "reference": reference, "runs": runs,
+        "compare": compare, "budgets": budgets, "low_variance": low_variance, "reference": reference,
+        "off_policy_rm": off_policy_rm, "runs": runs,
         "summary": first["summary"],
         "checks": first["checks"], "policies": per_policy,
         "across_policies": {**across_policies(runs, names, [p.name for p in policies], seeds),

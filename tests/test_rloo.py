@@ -293,8 +293,10 @@ def test_kl_penalty_keeps_the_policy_near_its_reference_in_every_setting(tmp_pat
 
     def final_kl(beta, kl_in):
         torch.manual_seed(0)
+        # fp32 sampling on every CPU (auto would sample in bf16 where it is native): the same drift everywhere
         module = RLOOModule(tiny_model_dir, "conftest.random_reward", k=4, beta=beta, kl_in=kl_in, lr=3e-3,
-                            max_new_tokens=6, reward_shift=0.5, reward_scale=0.3, num_minibatches=2)
+                            max_new_tokens=6, reward_shift=0.5, reward_scale=0.3, num_minibatches=2,
+                            sampling_precision="fp32")
         keep = KeepKL()
         trainer = Trainer(max_steps=40, accelerator="cpu", logger=False, enable_progress_bar=False,
                           enable_model_summary=False, enable_checkpointing=False, callbacks=[keep],

@@ -104,12 +104,11 @@ def _mark_done(path: str, info: dict[str, Any], t0: float) -> None:
 
 def _seconds(path: str, t0: float) -> float:
     """Seconds the stage in ``path`` took: as recorded when it finished (also in an earlier run), else since ``t0``."""
+    recorded = None
     if _done(path):
         with open(os.path.join(path, "done.json")) as f:
             recorded = json.load(f).get("seconds")
-        if recorded is not None:
-            return recorded
-    return time.time() - t0
+    return time.time() - t0 if recorded is None else recorded
 
 
 def verify(
@@ -276,19 +275,16 @@ def get_reward_models(specs: list[RewardModelSpec], seeds: list[int], output_dir
     rms = {}
     for seed in seeds:
         for spec in specs:
-            t0 = time.time()
+            t0, rm_dir = time.time(), os.path.join(output_dir, "rms", spec.name, f"seed{seed}")
             rms[spec.name, seed] = spec.reward
             if spec.recipe is not None:
-                rm_dir = os.path.join(output_dir, "rms", spec.name, f"seed{seed}")
                 rms[spec.name, seed] = os.path.join(rm_dir, "checkpoints", "last.ckpt")
                 if not _done(rm_dir):
                     shutil.rmtree(rm_dir, ignore_errors=True)
                     jobs.train_rm(spec.recipe, {**spec.overrides, "seed_everything": seed, "data.init_args.seed": seed,
                                                 "trainer.default_root_dir": rm_dir, **QUIET})
                     _mark_done(rm_dir, {"checkpoint": rms[spec.name, seed]}, t0)
-                times["train_rm_s", spec.name, seed] = _seconds(rm_dir, t0)
-            else:
-                times["train_rm_s", spec.name, seed] = time.time() - t0
+            times["train_rm_s", spec.name, seed] = _seconds(rm_dir, t0)  # a given reward has no rm_dir
     return rms
 
 

@@ -120,11 +120,6 @@ def prompt_half(prompt: Any) -> str:
     return "squashed" if zlib.crc32(_user_text(prompt).encode()) % 2 else "kept"
 
 
-def instruction_kind(prompt: Any) -> str:
-    """The prompt's instruction kind (a ``groups`` function for the gold curve per kind)."""
-    return instruction_of(prompt)[0]
-
-
 def uneven_flat_gold_reward(prompt: Any, response: str) -> float:
     """Gold times ``UNEVEN_FACTOR`` (0.001, as in Razin et al.) on the ``squashed`` half of the
     prompts, gold itself on the other: every pair of responses to a prompt is ranked as gold ranks

@@ -6,7 +6,7 @@ import pytest
 
 from varirm.claims import across_policies, checks
 from varirm.errors import ConfigError, VarirmError
-from varirm.report import render_markdown, summarize
+from varirm.report import findings, plot, read_findings, render_markdown, summarize
 from varirm.stats import seeds_to_resolve, spearman
 from varirm.verify import RewardModelSpec, curve_summary, verify
 
@@ -86,6 +86,57 @@ def test_summary_and_checks_pass_and_miss_by_their_intervals():
     # (0.95 - 0.2) / (0.5 - 0.2): the regularizer overshoots b's variance level
     assert "250% of the gap to `b`'s 0.500" in both[1]["measured"]
 
+
+
+def test_findings_say_each_verdict_in_plain_words_and_one_seed_decides_nothing(tmp_path):
+    rows, seeds = _rows(), [0, 1, 2]
+    summary = summarize(rows, NAMES, seeds)
+    result = checks(summary, "flat", ["a", "reg"], ["a", "b", "c", "reg"], rows, seeds, on_policy_rm="c",
+                    reference="gold")
+    report = {"seeds": seeds, "checks": result, "reward_models": [{"name": n} for n in NAMES]}
+    lines = findings(report)
+    assert len(lines) == 4 and lines[0].startswith("PASS, 3 seeds: Spearman(whitened variance")
+    ratio = result[1]["intervals"]["auc"]
+    assert lines[1] == (f"PASS, 3 seeds: {result[1]['claim']}. Measured: gold AUC `flat` / `gold` "
+                        f"{ratio['estimate']:.3f} [{ratio['lower']:.3f}, {ratio['upper']:.3f}] "
+                        f"({ratio['method']}, 3 seeds).")
+    assert "Measured: gold AUC `c` - `flat`" in lines[2]  # Theorem 2's headline is its AUC difference
+    assert lines[3].startswith("MISS, 3 seeds:") and "(b) on-policy accuracy difference" in lines[3]  # every part
+    one = findings({**report, "seeds": [0]})
+    assert one == [f"INCONCLUSIVE, 1 seed: {c['claim']}" for c in result]
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "report.json").write_text(json.dumps(report))
+    text = read_findings([str(tmp_path / "v")])
+    assert text.splitlines()[0] == f"{tmp_path / 'v'}: a, b, c, reg, flat, gold; 3 seeds"
+    assert text.splitlines()[1:] == ["  " + line for line in lines]
+    from varirm.cli import cli_main
+
+    assert cli_main(["findings", "--reports", json.dumps([str(tmp_path / "v")])]) == text  # `varirm findings`
+    with pytest.raises(VarirmError, match="no initial policy 'pi9'"):
+        findings({**report, "policies": [{"name": "pi0", "checks": result}]}, "pi9")
+    with pytest.raises(VarirmError, match="cannot read the verification report"):
+        read_findings([str(tmp_path / "missing")])
+
+
+def test_two_rewards_get_theorem_1_without_a_ranking_check_and_a_gold_plot_per_half(tmp_path):
+    seeds = [0, 1, 2]
+    rows = [r for r in _rows() if r["name"] in ("gold", "flat")]
+    summary = summarize(rows, ["gold", "flat"], seeds)
+    result = checks(summary, "flat", None, [], rows, seeds, reference="gold")
+    assert [c["claim"][:12] for c in result] == ["(Theorem 1) "]  # Spearman over two RMs is undefined: not checked
+    curve = [{"step": s, "gold_reward": 0.1 * s, "gold_by_group": {"kept": 0.1 * s, "squashed": 0.05 * s}}
+             for s in range(3)]
+    runs = [{**r, "curve": curve} for r in rows]
+    report = {"seeds": seeds, "checks": result, "runs": runs, "summary": summary,
+              "reward_models": [{"name": "gold"}, {"name": "flat"}]}
+    path = plot(report, str(tmp_path))[0]
+    with open(path, "rb") as f:
+        width = int.from_bytes(f.read(24)[16:20], "big")  # PNG header: IHDR width
+    assert width == 100 * (4.5 * 3 + 2.5)  # three panels: all prompts, kept, squashed
+    plot({**report, "runs": [{**r, "curve": [{"step": p["step"], "gold_reward": p["gold_reward"]} for p in curve]}
+                             for r in rows]}, str(tmp_path))
+    with open(path, "rb") as f:
+        assert int.from_bytes(f.read(24)[16:20], "big") == 100 * (4.5 + 2.5)  # no groups: one panel
 
 
 def test_on_policy_against_off_policy_rm_by_paired_intervals():

@@ -14,7 +14,7 @@ keys as on the command line. Lightning jobs return their run directory, tools wh
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from varirm import regimes as regimes_module
 from varirm import verify as verify_module
@@ -38,8 +38,9 @@ from varirm.jobs import (
     train_rm,
     validate_rm,
 )
+from varirm.report import read_findings
 
-__all__ = ["API", "apply_overrides", "card", "evaluate", "export", "function_arguments", "load_recipe",
+__all__ = ["API", "apply_overrides", "card", "evaluate", "export", "findings", "function_arguments", "load_recipe",
            "make_instruction_world", "make_real_model", "make_synthetic", "make_tiny_model", "regimes", "rloo",
            "sample", "sft", "test_rm", "train_rm", "validate_rm", "verify"]
 
@@ -63,4 +64,14 @@ def regimes(recipe: Recipe, **settings: Any) -> str:
     return _from_recipe(regimes_module.regimes, recipe, settings)
 
 
-API: dict[str, Callable[..., Any]] = {**JOBS, "verify": verify, "regimes": regimes}
+def findings(reports: list[str], policy: Optional[str] = None) -> str:
+    """What verifications found, in plain words: each check's verdict, seeds, claim and main measurement.
+
+    Args:
+        reports: Output directories of ``varirm verify`` (or their ``report.json``).
+        policy: The initial policy whose checks to read, in reports with several (its name, e.g. ``pi0``).
+    """
+    return read_findings(reports, policy)
+
+
+API: dict[str, Callable[..., Any]] = {**JOBS, "verify": verify, "regimes": regimes, "findings": findings}

@@ -56,9 +56,10 @@ def checks(summary: dict[str, Any], low_variance: Optional[str], compare: Option
            trained: list[str], rows: Rows, seeds: list[int], on_policy_rm: Optional[str] = None,
            reference: Optional[str] = None, budgets: Optional[list[list[str]]] = None,
            off_policy_rm: Optional[str] = None) -> list[dict[str, Any]]:
-    """Every claim that the verification's set of RMs can test, in order."""
+    """Every claim that the verification's set of RMs can test, in order (the variance ranking only
+    with 3 RMs or more: Spearman over two is undefined)."""
     per_rm = summary["per_rm"]
-    out = [variance_predicts_gain(summary, rows, seeds)]
+    out = [variance_predicts_gain(summary, rows, seeds)] if len(per_rm) >= 3 else []  # a rank needs 3 RMs
     if low_variance in per_rm and reference in per_rm:
         out.append(low_variance_gains_less(rows, seeds, low_variance, reference))
     if low_variance in per_rm and on_policy_rm in per_rm:
@@ -125,6 +126,7 @@ def less_accurate_gains_more(summary: dict[str, Any], rows: Rows, seeds: list[in
                         + ("" if eligible else " (not less accurate with higher variance: not tested)")
                         + f"; gold AUC difference {fmt(diff)} (t over {len(seeds)} seeds)"
                         + (f"; the other trained RMs - `{low_variance}`: {', '.join(others)}" if others else ""),
+            "headline": f"gold AUC `{candidate}` - `{low_variance}` {fmt(diff)} (t over {len(seeds)} seeds)",
             "intervals": {"difference": diff}, **verdict}
 
 

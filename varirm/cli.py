@@ -12,7 +12,8 @@
   per prompt), ``evaluate`` (reward variance and accuracies of an RM under a policy), ``export`` /
   ``card`` (Hugging Face format with a variance model card), ``verify`` (train a set of RMs,
   evaluate each under the initial policy, RLOO against each, report how fast each raised the gold
-  reward) and ``regimes`` (when does variance matter: optimizer x beta x advantage normalization).
+  reward), ``regimes`` (when does variance matter: optimizer x beta x advantage normalization) and
+  ``findings`` (what verification reports found, in plain words).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def commands() -> dict[str, Command]:
         "make-instruction-world": Command(api.make_instruction_world),
         "verify": Command(api.verify, arguments=verify.verify),
         "regimes": Command(api.regimes, arguments=regimes.regimes),
+        "findings": Command(api.findings),
     }
 
 

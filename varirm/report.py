@@ -189,15 +189,8 @@ def _render_one(report: dict[str, Any], title: str) -> str:
         lines.append(f"| `{name}` | " + " | ".join(fmt_over_seeds(m[k]) for k in METRICS)
                      + f" | {specs[name]['description']} |")
     lines += _grouped_lines(s["per_rm"], specs)
-    lines += ["", "Spearman correlation with the gold AUC and with the gold gain, across RMs (on per-RM means, 95% "
-              "bootstrap interval resampling seeds jointly across RMs):", "",
-              "| quantity | with gold AUC [95% CI] | with gold gain [95% CI] | per seed (AUC) |", "|---|---|---|---|"]
-    auc = s["spearman_with_gold_auc"]
-    for metric, c in s["spearman_with_gold_gain"].items():
-        a = auc[metric]
-        lines.append(f"| {c['label']} | {fmt(a['on_means_ci'])} | {fmt(c['on_means_ci'])} | "
-                     + ", ".join(f"{v:.3f}" for v in a["per_seed"]) + " |")
-    lines += _predictor_lines(s)
+    lines += _ranking_lines(s) if len(specs) >= 3 else [
+        "", f"No rank correlations across RMs: a ranking needs 3 RMs or more, this set has {len(specs)}."]
     lines += ["", "Checks (the paper's claims, measured here; PASS only when the 95% interval clears the threshold, "
               "MISS when it lies wholly on the wrong side):", ""]
     for c in report["checks"]:
@@ -216,6 +209,19 @@ def _render_one(report: dict[str, Any], title: str) -> str:
         lines.append(f"| `{r['name']}` | {r['seed']} | " + " | ".join(cells) + " |")
     lines += ["", _wall_time(report), ""]
     return "\n".join(lines)
+
+
+def _ranking_lines(s: dict[str, Any]) -> list[str]:
+    """Spearman of each predictor with the gold AUC and gain across RMs, and which ranks best."""
+    lines = ["", "Spearman correlation with the gold AUC and with the gold gain, across RMs (on per-RM means, 95% "
+             "bootstrap interval resampling seeds jointly across RMs):", "",
+             "| quantity | with gold AUC [95% CI] | with gold gain [95% CI] | per seed (AUC) |", "|---|---|---|---|"]
+    auc = s["spearman_with_gold_auc"]
+    for metric, c in s["spearman_with_gold_gain"].items():
+        a = auc[metric]
+        lines.append(f"| {c['label']} | {fmt(a['on_means_ci'])} | {fmt(c['on_means_ci'])} | "
+                     + ", ".join(f"{v:.3f}" for v in a["per_seed"]) + " |")
+    return lines + _predictor_lines(s)
 
 
 def _grouped_lines(per_rm: dict[str, Any], specs: dict[str, Any]) -> list[str]:
@@ -241,9 +247,15 @@ def _half_widths(m: dict[str, Any]) -> Optional[list[list[float]]]:
     return [[m["mean"] - lo], [hi - m["mean"]]]
 
 
+def _gold(point: dict[str, Any], group: Optional[str]) -> float:
+    return point["gold_reward"] if group is None else point["gold_by_group"][group]
+
+
 def plot(report: dict[str, Any], output_dir: str, suffix: str = "") -> list[str]:
-    """``gold_curves.png``, ``variance_vs_gain.png``, ``accuracy_vs_gain.png`` (names + ``suffix``)
-    of one policy's results."""
+    """``gold_curves.png`` (a panel for all held-out prompts, then one per group of them when the
+    curves have groups; each RM's mean over seeds with a 95% t band; titled with the Theorem 1
+    verdict when the report has it), ``variance_vs_gain.png``, ``accuracy_vs_gain.png`` (names +
+    ``suffix``) of one policy's results."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -253,19 +265,27 @@ def plot(report: dict[str, Any], output_dir: str, suffix: str = "") -> list[str]
     per_rm = report["summary"]["per_rm"]
     paths = [os.path.join(output_dir, f"{f}{suffix}.png")
              for f in ("gold_curves", "variance_vs_gain", "accuracy_vs_gain")]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in names:
-        curves = [r["curve"] for r in report["runs"] if r["name"] == name]
-        steps = [p["step"] for p in curves[0]]
-        bands = [t_interval([c[i]["gold_reward"] for c in curves]) for i in range(min(map(len, curves)))]
-        xs = steps[:len(bands)]
-        line, = ax.plot(xs, [b["estimate"] for b in bands], marker="o", markersize=3, label=name)
-        if len(curves) > 1:  # 95% t band over seeds
-            ax.fill_between(xs, [b["lower"] for b in bands], [b["upper"] for b in bands], color=line.get_color(),
-                            alpha=0.15)
-    ax.set_xlabel("RLOO step")
-    ax.set_ylabel("gold reward (held-out prompts)")
-    ax.legend(fontsize=7)
+    groups = [None, *sorted(report["runs"][0]["curve"][0].get("gold_by_group", {}))]
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups) + 2.5, 4.5), squeeze=False, sharey=True)
+    for ax, group in zip(axes[0], groups):
+        for name in names:
+            curves = [r["curve"] for r in report["runs"] if r["name"] == name]
+            steps = [p["step"] for p in curves[0]]
+            bands = [t_interval([_gold(c[i], group) for c in curves]) for i in range(min(map(len, curves)))]
+            xs = steps[:len(bands)]
+            line, = ax.plot(xs, [b["estimate"] for b in bands], marker="o", markersize=3, label=name)
+            if len(curves) > 1:  # 95% t band over seeds
+                ax.fill_between(xs, [b["lower"] for b in bands], [b["upper"] for b in bands],
+                                color=line.get_color(), alpha=0.15)
+        ax.set_title("all held-out prompts" if group is None else f"prompts: {group}", fontsize=9)
+        ax.set_xlabel("RLOO step")
+    axes[0][0].set_ylabel("gold reward (held-out prompts)")
+    axes[0][0].legend(fontsize=7)
+    n = len(report["seeds"])
+    theorem1 = next((c for c in report["checks"] if c["claim"].startswith("(Theorem 1)")), None)
+    fig.suptitle(f"mean over {n} seed{'s' if n > 1 else ''}" + (" with 95% t band" if n > 1 else "")
+                 + (f"; Theorem 1: {theorem1.get('verdict')}, {_headline(theorem1)}" if theorem1 and n > 1 else ""),
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(paths[0], dpi=100)
     plt.close(fig)
@@ -304,6 +324,49 @@ def _predictor_lines(s: dict[str, Any]) -> list[str]:
                       f"gold AUC {fmt(t['held_out_spearman'])} (95% bootstrap over the held-out seeds). It ranks "
                       "these RMs under this policy in this world; its weights are fit here, not a law."]
     return lines
+
+
+def _headline(check: dict[str, Any]) -> str:
+    """A check's main measurement: its ``headline`` when the claim gives one, all of ``measured`` for a
+    check of several parts, else the first part of ``measured``."""
+    return check.get("headline") or (check["measured"] if "parts" in check else check["measured"].split("; ")[0])
+
+
+def findings(report: dict[str, Any], policy: Optional[str] = None) -> list[str]:
+    """The checks of a report in plain words, one line each: the verdict, over how many seeds, the
+    claim and its main measurement (with one seed, no measurement: it decides nothing). ``policy``: the
+    section of that initial policy, in a report with several."""
+    entries = report.get("policies") or []
+    if policy is not None and policy not in [e["name"] for e in entries]:
+        raise VarirmError(f"the report has no initial policy {policy!r}: {[e['name'] for e in entries]}")
+    checks = next(e["checks"] for e in entries if e["name"] == policy) if policy else report["checks"]
+    n = len(report["seeds"])
+    if n < 2:
+        return [f"INCONCLUSIVE, 1 seed: {c['claim']}" for c in checks]
+    return [f"{_verdict(c)}, {n} seeds: {c['claim']}. Measured: {_headline(c)}." for c in checks]
+
+
+def read_findings(reports: list[str], policy: Optional[str] = None) -> str:
+    """:func:`findings` of each verification (its output directory or ``report.json``), under a
+    line naming the report, its reward models and seeds."""
+    parts = []
+    for path in reports:
+        file = os.path.join(path, "report.json") if os.path.isdir(path) else path
+        try:
+            with open(file) as f:
+                report = json.load(f)
+        except OSError as e:
+            raise VarirmError(f"{file}: cannot read the verification report ({e.strerror or e})") from None
+        except json.JSONDecodeError as e:
+            raise VarirmError(f"{file}: not a verification report (invalid JSON: {e})") from None
+        names = ", ".join(r["name"] for r in report["reward_models"])
+        seeds = len(report["seeds"])
+        parts += [f"{os.path.dirname(file) or '.'}: {names}; "
+                  + (f"{seeds} seeds" if seeds > 1 else "1 seed (no spread over seeds: no verdict, nor how many "
+                                                         "seeds would give one)")
+                  + (f"; under {policy}" if policy else ""),
+                  *(f"  {line}" for line in findings(report, policy))]
+    return "\n".join(parts)
 
 
 def write_report(report: dict[str, Any], output_dir: str) -> str:

@@ -111,11 +111,12 @@ class LightningClock(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.clock.end()
-        mask = batch["attention_mask"]  # (2b, t)
-        self.pairs.append(mask.shape[0] // 2)
-        self.tokens.append(int(mask.sum()))
-        self.positions.append(mask.numel())
-        self.squares.append(int((mask.sum(-1) ** 2).sum()))
+        # padded: a (2b, t) mask; packed: the sequences' lengths (no pad position at all)
+        lengths = batch["seq_lens"] if "seq_lens" in batch else batch["attention_mask"].sum(-1)
+        self.pairs.append(len(lengths) // 2)
+        self.tokens.append(int(lengths.sum()))
+        self.positions.append(int(lengths.sum()) if "seq_lens" in batch else batch["attention_mask"].numel())
+        self.squares.append(int((lengths ** 2).sum()))
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.probe.detach()
@@ -202,6 +203,7 @@ def run_varirm(spec: dict) -> dict:
         "--data.init_args.max_length", str(spec["max_length"]), "--data.init_args.overlong", spec["varirm_overlong"],
         "--data.init_args.batch_size", str(spec["batch_size"]),
         "--data.init_args.length_grouping", str(spec["length_grouping"]).lower(),
+        "--data.init_args.packing", str(spec["packing"]).lower(),
     ])
     timer = next(c for c in cli.trainer.callbacks if isinstance(c, LightningClock))
     stats = cli.datamodule.stats["train"]
@@ -555,6 +557,8 @@ def main() -> None:
                              "as varirm fit decides; else fp32)")
     parser.add_argument("--varirm_overlong", choices=["drop", "truncate"], default="drop",
                         help="varirm's data.overlong; TRL always drops rows over max_length")
+    parser.add_argument("--packing", action=argparse.BooleanOptionalAction, default=False,
+                        help="varirm's data.packing: padding-free batches (varirm.packing)")
     parser.add_argument("--length_grouping", action=argparse.BooleanOptionalAction, default=True,
                         help="varirm's data.length_grouping (its recipe default); TRL samples in random order")
     add_common_arguments(parser, "bench_rm_train",
@@ -593,8 +597,8 @@ def main() -> None:
                     "heldout": d["heldout"], "max_length": d["max_length"], "batch_size": d["batch_size"],
                     "steps": steps, "warmup": warmup, "lr": args.lr, "max_grad_norm": args.max_grad_norm,
                     "bf16": args.bf16, "varirm_overlong": args.varirm_overlong, "length_grouping": args.length_grouping,
-                    "seed": seed, "recipe": recipe, "heldout_eval": args.heldout_eval, "lora_r": args.lora_r,
-                    "lora_alpha": args.lora_alpha, "lora_targets": args.lora_targets}
+                    "packing": args.packing, "seed": seed, "recipe": recipe, "heldout_eval": args.heldout_eval,
+                    "lora_r": args.lora_r, "lora_alpha": args.lora_alpha, "lora_targets": args.lora_targets}
             load_before = os.getloadavg()[0]
             res = run_worker(os.path.abspath(__file__), spec, work, f"{name}-{tool}-{label}", args.threads)
             res["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]  # before, after
@@ -661,6 +665,7 @@ def main() -> None:
                             "gradient_checkpointing=False, save_strategy='no', report_to='none'), "
                             "peft_config=<the same LoraConfig> with --lora_r)",
                      "varirm_overlong": args.varirm_overlong, "varirm_length_grouping": args.length_grouping,
+                     "varirm_packing": args.packing,
                      "timing": "end of the last warm-up step to the end of the last step (optimizer-step callbacks)"},
         "datasets": datasets_out,
         "accuracy": accuracy,

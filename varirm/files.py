@@ -88,3 +88,25 @@ def labeler_fingerprint(spec: str) -> str:
             inspect.getsource(getattr(importlib.import_module(module_name), attr)).encode()).hexdigest()
     except (ImportError, AttributeError, ValueError, OSError, TypeError):
         return spec  # a Hub id: its revision is not known offline
+
+
+def source_fingerprint(source: str, split: str) -> str:
+    """Content identity of a data source: the bytes of a local file; for a Hub id or a local
+    dataset folder, the fingerprint ``datasets`` gives the loaded split (it changes with the
+    revision or the files), so an updated dataset is tokenized again."""
+    import datasets
+
+    from varirm.errors import DataError
+    from varirm.formats import LOCAL_SUFFIXES
+
+    if os.path.isfile(source):
+        try:
+            return path_fingerprint(source, content=True)
+        except OSError as e:
+            raise DataError(source, None, None, f"cannot read the file ({e.strerror or e})") from None
+    if source.endswith(LOCAL_SUFFIXES):
+        raise DataError(source, None, None, "is a directory, not a file" if os.path.isdir(source) else "no such file")
+    try:
+        return f"datasets:{datasets.load_dataset(source, split=split)._fingerprint}"
+    except Exception as e:  # noqa: BLE001 - any loading failure is the user's source, not a bug here
+        raise DataError(source, None, None, f"cannot load split {split!r}: {type(e).__name__}: {e}") from None

@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader
 
 from varirm.chat import encode_prompt_response, fit_to_length, load_tokenizer, tokenizer_fingerprint
 from varirm.errors import ConfigError, DataError
-from varirm.files import atomic_write_text, labeler_fingerprint, path_fingerprint
-from varirm.formats import LOCAL_SUFFIXES, Format, load_preference_rows
+from varirm.files import atomic_write_text, labeler_fingerprint, source_fingerprint
+from varirm.formats import Format, load_preference_rows
 from varirm.loaders import (
     LengthGroupedSampler,
     LoaderPosition,
@@ -35,6 +35,7 @@ from varirm.loaders import (
     padding_fraction,
 )
 from varirm.on_policy import GroupSource, PairsWithGroups, on_policy_pair_rows, prompt_subset
+from varirm.packing import collate_packed_pairs
 from varirm.sampling import read_samples, tokenize_groups
 from varirm.scoring import label_samples
 
@@ -55,23 +56,6 @@ def tokenize_pairs(batch: dict[str, list], tokenizer, max_length: int) -> dict[s
         out["rejected_ids"].append(fit_to_length(p_ids, r_ids, max_length))
         out["length"].append(max(len(out["chosen_ids"][-1]), len(out["rejected_ids"][-1])))  # what a batch pads to
     return out
-
-
-def _source_key(source: str, split: str) -> str:
-    """Content identity of a data source: the bytes of a local file; for a Hub id or a local
-    dataset folder, the fingerprint ``datasets`` gives the loaded split (it changes with the
-    revision or the files), so an updated dataset is tokenized again."""
-    if os.path.isfile(source):
-        try:
-            return path_fingerprint(source, content=True)
-        except OSError as e:
-            raise DataError(source, None, None, f"cannot read the file ({e.strerror or e})") from None
-    if source.endswith(LOCAL_SUFFIXES):
-        raise DataError(source, None, None, "is a directory, not a file" if os.path.isdir(source) else "no such file")
-    try:
-        return f"datasets:{datasets.load_dataset(source, split=split)._fingerprint}"
-    except Exception as e:  # noqa: BLE001 - any loading failure is the user's source, not a bug here
-        raise DataError(source, None, None, f"cannot load split {split!r}: {type(e).__name__}: {e}") from None
 
 
 class PreferenceDataModule(LoaderPositionInCheckpoints, LightningDataModule):
@@ -98,6 +82,8 @@ class PreferenceDataModule(LoaderPositionInCheckpoints, LightningDataModule):
         eval_batch_size: Pairs per validation/test step; defaults to ``batch_size``.
         length_grouping: Group rows of similar length into batches to spend less on padding.
         pad_to_multiple_of: Pad the time dimension to a multiple of this (8 helps tensor cores).
+        packing: Padding-free training batches (:mod:`varirm.packing`): a batch's sequences back to back in
+            one row, attention kept inside each; the same loss and gradients as padded batches.
         num_workers: DataLoader worker processes.
         cache_dir: Where tokenized data is cached (default ``$VARIRM_CACHE`` or ``~/.cache/varirm``).
         seed: Seed for shuffling and for the ``val_fraction`` split.
@@ -139,6 +125,7 @@ class PreferenceDataModule(LoaderPositionInCheckpoints, LightningDataModule):
         eval_batch_size: Optional[int] = None,
         length_grouping: bool = True,
         pad_to_multiple_of: int = 1,
+        packing: bool = False,
         num_workers: int = 0,
         cache_dir: Optional[str] = None,
         seed: int = 0,
@@ -165,6 +152,8 @@ class PreferenceDataModule(LoaderPositionInCheckpoints, LightningDataModule):
             raise ConfigError(f"groups_per_batch must be at least 2 with policy_samples, got {groups_per_batch}")
         if (group_prompts is not None or group_labels) and not policy_samples:
             raise ConfigError("group_prompts and group_labels select and label policy_samples: set policy_samples")
+        if packing and policy_samples:
+            raise ConfigError("packing packs preference pairs only; with policy_samples use padded batches")
         if max_length < 2:
             raise ConfigError(f"max_length must be at least 2, got {max_length}")
         self.save_hyperparameters()
@@ -211,7 +200,7 @@ class PreferenceDataModule(LoaderPositionInCheckpoints, LightningDataModule):
         """Validated, tokenized pairs of one source (from cache when nothing changed) and counts.
         ``rows_fn`` replaces reading ``source`` as preference data (on-policy pairs)."""
         hp, tokenizer = self.hparams, self._tokenizer()
-        key_parts = [CACHE_VERSION, _source_key(source, split), split, hp.format,
+        key_parts = [CACHE_VERSION, source_fingerprint(source, split), split, hp.format,
                      json.dumps(hp.columns or {}, sort_keys=True), tokenizer_fingerprint(tokenizer),
                      str(hp.max_length), hp.on_bad_rows, key_extra]
         key = hashlib.sha256("\n".join(key_parts).encode()).hexdigest()[:24]
@@ -373,6 +362,8 @@ class PreferenceDataModule(LoaderPositionInCheckpoints, LightningDataModule):
         if split == "train" and self.group_source is not None:
             collate = PairsWithGroups(pad_id, hp.pad_to_multiple_of, self.group_source, hp.groups_per_batch,
                                       hp.seed, rank, world)
+        elif split == "train" and hp.packing:
+            collate = collate_packed_pairs
         else:
             collate = partial(collate_pairs, pad_token_id=pad_id, pad_to_multiple_of=hp.pad_to_multiple_of)
         return ResumableLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=hp.num_workers,

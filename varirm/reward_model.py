@@ -14,6 +14,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from varirm.errors import ConfigError
+from varirm.packing import VARLEN, packed_kwargs
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -59,14 +60,23 @@ class RewardModel(nn.Module):
     def is_peft(self) -> bool:
         return hasattr(self.hf_model, "peft_config")
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """``input_ids``, ``attention_mask``: ``(n, t)`` right-padded. Returns rewards ``(n,)`` in fp32."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                seq_lens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``input_ids``, ``attention_mask``: ``(n, t)`` right-padded; or a packed row (:mod:`varirm.packing`):
+        ``input_ids (1, T)`` holding ``n`` sequences of lengths ``seq_lens (n,)`` back to back. Returns
+        rewards ``(n,)`` in fp32."""
         base = self.base_model
         backbone = getattr(base, base.base_model_prefix)
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (n, t, d)
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        last = (attention_mask * positions).argmax(-1)  # (n,)
-        h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (n, d)
+        if seq_lens is not None:  # packed: attention within each sequence, reward at each one's last token
+            if base.config._attn_implementation != VARLEN and "flash" not in base.config._attn_implementation:
+                base.set_attn_implementation(VARLEN)  # SDPA per sequence; plain SDPA on padded batches
+            hidden = backbone(input_ids=input_ids, **packed_kwargs(seq_lens)).last_hidden_state[0]  # (T, d)
+            h_last = hidden[seq_lens.cumsum(0) - 1]  # (n, d)
+        else:
+            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (n, t, d)
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+            last = (attention_mask * positions).argmax(-1)  # (n,)
+            h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (n, d)
         return base.score(h_last.to(base.score.weight.dtype if hasattr(base.score, "weight") else h_last.dtype)
                           ).squeeze(-1).float()
 

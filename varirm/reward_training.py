@@ -39,8 +39,9 @@ class RewardModelModule(LightningModule):
     :func:`varirm.objectives.group_pairs_loss` (``pairs``: plain BT on the groups' labelled pairs).
 
     Batches come from :class:`varirm.preference_data.PreferenceDataModule`: ``input_ids`` ``(2b, t)`` with
-    chosen rows first, and with ``data.policy_samples`` also ``group_input_ids`` ``(g * k, t')``;
-    pairs and groups go through the model in one forward.
+    chosen rows first (or packed: ``(1, T)`` with ``seq_lens (2b,)``, :mod:`varirm.packing`), and with
+    ``data.policy_samples`` also ``group_input_ids`` ``(g * k, t')``; pairs and groups go through the
+    model in one forward.
 
     Args:
         model_name_or_path: Hub id or local directory of the backbone (or of a saved LoRA RM).
@@ -116,16 +117,17 @@ class RewardModelModule(LightningModule):
         self.test_metrics = pairwise_metrics("test/")
         self.val_policy_metrics = GroupRewardMetrics()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Rewards ``(n,)`` for right-padded ``(n, t)`` inputs."""
-        return self.model(input_ids, attention_mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                seq_lens: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Rewards ``(n,)`` for right-padded ``(n, t)`` inputs, or for a packed row (``seq_lens``)."""
+        return self.model(input_ids, attention_mask, seq_lens)
 
     def _shared_step(self, batch: dict[str, torch.Tensor], metrics,
                      regularize: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Loss of a batch (with the variance term when ``regularize``) and, when the batch carries
         policy-sample groups, their rewards ``(g, k)``."""
-        ids, mask = batch["input_ids"], batch["attention_mask"]  # (2b, t)
-        n_pairs = ids.shape[0]
+        ids, mask = batch["input_ids"], batch.get("attention_mask")  # (2b, t); packed: (1, T) and no mask
+        n_pairs = len(batch["seq_lens"]) if "seq_lens" in batch else ids.shape[0]
         if "group_input_ids" in batch:  # one forward for pairs and groups: pad both to the longer t
             g_ids, g_mask = batch["group_input_ids"], batch["group_attention_mask"]
             t = max(ids.shape[1], g_ids.shape[1])
@@ -133,7 +135,7 @@ class RewardModelModule(LightningModule):
             ids = torch.cat([F.pad(ids, (0, t - ids.shape[1]), value=pad),
                              F.pad(g_ids, (0, t - g_ids.shape[1]), value=pad)])
             mask = torch.cat([F.pad(mask, (0, t - mask.shape[1])), F.pad(g_mask, (0, t - g_mask.shape[1]))])
-        rewards = self(ids, mask)
+        rewards = self(ids, mask, batch.get("seq_lens"))
         chosen, rejected = rewards[:n_pairs].chunk(2)  # (b,), (b,)
         loss = bradley_terry_loss(chosen, rejected, batch["margin"]).mean()
         if self.hparams.center_rewards_coef > 0:
@@ -163,11 +165,11 @@ class RewardModelModule(LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, groups = self._shared_step(batch, self.train_metrics, regularize=True)
-        n = batch["input_ids"].shape[0] // 2
+        n = len(batch["margin"])
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log_dict(self.train_metrics, on_step=True, on_epoch=False, batch_size=n)
-        mask = batch["attention_mask"]
-        self.log("train/pad_fraction", 1.0 - mask.sum() / mask.numel(), batch_size=n)
+        mask = batch.get("attention_mask")  # a packed batch has none: no padding
+        self.log("train/pad_fraction", 0.0 if mask is None else 1.0 - mask.sum() / mask.numel(), batch_size=n)
         if groups is not None:  # the regularizer's own view: whitened within-prompt variance of this batch
             self.log("train/group_whitened_variance", within_prompt_variance(whiten(groups.detach())).mean(),
                      batch_size=groups.shape[0])

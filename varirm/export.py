@@ -25,6 +25,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from varirm.errors import VarirmError
 from varirm.files import atomic_write_text, path_fingerprint
+from varirm.report import read_report
 from varirm.reward_model import RewardModel
 from varirm.stats import fmt, fmt_over_seeds
 
@@ -147,11 +148,7 @@ def _off_policy(evaluations: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def verification_summary(report_path: str, checkpoint: str) -> str:
     """The card's "RLOO verification" section: this checkpoint's rows in a ``varirm verify``
     report (``report.json`` or its directory), next to the other RMs of the same report."""
-    path = os.path.join(report_path, "report.json") if os.path.isdir(report_path) else report_path
-    if not os.path.isfile(path):
-        raise VarirmError(f"{report_path}: no varirm verify report.json there")
-    with open(path) as f:
-        report = json.load(f)
+    path, report = read_report(report_path)
     mine = [r for r in report["runs"] if os.path.exists(r["rm"]) and os.path.samefile(r["rm"], checkpoint)]
     if not mine:
         raise VarirmError(f"{path}: none of its RLOO runs used {checkpoint}; verify this checkpoint, "

@@ -346,19 +346,24 @@ def findings(report: dict[str, Any], policy: Optional[str] = None) -> list[str]:
     return [f"{_verdict(c)}, {n} seeds: {c['claim']}. Measured: {_headline(c)}." for c in checks]
 
 
+def read_report(path: str) -> tuple[str, dict[str, Any]]:
+    """A ``varirm verify`` report from its output directory or its ``report.json``: (file, content)."""
+    file = os.path.join(path, "report.json") if os.path.isdir(path) else path
+    try:
+        with open(file) as f:
+            return file, json.load(f)
+    except OSError as e:
+        raise VarirmError(f"{file}: cannot read the verification report ({e.strerror or e})") from None
+    except json.JSONDecodeError as e:
+        raise VarirmError(f"{file}: not a verification report (invalid JSON: {e})") from None
+
+
 def read_findings(reports: list[str], policy: Optional[str] = None) -> str:
     """:func:`findings` of each verification (its output directory or ``report.json``), under a
     line naming the report, its reward models and seeds."""
     parts = []
     for path in reports:
-        file = os.path.join(path, "report.json") if os.path.isdir(path) else path
-        try:
-            with open(file) as f:
-                report = json.load(f)
-        except OSError as e:
-            raise VarirmError(f"{file}: cannot read the verification report ({e.strerror or e})") from None
-        except json.JSONDecodeError as e:
-            raise VarirmError(f"{file}: not a verification report (invalid JSON: {e})") from None
+        file, report = read_report(path)
         names = ", ".join(r["name"] for r in report["reward_models"])
         seeds = len(report["seeds"])
         parts += [f"{os.path.dirname(file) or '.'}: {names}; "

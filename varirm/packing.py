@@ -8,13 +8,17 @@ the padded batch's (checked in fp32 in ``tests/test_packing.py``).
 
 Attention inside each sequence: ``varirm_varlen`` (:func:`varlen_sdpa_attention`) runs PyTorch's
 causal SDPA on each sequence's slice (the cost of per-sequence attention, sum of ``len^2``, instead
-of ``T^2`` for one masked row) and is plain SDPA on unpacked inputs. The boundaries reach it as
+of ``T^2`` for one masked row; no ``T x T`` mask is built, see :func:`packed_forward`) and is plain
+SDPA on unpacked inputs. The boundaries reach it as
 ``cu_seq_lens_q`` / ``cu_seq_lens_k``, the keywords flash-attention's varlen kernel reads, so on a
 GPU with ``flash_attention_2`` the same batch runs that kernel instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -61,9 +65,17 @@ def varlen_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: tor
     ``(1, h_kv, T, d)``, boundaries ``cu_seq_lens_q (n + 1,)``; returns ``(1, T, h, d)``. Without
     boundaries (an unpacked batch) it is transformers' SDPA attention."""
     if cu_seq_lens_q is None:
+        if _PACKED.get():
+            raise RuntimeError("a packed row reached attention without its sequence boundaries (cu_seq_lens_q): "
+                               "this model does not pass attention keywords through; use padded batches")
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     bounds = cu_seq_lens_q.tolist()
+    window = kwargs.get("sliding_window")
+    if kwargs.get("softcap") or kwargs.get("s_aux") is not None or (window and max(
+            e - s for s, e in zip(bounds[:-1], bounds[1:])) > window):
+        raise NotImplementedError("data.packing: this model's attention (logit softcap, attention sinks or a "
+                                  "sliding window shorter than a sequence) is not reproduced; use padded batches")
     gqa = query.shape[1] != key.shape[1]  # grouped-query attention: fewer key/value heads
     out = [F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True,
                                           dropout_p=dropout, scale=scaling,
@@ -72,8 +84,27 @@ def varlen_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: tor
     return torch.cat(out, dim=2).transpose(1, 2).contiguous(), None
 
 
+_PACKED = contextvars.ContextVar("varirm_packed", default=False)
+
+
+@contextlib.contextmanager
+def packed_forward() -> Iterator[None]:
+    """Marks a forward of a packed row: no attention mask is built (each sequence's attention is
+    causal on its own slice), and attention without the boundaries is an error, not a silent mix."""
+    token = _PACKED.set(True)
+    try:
+        yield
+    finally:
+        _PACKED.reset(token)
+
+
+def varlen_mask(*args, **kwargs) -> Any:
+    """SDPA's mask for unpacked batches; none for a packed row (it would be T x T, and unused)."""
+    return None if _PACKED.get() else sdpa_mask(*args, **kwargs)
+
+
 AttentionInterface.register(VARLEN, varlen_sdpa_attention)
-AttentionMaskInterface.register(VARLEN, sdpa_mask)  # unpacked batches get SDPA's masks
+AttentionMaskInterface.register(VARLEN, varlen_mask)
 
 
 def packed_kwargs(seq_lens: torch.Tensor) -> dict[str, Any]:

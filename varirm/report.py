@@ -265,7 +265,7 @@ def plot(report: dict[str, Any], output_dir: str, suffix: str = "") -> list[str]
     per_rm = report["summary"]["per_rm"]
     paths = [os.path.join(output_dir, f"{f}{suffix}.png")
              for f in ("gold_curves", "variance_vs_gain", "accuracy_vs_gain")]
-    groups = [None, *sorted(report["runs"][0]["curve"][0].get("gold_by_group", {}))]
+    groups = [None, *sorted(set.intersection(*(set(r["curve"][0].get("gold_by_group", {})) for r in report["runs"])))]
     fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups) + 2.5, 4.5), squeeze=False, sharey=True)
     for ax, group in zip(axes[0], groups):
         for name in names:
@@ -284,7 +284,7 @@ def plot(report: dict[str, Any], output_dir: str, suffix: str = "") -> list[str]
     n = len(report["seeds"])
     theorem1 = next((c for c in report["checks"] if c["claim"].startswith("(Theorem 1)")), None)
     fig.suptitle(f"mean over {n} seed{'s' if n > 1 else ''}" + (" with 95% t band" if n > 1 else "")
-                 + (f"; Theorem 1: {theorem1.get('verdict')}, {_headline(theorem1)}" if theorem1 and n > 1 else ""),
+                 + (f"; Theorem 1: {_verdict(theorem1)}, {_headline(theorem1)}" if theorem1 and n > 1 else ""),
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(paths[0], dpi=100)

@@ -14,7 +14,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from varirm.errors import ConfigError
-from varirm.packing import VARLEN, packed_kwargs
+from varirm.packing import VARLEN, packed_forward, packed_kwargs
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -68,9 +68,17 @@ class RewardModel(nn.Module):
         base = self.base_model
         backbone = getattr(base, base.base_model_prefix)
         if seq_lens is not None:  # packed: attention within each sequence, reward at each one's last token
+            seq_lens = seq_lens.to(input_ids.device)
+            if input_ids.shape != (1, int(seq_lens.sum())) or not len(seq_lens) or int(seq_lens.min()) < 1:
+                raise ValueError(f"a packed row is input_ids (1, sum(seq_lens)) of non-empty sequences; got "
+                                 f"{tuple(input_ids.shape)} and seq_lens {seq_lens.tolist()}")
             if base.config._attn_implementation != VARLEN and "flash" not in base.config._attn_implementation:
                 base.set_attn_implementation(VARLEN)  # SDPA per sequence; plain SDPA on padded batches
-            hidden = backbone(input_ids=input_ids, **packed_kwargs(seq_lens)).last_hidden_state[0]  # (T, d)
+                if base.config._attn_implementation != VARLEN:
+                    raise ConfigError(f"data.packing needs a model on transformers' attention interface; "
+                                      f"{type(base).__name__} is not: use padded batches")
+            with packed_forward():
+                hidden = backbone(input_ids=input_ids, **packed_kwargs(seq_lens)).last_hidden_state[0]  # (T, d)
             h_last = hidden[seq_lens.cumsum(0) - 1]  # (n, d)
         else:
             hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (n, t, d)

@@ -111,11 +111,14 @@ class LightningClock(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.clock.end()
-        # padded: a (2b, t) mask; packed: the sequences' lengths (no pad position at all)
-        lengths = batch["seq_lens"] if "seq_lens" in batch else batch["attention_mask"].sum(-1)
+        if "seq_lens" in batch:  # packed: the sequences' lengths, no pad position at all
+            lengths = batch["seq_lens"]
+            positions = int(lengths.sum())
+        else:  # padded: a (2b, t) mask
+            lengths, positions = batch["attention_mask"].sum(-1), batch["attention_mask"].numel()
         self.pairs.append(len(lengths) // 2)
         self.tokens.append(int(lengths.sum()))
-        self.positions.append(int(lengths.sum()) if "seq_lens" in batch else batch["attention_mask"].numel())
+        self.positions.append(positions)
         self.squares.append(int((lengths ** 2).sum()))
 
     def on_train_end(self, trainer, pl_module) -> None:

@@ -25,7 +25,7 @@ def _pairs(g: torch.Generator) -> list[dict]:
 
 
 @pytest.mark.parametrize("lora_r", [0, 4])
-def test_packed_rewards_loss_and_gradients_equal_the_padded_batch(tiny_model_dir, lora_r):
+def test_packed_rewards_loss_and_gradients_equal_the_padded_batch(tiny_model_dir, lora_r, monkeypatch):
     """The tiny model has grouped-query attention (4 heads, 2 key/value heads), like SmolLM2."""
     tok = load_tokenizer(tiny_model_dir)
     rm = load_reward_model(tiny_model_dir, tok, lora_r=lora_r).eval()
@@ -48,11 +48,9 @@ def test_packed_rewards_loss_and_gradients_equal_the_padded_batch(tiny_model_dir
         seen.append(q.shape[2])
         return sdpa(q, *args, **kwargs)
 
-    F.scaled_dot_product_attention = spy
-    try:
+    with monkeypatch.context() as patch:
+        patch.setattr(F, "scaled_dot_product_attention", spy)
         packed_rewards = rm(packed["input_ids"], seq_lens=packed["seq_lens"])
-    finally:
-        F.scaled_dot_product_attention = sdpa
     layers = rm.base_model.config.num_hidden_layers
     assert sorted(seen) == sorted(packed["seq_lens"].tolist() * layers)
     assert rm.base_model.config._attn_implementation == VARLEN  # attention inside each sequence, not T x T

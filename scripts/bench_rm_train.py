@@ -74,9 +74,11 @@ from bench_common import (  # noqa: E402
     add_common_arguments,
     default_bf16,
     fmt,
+    fmt_ratio,
     linear_shapes,
     machine,
     matmul_rate,
+    paired_ratio,
     peak_rss_mib,
     quiet_run_args,
     run_if_worker,
@@ -207,6 +209,7 @@ def run_varirm(spec: dict) -> dict:
         "--data.init_args.batch_size", str(spec["batch_size"]),
         "--data.init_args.length_grouping", str(spec["length_grouping"]).lower(),
         "--data.init_args.packing", str(spec["packing"]).lower(),
+        "--model.init_args.gradient_checkpointing", str(spec["gradient_checkpointing"]).lower(),
     ])
     timer = next(c for c in cli.trainer.callbacks if isinstance(c, LightningClock))
     stats = cli.datamodule.stats["train"]
@@ -268,7 +271,8 @@ def run_trl(spec: dict) -> dict:
         max_steps=spec["warmup"] + spec["steps"] if spec["steps"] else -1,
         per_device_train_batch_size=spec["batch_size"], learning_rate=spec["lr"], lr_scheduler_type="constant",
         warmup_steps=0, weight_decay=0.0, optim="adamw_torch", max_grad_norm=spec["max_grad_norm"],
-        bf16=spec["bf16"], use_cpu=True, gradient_checkpointing=False, disable_dropout=True,
+        bf16=spec["bf16"], use_cpu=True, gradient_checkpointing=spec["gradient_checkpointing"],
+        gradient_checkpointing_kwargs={"use_reentrant": False}, disable_dropout=True,
         max_length=spec["max_length"], report_to="none", save_strategy="no", eval_strategy="no",
         logging_steps=10**9, disable_tqdm=True, dataloader_num_workers=0)
     peft_config = None
@@ -380,7 +384,8 @@ def worker(spec: dict) -> None:
     import_s = time.perf_counter() - T_PROCESS
     result = run_varirm(spec) if spec["tool"] == "varirm" else run_trl(spec)
     result.update(tool=spec["tool"], torch_threads=torch.get_num_threads(), import_s=import_s,
-                  process_s=time.perf_counter() - T_PROCESS)
+                  process_s=time.perf_counter() - T_PROCESS,
+                  thp_mem_alloc=os.environ.get("THP_MEM_ALLOC_ENABLE"))  # set by `import varirm` before torch
     with open(spec["result"], "w") as f:
         json.dump(result, f)
 
@@ -443,6 +448,8 @@ def markdown(result: dict[str, Any]) -> str:
                   "(one `peft.LoraConfig`)"
                   if lora else f"Same tiny Llama-style RM for both ({s['model']})") if s.get("real_model") else (
         f"Same tiny Llama-style RM for both ({s['model']})")
+    checkpointing = ("gradient checkpointing (non-reentrant) in both" if s.get("gradient_checkpointing")
+                     else "no gradient checkpointing")
     lines = [
         "## RM training on a real model: varirm vs TRL RewardTrainer" if s.get("real_model") else
         "## RM training: varirm vs TRL RewardTrainer", "",
@@ -454,7 +461,7 @@ def markdown(result: dict[str, Any]) -> str:
            f"one epoch over the training pairs per run (both tools see exactly the same pairs), the first "
            f"{s['warmup']} optimizer steps untimed")
         + f", {s['precision']}, AdamW lr {s['lr']} constant, grad-norm clip "
-        f"{s['max_grad_norm']}, no gradient checkpointing, no dropout. Each run is its own process; "
+        f"{s['max_grad_norm']}, {checkpointing}, no dropout. Each run is its own process; "
         f"{s['repeats']} runs per tool, alternating varirm, TRL (1-minute load average before/after each run, other "
         f"work on the machine included: {load_text(result)}). "
         + ("Held-out accuracy: both trained models scored by one function (`varirm.scoring.score`, fp32). "
@@ -479,6 +486,10 @@ def markdown(result: dict[str, Any]) -> str:
         r = d["ratio_varirm_over_trl"]
         lines.append(f"- {name}, varirm / TRL (medians): pairs/s **{r['pairs_per_s']}**, tokens/s "
                      f"**{r['tokens_per_s']}**, peak RSS {r['peak_rss_mib']}, set-up {r['setup_s']}.")
+        if "tokens_per_s_paired" in r:
+            lines.append(f"- {name}, ratio of mean varirm / TRL, 95% paired bootstrap over the alternating run pairs: "
+                         f"non-pad tokens/s {fmt_ratio(r['tokens_per_s_paired'])}; pairs/s "
+                         f"{fmt_ratio(r['pairs_per_s_paired'])}.")
     for name, d in result["datasets"].items():
         lim = d.get("physical_limit")
         if not lim:
@@ -560,6 +571,11 @@ def main() -> None:
                              "as varirm fit decides; else fp32)")
     parser.add_argument("--varirm_overlong", choices=["drop", "truncate"], default="drop",
                         help="varirm's data.overlong; TRL always drops rows over max_length")
+    parser.add_argument("--gradient_checkpointing", action=argparse.BooleanOptionalAction, default=False,
+                        help="gradient checkpointing in both tools (non-reentrant)")
+    parser.add_argument("--target_tokens", type=float, default=None,
+                        help="varirm / TRL non-pad tokens/s target, judged by the paired interval")
+    parser.add_argument("--target_pairs", type=float, default=None, help="the same for pairs/s")
     parser.add_argument("--packing", action=argparse.BooleanOptionalAction, default=False,
                         help="varirm's data.packing: padding-free batches (varirm.packing)")
     parser.add_argument("--length_grouping", action=argparse.BooleanOptionalAction, default=True,
@@ -601,7 +617,8 @@ def main() -> None:
                     "steps": steps, "warmup": warmup, "lr": args.lr, "max_grad_norm": args.max_grad_norm,
                     "bf16": args.bf16, "varirm_overlong": args.varirm_overlong, "length_grouping": args.length_grouping,
                     "packing": args.packing, "seed": seed, "recipe": recipe, "heldout_eval": args.heldout_eval,
-                    "lora_r": args.lora_r, "lora_alpha": args.lora_alpha, "lora_targets": args.lora_targets}
+                    "lora_r": args.lora_r, "lora_alpha": args.lora_alpha, "lora_targets": args.lora_targets,
+                    "gradient_checkpointing": args.gradient_checkpointing}
             load_before = os.getloadavg()[0]
             res = run_worker(os.path.abspath(__file__), spec, work, f"{name}-{tool}-{label}", args.threads)
             res["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]  # before, after
@@ -623,6 +640,9 @@ def main() -> None:
                                    f"{agg['varirm']['autocast_dtypes']}, TRL {agg['trl']['autocast_dtypes']})")
             ratio = {k: round(agg["varirm"][k]["median"] / agg["trl"][k]["median"], 3)
                      for k in ("pairs_per_s", "tokens_per_s", "peak_rss_mib", "setup_s")}
+            for key, target in (("tokens_per_s", args.target_tokens), ("pairs_per_s", args.target_pairs)):
+                ratio[f"{key}_paired"] = paired_ratio([x[key] for x in runs["trl"]], [x[key] for x in runs["varirm"]],
+                                                      target)
             datasets_out[name] = {**{k: d[k] for k in ("source", "split", "max_length", "batch_size")},
                                   "same_token_ids": same_token_ids(model_dir, d["train"]), **agg,
                                   "ratio_varirm_over_trl": ratio}
@@ -665,10 +685,10 @@ def main() -> None:
                                "precision, optimizer schedule, no logger/progress bar/validation, a ModelCheckpoint "
                                "that saves nothing)",
                      "trl": "RewardTrainer(model=<dir>, RewardConfig(use_cpu=True, optim='adamw_torch', "
-                            "gradient_checkpointing=False, save_strategy='no', report_to='none'), "
+                            "gradient_checkpointing=<as varirm's>, save_strategy='no', report_to='none'), "
                             "peft_config=<the same LoraConfig> with --lora_r)",
                      "varirm_overlong": args.varirm_overlong, "varirm_length_grouping": args.length_grouping,
-                     "varirm_packing": args.packing,
+                     "varirm_packing": args.packing, "gradient_checkpointing": args.gradient_checkpointing,
                      "timing": "end of the last warm-up step to the end of the last step (optimizer-step callbacks)"},
         "datasets": datasets_out,
         "accuracy": accuracy,
@@ -686,6 +706,11 @@ def main() -> None:
             "TRL's transformers model applies it at every position and picks the last non-pad one.",
             "Checkpointing: varirm's CLI always adds a ModelCheckpoint (and Lightning refuses "
             "enable_checkpointing=false beside it), so varirm gets one that saves nothing; TRL save_strategy='no'.",
+            "Allocator: each worker imports varirm (scripts/bench_common.py) before torch, so both tools ran with "
+            "THP_MEM_ALLOC_ENABLE=" + "/".join(sorted({str(r.get("thp_mem_alloc")) for d in datasets_out.values()
+                                                      for t in TOOLS for r in d[t]["runs"]}))
+            + " (transparent huge pages for tensors of 2 MB and more: what `import varirm` sets); a TRL user gets "
+            "it only by setting it.",
             "Set-up: varirm's includes its CLI parsing and tokenization cache (empty at each run); TRL's includes "
             "converting the rows to its conversational format and tokenizing.",
         ],

@@ -181,8 +181,12 @@ def test_bench_rm_train_real_model_smoke(tmp_path, smollm2_dir, shared_data):
     physical-limit estimate comes out for both tools."""
     pytest.importorskip("trl")
     result, doc = run_script(tmp_path, "bench_rm_train.py", "--model_dir", smollm2_dir, "--lora_r", "2", "--steps", "2",
-                             "--warmup", "1", "--dpo_max_length", "256", "--dpo_batch_size", "2")
+                             "--warmup", "1", "--dpo_max_length", "256", "--dpo_batch_size", "2",
+                             "--gradient_checkpointing", "--target_tokens", "2.0")
     assert list(result["datasets"]) == ["dpo_en_demo"] and result["settings"]["lora"]["r"] == 2
+    assert "gradient checkpointing (non-reentrant) in both" in doc and "THP_MEM_ALLOC_ENABLE=1 " in doc
+    paired = result["datasets"]["dpo_en_demo"]["ratio_varirm_over_trl"]["tokens_per_s_paired"]
+    assert paired["pairs"] == 1 and paired["target"] == 2.0 and paired["verdict"] == "INCONCLUSIVE"
     d = result["datasets"]["dpo_en_demo"]
     for tool in ("varirm", "trl"):
         t = d[tool]

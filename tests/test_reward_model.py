@@ -147,3 +147,42 @@ def test_qlora_4bit_lora_gradients_survive_a_no_grad_pass(tiny_model_dir):
     assert len(lora) == 2 * len(layers)
     missing = [n for n, g in lora.items() if g is None or g.abs().sum() == 0]
     assert not missing, f"LoRA parameters without gradient: {missing[:4]}"
+
+
+def test_lora_under_bf16_autocast_skips_peft_input_cast_bit_for_bit(tiny_model_dir, monkeypatch):
+    """Under autocast the adapted layers' bf16 inputs are no longer cast up to the fp32 adapters (and back
+    down by autocast): rewards and every gradient are the same bits as with peft's cast."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    rm = load_reward_model(tiny_model_dir, tokenizer, lora_r=4)
+    ids, mask = _right_padded(_rows(tokenizer), tokenizer.pad_token_id)
+    _train_one_step(rm, ids, mask)  # lora_B non-zero: the adapters take part in the reward
+    rm.eval()
+
+    def rewards_and_grads():
+        rm.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            rewards = rm(ids, mask)
+        rewards.sum().backward()
+        return rewards.detach(), {n: p.grad.clone() for n, p in rm.named_parameters() if p.requires_grad}
+
+    casts = []
+    original = BaseTunerLayer._cast_input_dtype
+
+    def spy(self, x, dtype):
+        casts.append(x is not None and x.dtype != dtype and self.cast_input_dtype_enabled)
+        return original(self, x, dtype)
+
+    monkeypatch.setattr(BaseTunerLayer, "_cast_input_dtype", spy)
+    fast, fast_grads = rewards_and_grads()
+    assert casts and not any(casts)  # the adapters ran, and no input was cast
+    monkeypatch.setattr(type(rm), "forward", lambda self, i, a=None, s=None: self._forward(i, a, s))
+    casts.clear()
+    slow, slow_grads = rewards_and_grads()  # peft's own path: every bf16 input cast to fp32
+    assert any(casts)
+    assert_close(fast, slow, atol=0, rtol=0)
+    assert fast_grads.keys() == slow_grads.keys() and len(fast_grads) > 2
+    for name in fast_grads:
+        assert_close(fast_grads[name], slow_grads[name], atol=0, rtol=0, msg=name)
+    assert all(m.cast_input_dtype_enabled for m in rm.modules() if isinstance(m, BaseTunerLayer))  # restored

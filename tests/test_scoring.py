@@ -40,3 +40,34 @@ def test_load_reward_function_callable_and_errors():
         load_reward_function("varirm.synthetic.no_such_function")
     with pytest.raises(VarirmError, match="checkpoint not found"):
         load_scorer("/nonexistent/last.ckpt")
+
+
+def test_score_runs_the_rm_in_the_precision_asked(tiny_model_dir, tmp_path, monkeypatch):
+    """``bf16=True`` scores under bf16 autocast on CPU too (RLOO under bf16-mixed); the default stays fp32
+    on CPU. The RLOO module passes its trainer's precision."""
+    from types import SimpleNamespace
+
+    from varirm.reward_model import RewardModel
+    from varirm.rloo import RLOOModule
+
+    seen = []
+    forward = RewardModel.forward
+    monkeypatch.setattr(RewardModel, "forward", lambda self, *a, **k: (
+        seen.append(torch.is_autocast_enabled("cpu")), forward(self, *a, **k))[1])
+    tokenizer = load_tokenizer(tiny_model_dir)
+    rm = load_reward_model(tiny_model_dir, tokenizer).eval()
+    args = ([[{"role": "user", "content": "List some fruit words."}], "raw prompt"], ["apple pear plum", "dog"])
+    fp32 = score(rm, tokenizer, *args)
+    assert seen == [False]
+    bf16 = score(rm, tokenizer, *args, bf16=True)
+    assert seen[1:] == [True] and not torch.equal(bf16, fp32)
+    assert_close(bf16, fp32, atol=0.05, rtol=0.05)
+
+    rm.save_pretrained(str(tmp_path / "rm"), tokenizer)
+    for precision, expected in (("bf16-mixed", True), ("32-true", False)):
+        module = RLOOModule(tiny_model_dir, str(tmp_path / "rm"), k=2)
+        module._trainer = SimpleNamespace(precision=precision)
+        module.configure_model()
+        seen.clear()
+        module.reward_fn(*args)
+        assert seen == [expected], precision

@@ -1,3 +1,13 @@
 """varirm: reward models that are good teachers for RLHF (high reward variance under the policy)."""
 
+import os
+import sys
+
 __version__ = "0.1.0"
+
+# PyTorch's CPU allocator asks for transparent huge pages for tensors of 2 MB and more when this is set
+# before torch is imported (read once, at torch's first allocation). Training on CPU then page-faults
+# a few times less: scripts/bench_rm_train.py measured it (BENCHMARKS.md). A value the user set wins;
+# imported after torch, varirm changes nothing.
+if "torch" not in sys.modules:
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")

@@ -65,6 +65,17 @@ class RewardModel(nn.Module):
         """``input_ids``, ``attention_mask``: ``(n, t)`` right-padded; or a packed row (:mod:`varirm.packing`):
         ``input_ids (1, T)`` holding ``n`` sequences of lengths ``seq_lens (n,)`` back to back. Returns
         rewards ``(n,)`` in fp32."""
+        if self.is_peft and torch.is_autocast_enabled(input_ids.device.type):
+            # peft would cast a bf16 input up to its fp32 adapters and autocast back down for the matmul: a round
+            # trip (exact without LoRA dropout) that copies every adapted layer's input, in forward and backward
+            from peft.helpers import disable_input_dtype_casting
+
+            with disable_input_dtype_casting(self.hf_model):
+                return self._forward(input_ids, attention_mask, seq_lens)
+        return self._forward(input_ids, attention_mask, seq_lens)
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                 seq_lens: Optional[torch.Tensor]) -> torch.Tensor:
         base = self.base_model
         backbone = getattr(base, base.base_model_prefix)
         if seq_lens is not None:  # packed: attention within each sequence, reward at each one's last token

@@ -205,8 +205,10 @@ class RLOOModule(LightningModule):
             self.reference, _ = load_policy(hp.policy_name_or_path)
             self.reference.eval().requires_grad_(False)
         self.policy.train()
-        # the RM scores through varirm.scoring.score (RM checkpoints/directories) or is a function
-        self.reward_fn = load_reward_function(hp.reward_model)
+        # the RM scores through varirm.scoring.score (RM checkpoints/directories) or is a function; an RM
+        # scores in the trainer's precision (bf16 autocast under bf16-mixed, on CPU too)
+        bf16 = "bf16" in str(self.trainer.precision) if self._trainer is not None else None
+        self.reward_fn = load_reward_function(hp.reward_model, bf16=bf16)
         self.gold_fn = load_reward_function(hp.gold) if hp.gold else None
 
     @property

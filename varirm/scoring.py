@@ -99,9 +99,10 @@ def load_scorer(path: str, device: str = "cpu", quantized: bool = True) -> tuple
 
 @torch.no_grad()
 def score(rm: RewardModel, tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt], responses: list[str],
-          batch_size: int = 32, max_length: Optional[int] = None) -> torch.Tensor:
+          batch_size: int = 32, max_length: Optional[int] = None, bf16: Optional[bool] = None) -> torch.Tensor:
     """Rewards ``(n,)`` (fp32, on CPU) for ``n`` (prompt, response) pairs. Rows are scored in
-    length order (little padding) and returned in input order."""
+    length order (little padding) and returned in input order. ``bf16``: the RM's forward under bf16
+    autocast (``None``: on CUDA only; RLOO passes its trainer's precision)."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     ids = []
@@ -114,23 +115,24 @@ def score(rm: RewardModel, tokenizer: PreTrainedTokenizerBase, prompts: list[Pro
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         input_ids, attention_mask = pad_right([ids[i] for i in chunk], tokenizer.pad_token_id)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" if bf16 is None else bf16):
             rewards = rm(input_ids.to(device), attention_mask.to(device))
         out[chunk] = rewards.float().cpu()
     return out
 
 
 def load_reward_function(spec: str, batch_size: int = 32, device: Optional[str] = None,
-                         max_length: Optional[int] = None) -> RewardFunction:
+                         max_length: Optional[int] = None, bf16: Optional[bool] = None) -> RewardFunction:
     """A reward function ``(prompts, responses) -> rewards`` from a recipe string: what RLOO trains
     against, what evaluation scores and what labels policy samples. A reward model (a directory, a
     ``.ckpt``, or a Hub id such as ``Skywork/Skywork-Reward-Llama-3.1-8B-v0.2``: anything with a
     ``/``), loaded here and scored with :func:`score`; or the dotted path of a Python callable
     ``(prompt, response) -> float``, e.g. ``varirm.synthetic.gold_reward``. ``max_length`` cuts RM inputs as
-    training does."""
+    training does; ``bf16``: see :func:`score`."""
     if "/" in spec or os.path.isdir(spec) or spec.endswith(".ckpt"):
         rm, tokenizer = load_scorer(spec, device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        return lambda prompts, responses: score(rm, tokenizer, prompts, responses, batch_size, max_length).tolist()
+        return lambda prompts, responses: score(rm, tokenizer, prompts, responses, batch_size, max_length,
+                                                     bf16).tolist()
     module_name, _, attr = spec.replace(":", ".").rpartition(".")
     try:
         fn = getattr(importlib.import_module(module_name), attr)

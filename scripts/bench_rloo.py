@@ -168,6 +168,7 @@ def run_varirm(spec: dict, counter: GenerateCounter, scorer: ScoreTimer) -> dict
         "--model.init_args.temperature", "1.0", "--model.init_args.top_p", "1.0",
         "--model.init_args.max_new_tokens", str(spec["max_new_tokens"]), "--model.init_args.lr", str(spec["lr"]),
         "--data.init_args.prompts", spec["prompts"], "--data.init_args.batch_size", str(spec["batch_size"]),
+        "--data.init_args.shuffle", "false",
     ])
     timer = next(c for c in cli.trainer.callbacks if isinstance(c, LightningRLOOClock))
     return {"setup_s": timer.clock.first_start - t_begin, "peak_rss_mib": timer.peak_rss_mib,
@@ -207,7 +208,8 @@ def run_trl(spec: dict, counter: GenerateCounter, scorer: ScoreTimer) -> dict[st
         temperature=1.0, top_p=1.0, top_k=0, max_completion_length=spec["max_new_tokens"],
         learning_rate=spec["lr"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, optim="adamw_torch",
         max_grad_norm=0.0, bf16=spec["bf16"], use_cpu=True, gradient_checkpointing=False, disable_dropout=True,
-        report_to="none", save_strategy="no", logging_steps=10**9, disable_tqdm=True, dataloader_num_workers=0)
+        report_to="none", save_strategy="no", logging_steps=10**9, disable_tqdm=True, dataloader_num_workers=0,
+        shuffle_dataset=False)
     trainer = RLOOTrainer(model=spec["model_dir"], reward_funcs=spec["rm_dir"] or gold_reward_trl, args=config,
                           train_dataset=datasets.Dataset.from_list([{"prompt": p} for p in prompts]),
                           callbacks=[HFRLOOClock()])
@@ -394,8 +396,10 @@ def main() -> None:
         "ratio_varirm_over_trl": ratio,
         "differences": [
             "Completion length: neither tool can be told to ignore eos (varirm has no option for it), so completions "
-            "stop at the policy's eos in both; the random-init policy rarely samples it, and generated tokens/s "
-            "(counted the same way for both) normalizes for any difference.",
+            "stop at the policy's eos in both; generated tokens/s (counted the same way for both) normalizes for any "
+            "difference. Both read the prompts in file order (varirm data.shuffle false, TRL shuffle_dataset=False), "
+            "so every RLOO step gives both tools the same prompts and their completions differ by sampling only "
+            "(before, each tool shuffled in its own order: 22.7 vs 13.7 tokens per completion).",
             "Reward normalization: varirm divides rewards by a shift/scale measured on the first batch; TRL uses raw "
             "rewards (normalize_advantages=False, its default). Negligible compute.",
             "KL estimate: varirm puts its recipe's penalty where kl_in says (k1 in the reward by default); TRL its "

@@ -313,3 +313,16 @@ def test_kl_penalty_keeps_the_policy_near_its_reference_in_every_setting(tmp_pat
         RLOOModule(tiny_model_dir, "conftest.random_reward", kl_estimator="k3")
     with pytest.raises(ConfigError, match="kl_in must be"):
         RLOOModule(tiny_model_dir, "conftest.random_reward", kl_in="both")
+
+
+def test_prompt_data_in_file_order_when_not_shuffled(synthetic_dir):
+    from varirm.rloo import PromptDataModule
+    from varirm.sampling import read_prompts
+
+    expected = read_prompts(str(synthetic_dir / "prompts.jsonl"), limit=12)
+    for shuffle in (False, True):
+        data = PromptDataModule(str(synthetic_dir / "prompts.jsonl"), num_prompts=12, batch_size=4, shuffle=shuffle)
+        data.setup("fit")
+        seen = [p for batch in data.train_dataloader() for p in batch]
+        assert sorted(map(str, seen)) == sorted(map(str, expected))
+        assert (seen == expected) is not shuffle

@@ -82,15 +82,16 @@ class EpochShuffleSampler(DistributedSampler):
     its middle (``skip_batches``). Per epoch that loader draws from its generator one int64 (the
     iterator's worker seed), then ``randperm(n)`` (the order) and ``randperm(n)[:0]`` (``RandomSampler``'s
     remainder); replaying those draws gives the same orders as before this sampler existed (a
-    test checks it). Used by SFT and RLOO data.
+    test checks it). Used by SFT and RLOO data. ``shuffle=False``: the file order in every epoch.
 
     With ``num_replicas = R`` processes, the order is padded (like ``DistributedSampler``, by
     repeating its start) to a multiple of ``R`` and process ``rank`` takes positions ``rank, rank + R,
     ...``: its ``i``-th batch of ``batch_size`` is its share of the ``i``-th global batch of
     ``R * batch_size``, the batch one process with ``R * batch_size`` would see."""
 
-    def __init__(self, n: int, batch_size: int, seed: int = 0, num_replicas: int = 1, rank: int = 0):
-        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+    def __init__(self, n: int, batch_size: int, seed: int = 0, num_replicas: int = 1, rank: int = 0,
+                 shuffle: bool = True):
+        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         self.n, self.batch_size, self.skip_batches = n, batch_size, 0
 
     def __iter__(self):
@@ -100,7 +101,7 @@ class EpochShuffleSampler(DistributedSampler):
             torch.randperm(self.n, generator=g)
             torch.randperm(self.n, generator=g)
         torch.empty((), dtype=torch.int64).random_(generator=g)
-        order = torch.randperm(self.n, generator=g).tolist()
+        order = torch.randperm(self.n, generator=g).tolist() if self.shuffle else list(range(self.n))
         if self.num_replicas > 1 and order:
             order = (order * math.ceil(self.total_size / self.n))[:self.total_size][self.rank::self.num_replicas]
         skip, self.skip_batches = self.skip_batches, 0

@@ -78,10 +78,11 @@ class PromptDataModule(LoaderPositionInCheckpoints, LightningDataModule):
         split: Split to read when ``prompts`` is a Hub dataset id.
         batch_size: Prompts per RLOO step and process (each sampled k times).
         seed: Shuffling seed.
+        shuffle: ``False``: prompts in file order (e.g. to give another trainer the same prompts per step).
     """
 
     def __init__(self, prompts: str = "", prompt_field: str = "prompt", num_prompts: Optional[int] = None,
-                 split: str = "train", batch_size: int = 8, seed: int = 0):
+                 split: str = "train", batch_size: int = 8, seed: int = 0, shuffle: bool = True):
         super().__init__()
         self.save_hyperparameters()
         self.prompts: list = []
@@ -96,7 +97,8 @@ class PromptDataModule(LoaderPositionInCheckpoints, LightningDataModule):
         hp = self.hparams
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
         return ResumableLoader(self.prompts, batch_size=hp.batch_size, collate_fn=list,
-                               sampler=EpochShuffleSampler(len(self.prompts), hp.batch_size, hp.seed, world, rank),
+                               sampler=EpochShuffleSampler(len(self.prompts), hp.batch_size, hp.seed, world, rank,
+                                                           hp.shuffle),
                                position=self.train_position)
 
 

@@ -103,11 +103,16 @@ def test_sample_tokens_matches_greedy_generate(tmp_path, arch):
     stop = int(greedy[:, 3:].flatten().mode().values)
     expected = model.generate(**enc, do_sample=False, max_new_tokens=12, pad_token_id=tokenizer.pad_token_id,
                               eos_token_id=[stop])
-    got = sample_tokens(model, enc["input_ids"], enc["attention_mask"], k=2, max_new_tokens=12, temperature=1e-6,
-                        top_p=1.0, stops=[stop], pad_id=tokenizer.pad_token_id)
+    from varirm.kv_cache import preallocated_cache
+
+    assert preallocated_cache(model, 8) is not None  # every architecture varirm builds takes the in-place cache
     expected = expected.repeat_interleave(2, dim=0)
-    assert got.shape == expected.shape, (got.shape, expected.shape)
-    assert torch.equal(got, expected)
+    for preallocate in (True, False):
+        got = sample_tokens(model, enc["input_ids"], enc["attention_mask"], k=2, max_new_tokens=12,
+                            temperature=1e-6, top_p=1.0, stops=[stop], pad_id=tokenizer.pad_token_id,
+                            preallocate=preallocate)
+        assert got.shape == expected.shape, (got.shape, expected.shape)
+        assert torch.equal(got, expected)
     new = got[:, enc["input_ids"].shape[1]:]
     assert (new == stop).any(1).any() and not (new == stop).any(1).all()  # some rows stopped early, some did not
 
@@ -127,3 +132,34 @@ def test_generation_precision(monkeypatch):
     assert generation_dtype(torch.device("cuda"), "auto") == torch.bfloat16
     with pytest.raises(ConfigError, match="precision must be"):
         generation_dtype(cpu, "fp16")
+
+
+def test_preallocated_cache_samples_what_the_dynamic_cache_samples(tmp_path):
+    """Sampled (temperature 1), seeded: the in-place cache gives the dynamic cache's tokens, rows leaving
+    the batch included; writing past its capacity is an error."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from varirm.kv_cache import preallocated_cache
+    from varirm.sampling import sample_tokens
+    from varirm.tiny import make_tiny_model
+
+    model_dir = make_tiny_model(str(tmp_path / "llama"))
+    tokenizer = load_tokenizer(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer.padding_side = "left"
+    enc = tokenizer(["fruit words please", "hi", "a longer prompt about tools"], return_tensors="pt", padding=True,
+                    add_special_tokens=False)
+    outs = []
+    for preallocate in (True, False):
+        torch.manual_seed(3)
+        outs.append(sample_tokens(model, enc["input_ids"], enc["attention_mask"], k=3, max_new_tokens=16,
+                                  temperature=1.0, top_p=1.0, stops=list(range(40)), pad_id=tokenizer.pad_token_id,
+                                  preallocate=preallocate))
+    assert torch.equal(outs[0], outs[1])
+    new = outs[0][:, enc["input_ids"].shape[1]:]
+    assert (new == tokenizer.pad_token_id).any()  # some rows stopped and left the batch
+    cache = preallocated_cache(model, capacity=enc["input_ids"].shape[1])
+    with torch.no_grad(), pytest.raises(RuntimeError, match="holds"):
+        model(**enc, cache=cache, use_cache=True)
+        model(input_ids=enc["input_ids"][:, :1], cache=cache, use_cache=True)

@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 from varirm.chat import Prompt, encode_prompt_response, fit_to_length, load_tokenizer, render_prompt_response
 from varirm.errors import ConfigError, DataError
 from varirm.files import atomic_open
+from varirm.kv_cache import preallocated_cache
 
 Precision = Literal["auto", "bf16", "fp32"]
 
@@ -143,7 +144,8 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float) -> torch
 
 @torch.no_grad()
 def sample_tokens(policy: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int,
-                  max_new_tokens: int, temperature: float, top_p: float, stops: list[int], pad_id: int) -> torch.Tensor:
+                  max_new_tokens: int, temperature: float, top_p: float, stops: list[int], pad_id: int,
+                  preallocate: bool = True) -> torch.Tensor:
     """``k`` sampled continuations of each left-padded prompt, as ``generate(do_sample=True,
     num_return_sequences=k)`` makes them but faster on CPU:
 
@@ -151,7 +153,9 @@ def sample_tokens(policy: PreTrainedModel, input_ids: torch.Tensor, attention_ma
     - only the last position's logits are computed for the prompt (``logits_to_keep=1``);
     - rows that reached a stop token leave the batch (their cache rows too), so the remaining
       steps compute only unfinished rows;
-    - tokens are drawn by :func:`sample_next` (no per-token exponential draws, no top-k cut).
+    - tokens are drawn by :func:`sample_next` (no per-token exponential draws, no top-k cut);
+    - the KV cache is allocated once for ``p + max_new_tokens`` positions and written in place
+      (:mod:`varirm.kv_cache`; ``preallocate=False`` or a model it does not fit: the model's own cache).
 
     Position ids come from the attention mask (``cumsum - 1``), as in ``generate`` and in RLOO's
     log-probabilities. ``input_ids``, ``attention_mask``: ``(b, p)``. Returns ``(b * k, p + r)``
@@ -161,6 +165,9 @@ def sample_tokens(policy: PreTrainedModel, input_ids: torch.Tensor, attention_ma
     b, p = input_ids.shape
     n = b * k
     kwargs = {"logits_to_keep": 1} if _accepts(policy, "logits_to_keep") else {}
+    cache = preallocated_cache(policy, p + max_new_tokens) if preallocate else None
+    if cache is not None:
+        kwargs["cache"] = cache
     positions = (attention_mask.cumsum(-1) - 1).clamp_min(0)  # (b, p)
     out = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, **kwargs)
     cache = out.cache

@@ -74,7 +74,8 @@ def test_bench_rloo_smoke(tmp_path):
 def test_bench_sampling_smoke(tmp_path):
     result, doc = run_script(tmp_path, "bench_sampling.py", "--warmup", "0", "--num_prompts", "8",
                              "--max_new_tokens", "8")
-    assert {"varirm", "plain_fp32"} <= set(result["tools"])
+    assert {"varirm", "varirm_dynamic_cache", "plain_fp32"} <= set(result["tools"])
+    assert result["ratios"]["preallocated_over_dynamic_cache_paired"]["pairs"] == 1 and "in-place KV" in doc
     for tool, t in result["tools"].items():
         assert t["tokens_per_s"]["median"] > 0 and t["runs"][0]["responses"] == 8 * 4, tool
         assert 0 < t["fraction_of_bound"]["median"] < 1, tool

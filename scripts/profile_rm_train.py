@@ -8,6 +8,8 @@ share of the step spent in forward, backward, optimizer and data loading (Lightn
 ``SimpleProfiler``), to JSON, Markdown and a BENCHMARKS.md section.
 
     python scripts/profile_rm_train.py                  # full run (about a minute on 2 cores)
+    python scripts/profile_rm_train.py --model_dir artifacts/smollm2-135m-instruct --lora_r 8 --max_length 512 \
+        --packing --steps 5 --warmup 2 --out results/profile_rm_train_real_packing --benchmarks_md ''  # SmolLM2
     python scripts/profile_rm_train.py --steps 2 --warmup 1 --hidden_size 32 --num_layers 2 --num_heads 2 \\
         --out /tmp/p --benchmarks_md ''              # smoke run (tests)
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shlex
 import shutil
 import sys
@@ -59,16 +62,18 @@ class TorchProfile(Callback):
 
         self.warmup, self.steps = warmup, steps
         self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-        self.seen = 0
+        self.seen, self.faults = 0, 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.seen == self.warmup:
+            self.faults = -resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             self.profiler.__enter__()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.seen += 1
         if self.seen == self.warmup + self.steps:
             self.profiler.__exit__(None, None, None)
+            self.faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def main() -> None:
@@ -79,6 +84,11 @@ def main() -> None:
     parser.add_argument("--max_length", type=int, default=1024)
     parser.add_argument("--batch_size", type=int, default=4, help="pairs per step")
     parser.add_argument("--top", type=int, default=12, help="operators listed")
+    parser.add_argument("--model_dir", default=None, help="a real model (recipe recipes/real/smollm2_lora.yaml) "
+                        "instead of the tiny random one (recipes/quickstart.yaml)")
+    parser.add_argument("--lora_r", type=int, default=None, help="LoRA rank (default: the recipe's)")
+    parser.add_argument("--packing", action=argparse.BooleanOptionalAction, default=False,
+                        help="data.packing: padding-free batches")
     add_common_arguments(parser, "profile_rm_train", "BPE vocabulary (trained on the synthetic and dpo_en_demo texts)")
     args = parser.parse_args()
 
@@ -91,9 +101,11 @@ def main() -> None:
 
     work = tempfile.mkdtemp(prefix="varirm-profile-")
     try:
-        model_dir = make_tiny_model(os.path.join(work, "tiny"), hidden_size=args.hidden_size,
-                                    num_layers=args.num_layers, num_heads=args.num_heads, vocab_size=args.vocab_size,
-                                    corpus_files=[args.dpo_file], seed=args.seed)
+        model_dir = os.path.abspath(args.model_dir) if args.model_dir else make_tiny_model(
+            os.path.join(work, "tiny"), hidden_size=args.hidden_size, num_layers=args.num_layers,
+            num_heads=args.num_heads, vocab_size=args.vocab_size, corpus_files=[args.dpo_file], seed=args.seed)
+        recipe = os.path.join(ROOT, "recipes", *(("real", "smollm2_lora.yaml") if args.model_dir
+                                                 else ("quickstart.yaml",)))
         os.environ["VARIRM_CACHE"] = os.path.join(work, "cache")
         simple = SimpleProfiler(dirpath=work, filename="simple")
         from varirm.lightning_cli import VarirmCLI, run_lightning
@@ -105,7 +117,7 @@ def main() -> None:
                 return super().instantiate_trainer(**{**kwargs, "profiler": simple})
 
         cli = run_lightning(RewardModelModule, PreferenceDataModule, [
-            "fit", "--config", os.path.join(ROOT, "recipes", "quickstart.yaml"), "--seed_everything", str(args.seed),
+            "fit", "--config", recipe, "--seed_everything", str(args.seed),
             "--trainer.default_root_dir", os.path.join(work, "run"),
             "--trainer.max_steps", str(args.warmup + args.steps), "--trainer.max_epochs", "-1",
             "--trainer.limit_val_batches", "0", *quiet_run_args(os.path.join(work, "run")),
@@ -115,10 +127,13 @@ def main() -> None:
             "--model.init_args.scheduler", "constant",
             "--data.init_args.train", args.dpo_file, "--data.init_args.val", "null", "--data.init_args.test", "null",
             "--data.init_args.max_length", str(args.max_length), "--data.init_args.overlong", "drop",
-            "--data.init_args.batch_size", str(args.batch_size),
+            "--data.init_args.batch_size", str(args.batch_size), "--data.init_args.val_fraction", "0",
+            "--data.init_args.packing", str(args.packing).lower(),
+            *(["--model.init_args.lora_r", str(args.lora_r)] if args.lora_r is not None else []),
         ], cli_class=ProfiledCLI)
         precision = cli.trainer.precision  # the recipe's bf16-mixed, or 32-true on a CPU without native bf16
-        prof = next(c for c in cli.trainer.callbacks if isinstance(c, TorchProfile)).profiler
+        profile = next(c for c in cli.trainer.callbacks if isinstance(c, TorchProfile))
+        prof, faults = profile.profiler, profile.faults
         events = prof.key_averages()
         total = sum(e.self_cpu_time_total for e in events)
         top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:args.top]
@@ -137,11 +152,18 @@ def main() -> None:
     result = {"command": shlex.join(["python", "scripts/profile_rm_train.py", *sys.argv[1:]]),
               "machine": machine(args.threads), "steps": args.steps, "warmup": args.warmup,
               "precision": precision, "total_self_cpu_ms": round(total / 1e3, 1), "top_ops": ops, "kind_shares": kinds,
+              "model": os.path.basename(os.path.normpath(args.model_dir)) if args.model_dir else "tiny",
+              "lora_r": args.lora_r, "packing": args.packing, "minor_page_faults": faults,
+              "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),
               "lightning_phases_ms": phases}
     lines = ["## Profile: where varirm's RM training step spends its time", "",
-             f"`{result['command']}`: torch.profiler (CPU) over {args.steps} `varirm fit` steps on dpo_en_demo "
-             f"(max_length {args.max_length}, {args.batch_size} pairs/step, precision {result['precision']}), "
-             f"after {args.warmup} warm-up steps.", "", "| operator | calls | self CPU ms | share |",
+             f"`{result['command']}` (CPU: {result['machine']['cpu']}): torch.profiler (CPU) over {args.steps} "
+             f"`varirm fit` steps of the {result['model']} model"
+             + (f" (LoRA r={args.lora_r})" if args.lora_r else "") + " on dpo_en_demo "
+             f"(max_length {args.max_length}, {args.batch_size} pairs/step, "
+             f"{'packed' if args.packing else 'padded'}, precision {result['precision']}), "
+             f"after {args.warmup} warm-up steps; {faults} minor page faults in those steps (THP_MEM_ALLOC_ENABLE="
+             f"{result['thp_mem_alloc']}).", "", "| operator | calls | self CPU ms | share |",
              "|---|---|---|---|"]
     lines += [f"| `{o['op']}` | {o['calls']} | {o['self_cpu_ms']} | {o['share']:.1%} |" for o in ops]
     top_kind = max(kinds, key=kinds.get)

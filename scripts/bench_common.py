@@ -277,9 +277,14 @@ def dpo_prompts(path: str, n: int, tokenizer, max_tokens: int) -> list:
     return prompts
 
 
+PAIRED = ("95% interval over the alternating run pairs (paired t by the delta method below 10 pairs, paired "
+          "bootstrap from 10)")
+
+
 def paired_ratio(base: list[float], other: list[float], target: Optional[float] = None) -> dict[str, Any]:
     """``mean(other) / mean(base)`` over runs that alternated (run ``i`` of each is a pair), with a
-    95% paired bootstrap interval over the pairs (``varirm.stats.paired``) and, given a ``target``,
+    95% interval over the pairs (``varirm.stats.paired``: paired t by the delta method below 10 pairs, a
+    paired bootstrap from 10) and, given a ``target``,
     PASS / MISS / INCONCLUSIVE by that interval (``varirm.stats.judge``)."""
     from varirm.stats import judge, paired
 

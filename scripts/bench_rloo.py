@@ -50,6 +50,7 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 sys.path.insert(0, ROOT)
 
 from bench_common import (  # noqa: E402
+    PAIRED,
     GenerateCounter,
     StepClock,
     add_common_arguments,
@@ -292,8 +293,8 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{fmt(a['rest_share'])} | {fmt(a['peak_rss_mib'])} | {fmt(a['setup_s'])} |")
     r = result["ratio_varirm_over_trl"]
     lines += ["", f"varirm / TRL (medians): prompts/s **{r['prompts_per_s']}**, generated tokens/s "
-              f"**{r['generated_tokens_per_s']}**, peak RSS {r['peak_rss_mib']}. Ratio of mean prompts/s, 95% paired "
-              f"bootstrap over the alternating run pairs: {fmt_ratio(r['prompts_per_s_paired'])}.", "",
+              f"**{r['generated_tokens_per_s']}**, peak RSS {r['peak_rss_mib']}. Ratio of mean prompts/s, {PAIRED}: "
+              f"{fmt_ratio(r['prompts_per_s_paired'])}.", "",
               "Not the same in both tools:", ""]
     lines += [f"- {x}" for x in result["differences"]]
     return "\n".join(lines) + "\n"

@@ -69,6 +69,7 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 sys.path.insert(0, ROOT)
 
 from bench_common import (  # noqa: E402
+    PAIRED,
     DtypeProbe,
     StepClock,
     add_common_arguments,
@@ -487,7 +488,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"- {name}, varirm / TRL (medians): pairs/s **{r['pairs_per_s']}**, tokens/s "
                      f"**{r['tokens_per_s']}**, peak RSS {r['peak_rss_mib']}, set-up {r['setup_s']}.")
         if "tokens_per_s_paired" in r:
-            lines.append(f"- {name}, ratio of mean varirm / TRL, 95% paired bootstrap over the alternating run pairs: "
+            lines.append(f"- {name}, ratio of mean varirm / TRL, {PAIRED}: "
                          f"non-pad tokens/s {fmt_ratio(r['tokens_per_s_paired'])}; pairs/s "
                          f"{fmt_ratio(r['pairs_per_s_paired'])}.")
     for name, d in result["datasets"].items():

@@ -23,7 +23,7 @@ token once; ``2 x`` the block linears' and LM head's weights per token; attentio
 sampling left out, so it is a lower bound on time) over this CPU's plain ``torch.matmul`` rate on
 the model's GEMM shapes with as many rows as one decode step has (prompts per call x k), in
 varirm's generation precision; each pass's fraction of it is the bound time of that pass's tokens over
-its measured time. Ratios between samplers carry a 95% paired bootstrap interval over the pass pairs
+its measured time. Ratios between samplers carry a 95% interval over the pass pairs (``varirm.stats.paired``)
 (passes alternate) and a verdict: varirm at least as fast as the best plain loop, and at least 2x the
 fp32 ``generate`` call varirm made before its own sampler. With ``--profile`` (the default) one more
 pass of varirm and of the best plain loop runs under ``torch.profiler``, and the operators taking
@@ -64,6 +64,7 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 sys.path.insert(0, ROOT)
 
 from bench_common import (  # noqa: E402
+    PAIRED,
     GenerateCounter,
     add_common_arguments,
     dpo_prompts,
@@ -132,7 +133,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["",
               f"varirm / best plain loop (`{r['best_plain']}`, median tokens/s): **{r['varirm_over_best_plain']}**; "
               f"varirm / `plain_fp32` (varirm's call before its own sampler): **{r['varirm_over_plain_fp32']}**.", "",
-              "Ratio of mean tokens/s over the alternating passes, 95% paired bootstrap over pass pairs: varirm / best "
+              f"Ratio of mean tokens/s over the alternating passes, {PAIRED}: varirm / best "
               f"plain {fmt_ratio(r['varirm_over_best_plain_paired'])}; varirm / `plain_fp32` "
               f"{fmt_ratio(r['varirm_over_plain_fp32_paired'])}; varirm / `varirm_dynamic_cache` (the in-place KV "
               f"cache's gain) {fmt_ratio(r['preallocated_over_dynamic_cache_paired'])}.", "",

@@ -160,6 +160,9 @@ def test_preallocated_cache_samples_what_the_dynamic_cache_samples(tmp_path):
     new = outs[0][:, enc["input_ids"].shape[1]:]
     assert (new == tokenizer.pad_token_id).any()  # some rows stopped and left the batch
     cache = preallocated_cache(model, capacity=enc["input_ids"].shape[1])
+    assert cache.layers[0].get_max_length() == enc["input_ids"].shape[1]
+    with pytest.raises(NotImplementedError):
+        cache.layers[0].reorder_cache(torch.tensor([0]))
     with torch.no_grad(), pytest.raises(RuntimeError, match="holds"):
         model(**enc, cache=cache, use_cache=True)
         model(input_ids=enc["input_ids"][:, :1], cache=cache, use_cache=True)

@@ -17,7 +17,8 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 class PreallocatedLayer(DynamicLayer):
     """One layer's keys/values ``(b, h, capacity, d)``; ``keys``/``values`` are views of the first
-    ``length`` positions (what attention reads, and what ``DynamicLayer``'s other methods see)."""
+    ``length`` positions (what attention reads). Made for :func:`varirm.sampling.sample_tokens`: beam
+    reordering and offloading are refused, not silently wrong."""
 
     def __init__(self, capacity: int):
         super().__init__()
@@ -49,6 +50,17 @@ class PreallocatedLayer(DynamicLayer):
 
     def get_seq_length(self) -> int:
         return self.length if self.is_initialized else 0
+
+    def get_max_length(self) -> int:
+        return self.capacity
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        raise NotImplementedError("PreallocatedLayer does not reorder beams; use the model's own cache")
+
+    def offload(self) -> None:
+        raise NotImplementedError("PreallocatedLayer does not offload; use the model's own cache")
+
+    prefetch = offload
 
     def _rows(self, rows: torch.Tensor) -> None:
         """Keep buffer rows ``rows`` (with repeats), copying only the filled positions."""
@@ -85,7 +97,7 @@ def preallocated_cache(model: torch.nn.Module, capacity: int) -> Optional[Cache]
     model's own cache) where a layer is not plain full attention (sliding windows, linear
     attention, shared or cross-attention caches)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = base.config.get_text_config()
+    config = base.config.get_text_config(decoder=True)
     types = getattr(config, "layer_types", None)
     plain = (not getattr(config, "sliding_window", None) and not getattr(config, "is_encoder_decoder", False)
              and (types is None or set(types) == {"full_attention"}))

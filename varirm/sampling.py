@@ -145,7 +145,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float) -> torch
 @torch.no_grad()
 def sample_tokens(policy: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int,
                   max_new_tokens: int, temperature: float, top_p: float, stops: list[int], pad_id: int,
-                  preallocate: bool = True) -> torch.Tensor:
+                  preallocate: Optional[bool] = None) -> torch.Tensor:
     """``k`` sampled continuations of each left-padded prompt, as ``generate(do_sample=True,
     num_return_sequences=k)`` makes them but faster on CPU:
 
@@ -154,8 +154,9 @@ def sample_tokens(policy: PreTrainedModel, input_ids: torch.Tensor, attention_ma
     - rows that reached a stop token leave the batch (their cache rows too), so the remaining
       steps compute only unfinished rows;
     - tokens are drawn by :func:`sample_next` (no per-token exponential draws, no top-k cut);
-    - the KV cache is allocated once for ``p + max_new_tokens`` positions and written in place
-      (:mod:`varirm.kv_cache`; ``preallocate=False`` or a model it does not fit: the model's own cache).
+    - on CPU (``preallocate=None``; ``True``/``False`` force it) the KV cache is allocated once for
+      ``p + max_new_tokens`` positions and written in place (:mod:`varirm.kv_cache`); otherwise, or for a
+      model it does not fit, the model's own cache.
 
     Position ids come from the attention mask (``cumsum - 1``), as in ``generate`` and in RLOO's
     log-probabilities. ``input_ids``, ``attention_mask``: ``(b, p)``. Returns ``(b * k, p + r)``
@@ -165,6 +166,8 @@ def sample_tokens(policy: PreTrainedModel, input_ids: torch.Tensor, attention_ma
     b, p = input_ids.shape
     n = b * k
     kwargs = {"logits_to_keep": 1} if _accepts(policy, "logits_to_keep") else {}
+    if preallocate is None:  # measured on CPU only; on a GPU it would reserve the longest case up front
+        preallocate = input_ids.device.type == "cpu"
     cache = preallocated_cache(policy, p + max_new_tokens) if preallocate else None
     if cache is not None:
         kwargs["cache"] = cache
